@@ -258,19 +258,28 @@ pub fn ensure(src: &Source, home: &Path, quiet: bool) -> Result<PathBuf> {
                 .with_context(|| format!("{}: cannot create cache folder", home.display()))?;
             let url = src.hf_url().unwrap();
             let tmp = temp_for(&path);
-            let status = Command::new("curl")
-                .args(["-fL", "--retry", "2", "--connect-timeout", "20", "-o"])
+            // curl draws its own progress bar on a terminal; otherwise it stays silent and
+            // its error text goes into ours
+            use std::io::IsTerminal;
+            let show = !quiet && std::io::stderr().is_terminal() && std::env::var_os("LLMOS_NO_PROGRESS").is_none();
+            let out = Command::new("curl")
+                .args(["-fL", "--retry", "2", "--connect-timeout", "20", if show { "-#" } else { "-sS" }, "-o"])
                 .arg(&tmp)
                 .arg(&url)
-                .status();
-            let ok = matches!(&status, Ok(s) if s.success());
+                .stderr(if show { std::process::Stdio::inherit() } else { std::process::Stdio::piped() })
+                .output();
+            let ok = matches!(&out, Ok(o) if o.status.success());
             if !ok {
                 let _ = std::fs::remove_file(&tmp);
-                let why = match status {
-                    Ok(s) => format!("curl exited with {}", s.code().unwrap_or(-1)),
+                let why = match out {
+                    Ok(o) => {
+                        let err = String::from_utf8_lossy(&o.stderr);
+                        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+                        format!("curl exited with {}{}", o.status.code().unwrap_or(-1), if last.is_empty() { String::new() } else { format!(" ({last})") })
+                    }
                     Err(e) => format!("cannot run curl: {e}"),
                 };
-                bail!("cannot download {url}: {why} (is the hub reachable from this machine?)");
+                bail!("cannot download {url}: {why}; is the hub reachable from this machine?");
             }
             std::fs::rename(&tmp, &path)?;
             finish(&path, None)

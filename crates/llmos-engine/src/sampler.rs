@@ -225,27 +225,15 @@ mod tests {
 
     #[test]
     fn top_p_keeps_the_smallest_nucleus() {
-        let mut l = vec![10.0, 0.0, 0.0, 0.0];
-        let mut s = Sampler::new(SamplerConfig {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.5,
-            min_p: 0.0,
-            ..Default::default()
-        });
-        for _ in 0..100 {
-            assert_eq!(s.sample(&mut l.clone(), &[]), 0);
-        }
-        l[1] = 10.0;
-        let mut seen = std::collections::HashSet::new();
-        for _ in 0..200 {
-            seen.insert(s.sample(&mut l.clone(), &[]));
-        }
-        assert_eq!(
-            seen,
-            [0].into_iter().collect(),
-            "p(0)=0.5 already reaches top_p"
-        );
+        // p = (~0.5, ~0.5, tiny, tiny): a nucleus of 0.4 is token 0 alone (ties go to the
+        // lower id), one of 0.6 needs both, and never the tiny ones
+        let l = vec![10.0, 10.0, 0.0, 0.0];
+        let draw = |top_p: f32| {
+            let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p, min_p: 0.0, ..Default::default() });
+            (0..300).map(|_| s.sample(&mut l.clone(), &[])).collect::<std::collections::HashSet<_>>()
+        };
+        assert_eq!(draw(0.4), [0].into_iter().collect());
+        assert_eq!(draw(0.6), [0, 1].into_iter().collect());
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum GgufError {
         need: u64,
         len: u64,
     },
-    #[error("{path}: header claims {count} {what}, impossible in a file of {len} bytes")]
+    #[error("{path}: header claims {count} {what}, more than a file of {len} bytes can hold (truncated or corrupt)")]
     AbsurdCount {
         path: PathBuf,
         what: &'static str,

@@ -208,3 +208,164 @@ pub fn dequantize_row(t: DType, src: &[u8], y: &mut [f32]) -> Result<(), TensorE
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! Hand-computed blocks: each expected value below is worked out from the format's
+    //! definition in the comment beside it, not taken from this code.
+    use super::*;
+
+    fn deq(t: DType, b: &[u8]) -> Vec<f32> {
+        let mut y = vec![f32::NAN; t.block_size()];
+        dequantize_row(t, b, &mut y).unwrap();
+        y
+    }
+
+    const F16_HALF: [u8; 2] = 0x3800u16.to_le_bytes(); // 0.5
+    const F16_ONE: [u8; 2] = 0x3C00u16.to_le_bytes(); // 1.0
+    const F16_TWO: [u8; 2] = 0x4000u16.to_le_bytes(); // 2.0
+    const F16_MINUS_ONE: [u8; 2] = 0xBC00u16.to_le_bytes(); // -1.0
+    const F16_QUARTER: [u8; 2] = 0x3400u16.to_le_bytes(); // 0.25
+
+    #[test]
+    fn f32_f16_bf16() {
+        assert_eq!(deq(DType::F32, &1.5f32.to_le_bytes()), [1.5]);
+        assert_eq!(deq(DType::F16, &F16_TWO), [2.0]);
+        assert_eq!(deq(DType::BF16, &0x3F80u16.to_le_bytes()), [1.0]);
+        assert_eq!(deq(DType::BF16, &0xC000u16.to_le_bytes()), [-2.0]);
+    }
+
+    #[test]
+    fn q8_0() {
+        let mut b = vec![0u8; 34];
+        b[..2].copy_from_slice(&F16_HALF);
+        for (i, q) in [-128i8, -1, 0, 1, 127].iter().enumerate() {
+            b[2 + i] = *q as u8;
+        }
+        let y = deq(DType::Q8_0, &b);
+        assert_eq!(&y[..5], [-64.0, -0.5, 0.0, 0.5, 63.5]);
+        assert!(y[5..].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn q4_0() {
+        let mut b = vec![0x88u8; 18]; // nibbles of 8 decode to 0
+        b[..2].copy_from_slice(&F16_TWO);
+        b[2] = 0x1F; // y[0] = (15-8)*2 = 14, y[16] = (1-8)*2 = -14
+        b[3] = 0x80; // y[1] = (0-8)*2 = -16, y[17] = 0
+        let y = deq(DType::Q4_0, &b);
+        assert_eq!((y[0], y[16], y[1], y[17], y[2]), (14.0, -14.0, -16.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn q4_1() {
+        let mut b = vec![0u8; 20];
+        b[..2].copy_from_slice(&F16_HALF);
+        b[2..4].copy_from_slice(&F16_MINUS_ONE);
+        b[4] = 0x3A; // y[0] = 10*0.5 - 1 = 4, y[16] = 3*0.5 - 1 = 0.5
+        let y = deq(DType::Q4_1, &b);
+        assert_eq!((y[0], y[16], y[1]), (4.0, 0.5, -1.0));
+    }
+
+    #[test]
+    fn q5_0() {
+        let mut b = vec![0u8; 22];
+        b[..2].copy_from_slice(&F16_ONE);
+        b[2..6].copy_from_slice(&((1u32 << 0) | (1 << 16)).to_le_bytes());
+        b[6] = 0x21; // y[0] = (1|16)-16 = 1, y[16] = (2|16)-16 = 2
+        let y = deq(DType::Q5_0, &b);
+        assert_eq!((y[0], y[16], y[1], y[17]), (1.0, 2.0, -16.0, -16.0));
+    }
+
+    #[test]
+    fn q5_1() {
+        let mut b = vec![0u8; 24];
+        b[..2].copy_from_slice(&F16_ONE);
+        b[2..4].copy_from_slice(&F16_HALF);
+        b[4..8].copy_from_slice(&1u32.to_le_bytes());
+        b[8] = 0x0F; // y[0] = (15|16) + 0.5 = 31.5, y[16] = 0 + 0.5
+        let y = deq(DType::Q5_1, &b);
+        assert_eq!((y[0], y[16], y[1]), (31.5, 0.5, 0.5));
+    }
+
+    /// Scales for the K-quant tests: sub-block 0 scale 2 min 3, sub-block 1 scale 5 min 1,
+    /// sub-block 4 scale 1 | (1 << 4) = 17 (top bits come from byte 0) and min 7.
+    fn k_scales() -> [u8; 12] {
+        let mut s = [0u8; 12];
+        s[0] = 2 | (1 << 6);
+        s[4] = 3;
+        s[1] = 5;
+        s[5] = 1;
+        s[8] = 0x71;
+        s
+    }
+
+    #[test]
+    fn k_scale_unpacking() {
+        let s = k_scales();
+        assert_eq!(k_scale_min(0, &s), (2, 3));
+        assert_eq!(k_scale_min(1, &s), (5, 1));
+        assert_eq!(k_scale_min(4, &s), (17, 7));
+    }
+
+    #[test]
+    fn q4_k() {
+        let mut b = vec![0u8; 144];
+        b[..2].copy_from_slice(&F16_ONE);
+        b[2..4].copy_from_slice(&F16_HALF);
+        b[4..16].copy_from_slice(&k_scales());
+        b[16] = 0x94; // y[0] = 2*4 - 0.5*3 = 6.5 ; y[32] = 5*9 - 0.5*1 = 44.5
+        b[16 + 64] = 0x0A; // chunk 2, low nibble -> sub-block 4: y[128] = 17*10 - 0.5*7 = 166.5
+        let y = deq(DType::Q4K, &b);
+        assert_eq!((y[0], y[32], y[128], y[1]), (6.5, 44.5, 166.5, -1.5));
+    }
+
+    #[test]
+    fn q5_k() {
+        let mut b = vec![0u8; 176];
+        b[..2].copy_from_slice(&F16_ONE);
+        b[2..4].copy_from_slice(&F16_HALF);
+        b[4..16].copy_from_slice(&k_scales());
+        b[16] = 0b1_0011; // value 0: fifth bit for sub-blocks 0, 1 and 4
+        b[48] = 0x94; // y[0] = 2*(4+16) - 1.5 = 38.5 ; y[32] = 5*(9+16) - 0.5 = 124.5
+        b[48 + 64] = 0x0A; // y[128] = 17*(10+16) - 3.5 = 438.5
+        let y = deq(DType::Q5K, &b);
+        assert_eq!((y[0], y[32], y[128], y[1]), (38.5, 124.5, 438.5, -1.5));
+    }
+
+    #[test]
+    fn q6_k() {
+        let mut b = vec![0u8; 210];
+        b[0] = 0x21; // ql[0]: low 1 (value 0), high 2 (value 64)
+        b[128] = 0b11_10_01_00; // qh[0]: 2-bit highs 0 (v0), 1 (v32), 2 (v64), 3 (v96)
+        b[192] = 2;
+        b[194] = (-3i8) as u8;
+        b[196] = 1;
+        b[198] = 4;
+        b[64] = 0x05; // second half: ql[64] low 5, qh[32] = 0, scale[8] = 1
+        b[200] = 1;
+        b[208..210].copy_from_slice(&F16_QUARTER);
+        let y = deq(DType::Q6K, &b);
+        // v0: (1 | 0<<4) - 32 = -31 -> 0.25*2*-31 = -15.5
+        // v32: (0 | 1<<4) - 32 = -16 -> 0.25*-3*-16 = 12
+        // v64: (2 | 2<<4) - 32 = 2 -> 0.25*1*2 = 0.5
+        // v96: (0 | 3<<4) - 32 = 16 -> 0.25*4*16 = 16
+        // v128: 5 - 32 = -27 -> 0.25*1*-27 = -6.75
+        assert_eq!((y[0], y[32], y[64], y[96], y[128]), (-15.5, 12.0, 0.5, 16.0, -6.75));
+    }
+
+    #[test]
+    fn rows_are_blocks_in_order_and_bad_lengths_fail() {
+        let mut two = vec![0u8; 68];
+        two[..2].copy_from_slice(&F16_ONE);
+        two[34..36].copy_from_slice(&F16_TWO);
+        two[2] = 3;
+        two[36] = 3;
+        let mut y = vec![0f32; 64];
+        dequantize_row(DType::Q8_0, &two, &mut y).unwrap();
+        assert_eq!((y[0], y[32]), (3.0, 6.0));
+        assert!(dequantize_row(DType::Q8_0, &two, &mut vec![0f32; 40]).is_err());
+        assert!(dequantize_row(DType::Q8_0, &two[..60], &mut y).is_err());
+        assert!(dequantize_row(DType::Q2K, &[0u8; 84], &mut vec![0f32; 256]).is_err());
+    }
+}
