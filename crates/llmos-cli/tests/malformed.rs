@@ -32,24 +32,44 @@ fn each_malformed_gguf_case_is_named() {
     let good = valid();
     let type_at = good.windows(8).position(|w| w == b"t.weight").unwrap() + 8 + 4 + 16;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("magic.gguf", b"GGML0000000000000000000000".to_vec(), "not a GGUF file"),
+        (
+            "magic.gguf",
+            b"GGML0000000000000000000000".to_vec(),
+            "not a GGUF file",
+        ),
         ("header.gguf", good[..20].to_vec(), "truncated"),
-        ("data.gguf", good[..good.len() - 50].to_vec(), "ends at byte"),
-        ("type.gguf", {
-            let mut v = good.clone();
-            v[type_at..type_at + 4].copy_from_slice(&77u32.to_le_bytes());
-            v
-        }, "unknown type id 77"),
-        ("past.gguf", {
-            let mut v = good.clone();
-            v[type_at + 4..type_at + 12].copy_from_slice(&(1u64 << 40).to_le_bytes());
-            v
-        }, "ends at byte"),
-        ("count.gguf", {
-            let mut v = good.clone();
-            v[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
-            v
-        }, "1152921504606846976 tensors"),
+        (
+            "data.gguf",
+            good[..good.len() - 50].to_vec(),
+            "ends at byte",
+        ),
+        (
+            "type.gguf",
+            {
+                let mut v = good.clone();
+                v[type_at..type_at + 4].copy_from_slice(&77u32.to_le_bytes());
+                v
+            },
+            "unknown type id 77",
+        ),
+        (
+            "past.gguf",
+            {
+                let mut v = good.clone();
+                v[type_at + 4..type_at + 12].copy_from_slice(&(1u64 << 40).to_le_bytes());
+                v
+            },
+            "ends at byte",
+        ),
+        (
+            "count.gguf",
+            {
+                let mut v = good.clone();
+                v[8..16].copy_from_slice(&(1u64 << 60).to_le_bytes());
+                v
+            },
+            "1152921504606846976 tensors",
+        ),
     ];
     for (name, bytes, want) in cases {
         let e = info_error(name, &bytes);
@@ -63,7 +83,10 @@ fn each_malformed_gguf_case_is_named() {
 fn a_valid_file_without_a_model_is_a_clear_error_for_run() {
     let p = tmp("nomodel.gguf", &valid());
     let e = one_line_error(&run(&["run", "-m", p.to_str().unwrap(), "-p", "hi"]));
-    assert!(e.contains("tokenizer.ggml.model") || e.contains("missing"), "{e}");
+    assert!(
+        e.contains("tokenizer.ggml.model") || e.contains("missing"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -75,7 +98,10 @@ fn hf_source_fails_with_the_url_when_unreachable() {
         .output()
         .unwrap();
     let e = one_line_error(&o);
-    assert!(e.contains("https://huggingface.co/nobody/nothing/resolve/main/x.gguf"), "{e}");
+    assert!(
+        e.contains("https://huggingface.co/nobody/nothing/resolve/main/x.gguf"),
+        "{e}"
+    );
     // nothing half-written is left to be taken for a model later
     let left: Vec<_> = walk(&home);
     assert!(left.iter().all(|p| !p.ends_with("x.gguf")), "{left:?}");

@@ -10,20 +10,47 @@ use std::sync::Arc;
 
 fn run_json(args: &[&str]) -> serde_json::Value {
     let o = run(args);
-    assert!(o.status.success(), "llmos {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+    assert!(
+        o.status.success(),
+        "llmos {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
 fn greedy(model: &str, prompt: &str) -> serde_json::Value {
     let p = self::model(model);
-    run_json(&["run", "-m", p.to_str().unwrap(), "-p", prompt, "--temp", "0", "--ignore-eos", "-n", "32", "--json", "-t", "2"])
+    run_json(&[
+        "run",
+        "-m",
+        p.to_str().unwrap(),
+        "-p",
+        prompt,
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-n",
+        "32",
+        "--json",
+        "-t",
+        "2",
+    ])
 }
 
 fn check_greedy(model: &str, fixture: &str) {
     let r = fixture_json(fixture);
     let out = greedy(model, r["prompt"].as_str().unwrap());
-    assert_eq!(ids(&out["prompt_ids"]), ids(&r["prompt_ids"]), "prompt tokenization");
-    assert_eq!(ids(&out["ids"]), ids(&r["greedy_ids"]), "32 greedy ids vs the float reference");
+    assert_eq!(
+        ids(&out["prompt_ids"]),
+        ids(&r["prompt_ids"]),
+        "prompt tokenization"
+    );
+    assert_eq!(
+        ids(&out["ids"]),
+        ids(&r["greedy_ids"]),
+        "32 greedy ids vs the float reference"
+    );
 }
 
 #[test]
@@ -45,20 +72,32 @@ fn gemma3_code_greedy_equals_float_reference() {
 fn smollm2_last_logits_match_float_reference() {
     let r = fixture_json("smollm2-raw-float.json");
     let raw = std::fs::read(fixture("smollm2-raw-float-last-logits.f32")).unwrap();
-    let want: Vec<f32> = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
+    let want: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
     let g = Arc::new(Gguf::open(model("smollm2")).unwrap());
     let m = Model::load(g).unwrap();
     let prompt: Vec<u32> = ids(&r["prompt_ids"]).iter().map(|&x| x as u32).collect();
     let mut cache = m.new_cache(64);
     let got = m.forward(&mut cache, &prompt, false).unwrap();
     assert_eq!(got.len(), want.len());
-    let max = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     eprintln!("max |logit - reference| = {max}");
     assert!(max < 1e-2, "max abs logit difference {max}");
     let mut order: Vec<usize> = (0..got.len()).collect();
     order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
     let top: Vec<u64> = order[..10].iter().map(|&i| i as u64).collect();
-    let want_top: Vec<u64> = r["top10"].as_array().unwrap().iter().map(|p| p[0].as_u64().unwrap()).collect();
+    let want_top: Vec<u64> = r["top10"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
     assert_eq!(top, want_top, "top-10 ids in order");
 }
 
@@ -77,13 +116,21 @@ fn cached_decoding_equals_full_recompute() {
     for (i, &t) in seq[5..].iter().enumerate() {
         let step = m.forward(&mut inc, &[t], false).unwrap();
         let row = &all[(5 + i) * v..(6 + i) * v];
-        let max = step.iter().zip(row).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let max = step
+            .iter()
+            .zip(row)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(max < 1e-3, "position {}: {max}", 5 + i);
     }
     // rewinding the cache and running again reproduces the same logits
     m.truncate_cache(&mut inc, 5);
     let again = m.forward(&mut inc, &seq[5..6], false).unwrap();
-    let max = again.iter().zip(&all[5 * v..6 * v]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let max = again
+        .iter()
+        .zip(&all[5 * v..6 * v])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(max < 1e-3);
 }
 
@@ -91,19 +138,47 @@ fn cached_decoding_equals_full_recompute() {
 fn smollm2_chat_template_and_reply_equal_reference() {
     let r = fixture_json("smollm2-chat-float.json");
     let p = model("smollm2");
-    let out = run_json(&["chat", "-m", p.to_str().unwrap(), "--temp", "0", "--json", "-t", "2", r["prompt"].as_str().unwrap()]);
-    assert_eq!(out["prompt"], r["templated"], "rendered template, byte for byte");
+    let out = run_json(&[
+        "chat",
+        "-m",
+        p.to_str().unwrap(),
+        "--temp",
+        "0",
+        "--json",
+        "-t",
+        "2",
+        r["prompt"].as_str().unwrap(),
+    ]);
+    assert_eq!(
+        out["prompt"], r["templated"],
+        "rendered template, byte for byte"
+    );
     assert_eq!(ids(&out["prompt_ids"]), ids(&r["prompt_ids"]));
     let want = ids(&r["greedy_ids"]);
-    let eos = want.iter().position(|&t| t == 2).expect("reference reply ends with <|im_end|>");
-    assert_eq!(ids(&out["ids"]), want[..=eos].to_vec(), "reply up to and including the end token");
+    let eos = want
+        .iter()
+        .position(|&t| t == 2)
+        .expect("reference reply ends with <|im_end|>");
+    assert_eq!(
+        ids(&out["ids"]),
+        want[..=eos].to_vec(),
+        "reply up to and including the end token"
+    );
     assert_eq!(out["stop"], "eos");
 }
 
 #[test]
 fn prompt_longer_than_context_is_a_clear_error() {
     let p = model("smollm2");
-    let o = run(&["run", "-m", p.to_str().unwrap(), "-p", "one two three four five six seven eight", "--ctx", "4"]);
+    let o = run(&[
+        "run",
+        "-m",
+        p.to_str().unwrap(),
+        "-p",
+        "one two three four five six seven eight",
+        "--ctx",
+        "4",
+    ]);
     let e = one_line_error(&o);
     assert!(e.contains("context") && e.contains("--ctx"), "{e}");
 }
@@ -111,12 +186,28 @@ fn prompt_longer_than_context_is_a_clear_error() {
 #[test]
 fn seeded_sampling_is_reproducible() {
     let p = model("smollm2");
-    let args = ["run", "-m", p.to_str().unwrap(), "-p", "Once upon a time", "--temp", "1.0", "--seed", "42", "-n", "12", "--json"];
+    let args = [
+        "run",
+        "-m",
+        p.to_str().unwrap(),
+        "-p",
+        "Once upon a time",
+        "--temp",
+        "1.0",
+        "--seed",
+        "42",
+        "-n",
+        "12",
+        "--json",
+    ];
     let a = run_json(&args);
     let b = run_json(&args);
     assert_eq!(a["ids"], b["ids"]);
     let mut c_args = args.to_vec();
     c_args[8] = "43";
     let c = run_json(&c_args);
-    assert_ne!(a["ids"], c["ids"], "a different seed should change a 12-token sample");
+    assert_ne!(
+        a["ids"], c["ids"],
+        "a different seed should change a 12-token sample"
+    );
 }

@@ -94,15 +94,15 @@ impl Sampler {
             let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
             let mut seen = std::collections::HashSet::new();
             for &t in recent {
-                if seen.insert(t) {
-                    if let Some(l) = logits.get_mut(t as usize) {
-                        // CTRL-style: shrink positive logits, grow negative ones
-                        *l = if *l > 0.0 {
-                            *l / c.repeat_penalty
-                        } else {
-                            *l * c.repeat_penalty
-                        };
-                    }
+                if seen.insert(t)
+                    && let Some(l) = logits.get_mut(t as usize)
+                {
+                    // CTRL-style: shrink positive logits, grow negative ones
+                    *l = if *l > 0.0 {
+                        *l / c.repeat_penalty
+                    } else {
+                        *l * c.repeat_penalty
+                    };
                 }
             }
         }
@@ -229,8 +229,16 @@ mod tests {
         // lower id), one of 0.6 needs both, and never the tiny ones
         let l = vec![10.0, 10.0, 0.0, 0.0];
         let draw = |top_p: f32| {
-            let mut s = Sampler::new(SamplerConfig { temperature: 1.0, top_k: 0, top_p, min_p: 0.0, ..Default::default() });
-            (0..300).map(|_| s.sample(&mut l.clone(), &[])).collect::<std::collections::HashSet<_>>()
+            let mut s = Sampler::new(SamplerConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p,
+                min_p: 0.0,
+                ..Default::default()
+            });
+            (0..300)
+                .map(|_| s.sample(&mut l.clone(), &[]))
+                .collect::<std::collections::HashSet<_>>()
         };
         assert_eq!(draw(0.4), [0].into_iter().collect());
         assert_eq!(draw(0.6), [0, 1].into_iter().collect());

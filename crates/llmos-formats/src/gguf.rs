@@ -36,7 +36,9 @@ pub enum GgufError {
         need: u64,
         len: u64,
     },
-    #[error("{path}: header claims {count} {what}, more than a file of {len} bytes can hold (truncated or corrupt)")]
+    #[error(
+        "{path}: header claims {count} {what}, more than a file of {len} bytes can hold (truncated or corrupt)"
+    )]
     AbsurdCount {
         path: PathBuf,
         what: &'static str,

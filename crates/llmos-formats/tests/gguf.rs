@@ -18,8 +18,17 @@ fn sample() -> GgufWriter {
         .set("u64", Value::U64(1 << 40))
         .set("i64", Value::I64(-(1 << 40)))
         .set("f64", Value::F64(0.25))
-        .set("arr", Value::Array(vec![Value::String("a".into()), Value::String("bc".into())]))
-        .set("nested", Value::Array(vec![Value::Array(vec![Value::U8(1)]), Value::Array(vec![Value::U8(2), Value::U8(3)])]));
+        .set(
+            "arr",
+            Value::Array(vec![Value::String("a".into()), Value::String("bc".into())]),
+        )
+        .set(
+            "nested",
+            Value::Array(vec![
+                Value::Array(vec![Value::U8(1)]),
+                Value::Array(vec![Value::U8(2), Value::U8(3)]),
+            ]),
+        );
     let f: Vec<u8> = (0..64).flat_map(|i| (i as f32).to_le_bytes()).collect();
     w.add_tensor("a.weight", &[32, 2], DType::F32, f);
     w.add_tensor("b.weight", &[32], DType::Q8_0, vec![1u8; 34]);
@@ -35,7 +44,10 @@ fn round_trip_keeps_every_value_and_tensor() {
         assert_eq!(g.get(k), Some(v), "{k}");
     }
     let a = g.tensor("a.weight").unwrap();
-    assert_eq!((a.dims.as_slice(), a.dtype, a.size), (&[32u64, 2][..], DType::F32, 256));
+    assert_eq!(
+        (a.dims.as_slice(), a.dtype, a.size),
+        (&[32u64, 2][..], DType::F32, 256)
+    );
     assert_eq!(&g.tensor_data(a)[4..8], &1f32.to_le_bytes());
     let b = g.tensor("b.weight").unwrap();
     assert_eq!(b.offset % 32, 0);
@@ -50,7 +62,9 @@ fn version_2_files_read_too() {
 }
 
 fn err(bytes: Vec<u8>) -> String {
-    let e = Gguf::from_bytes("bad.gguf", bytes).err().expect("malformed file must fail");
+    let e = Gguf::from_bytes("bad.gguf", bytes)
+        .err()
+        .expect("malformed file must fail");
     let s = e.to_string();
     assert!(!s.contains('\n'), "one line: {s}");
     assert!(s.starts_with("bad.gguf: "), "names the file: {s}");
@@ -60,7 +74,10 @@ fn err(bytes: Vec<u8>) -> String {
 /// Offset of the first tensor info's type field in `sample()` (found by searching for the
 /// name, then skipping n_dims and dims).
 fn tensor_type_offset(bytes: &[u8], name: &str) -> usize {
-    let pos = bytes.windows(name.len()).position(|w| w == name.as_bytes()).unwrap();
+    let pos = bytes
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .unwrap();
     let after = pos + name.len();
     let n_dims = u32::from_le_bytes(bytes[after..after + 4].try_into().unwrap()) as usize;
     after + 4 + 8 * n_dims
@@ -106,7 +123,10 @@ fn malformed_files_are_one_line_errors() {
 fn missing_file_names_the_path() {
     let e = Gguf::open("/no/such/model.gguf").err().unwrap();
     assert!(matches!(e, GgufError::Io { .. }));
-    assert!(e.to_string().starts_with("/no/such/model.gguf: cannot open"));
+    assert!(
+        e.to_string()
+            .starts_with("/no/such/model.gguf: cannot open")
+    );
 }
 
 /// Deterministic mutation fuzzing: flipping bytes and truncating a valid file never

@@ -164,7 +164,6 @@ impl Model {
             });
         }
         let rope_freqs = b.opt_vec("rope_freqs.weight", c.rope_dim / 2)?;
-        drop(b);
         Ok(Model {
             config: c,
             gguf: g,

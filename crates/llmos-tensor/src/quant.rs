@@ -254,7 +254,10 @@ mod tests {
         b[2] = 0x1F; // y[0] = (15-8)*2 = 14, y[16] = (1-8)*2 = -14
         b[3] = 0x80; // y[1] = (0-8)*2 = -16, y[17] = 0
         let y = deq(DType::Q4_0, &b);
-        assert_eq!((y[0], y[16], y[1], y[17], y[2]), (14.0, -14.0, -16.0, 0.0, 0.0));
+        assert_eq!(
+            (y[0], y[16], y[1], y[17], y[2]),
+            (14.0, -14.0, -16.0, 0.0, 0.0)
+        );
     }
 
     #[test]
@@ -351,7 +354,10 @@ mod tests {
         // v64: (2 | 2<<4) - 32 = 2 -> 0.25*1*2 = 0.5
         // v96: (0 | 3<<4) - 32 = 16 -> 0.25*4*16 = 16
         // v128: 5 - 32 = -27 -> 0.25*1*-27 = -6.75
-        assert_eq!((y[0], y[32], y[64], y[96], y[128]), (-15.5, 12.0, 0.5, 16.0, -6.75));
+        assert_eq!(
+            (y[0], y[32], y[64], y[96], y[128]),
+            (-15.5, 12.0, 0.5, 16.0, -6.75)
+        );
     }
 
     #[test]
@@ -364,7 +370,7 @@ mod tests {
         let mut y = vec![0f32; 64];
         dequantize_row(DType::Q8_0, &two, &mut y).unwrap();
         assert_eq!((y[0], y[32]), (3.0, 6.0));
-        assert!(dequantize_row(DType::Q8_0, &two, &mut vec![0f32; 40]).is_err());
+        assert!(dequantize_row(DType::Q8_0, &two, &mut [0f32; 40]).is_err());
         assert!(dequantize_row(DType::Q8_0, &two[..60], &mut y).is_err());
         assert!(dequantize_row(DType::Q2K, &[0u8; 84], &mut vec![0f32; 256]).is_err());
     }

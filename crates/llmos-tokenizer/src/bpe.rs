@@ -98,10 +98,10 @@ impl Bpe {
         loop {
             let mut best: Option<(u32, usize, u32)> = None;
             for i in 0..syms.len().saturating_sub(1) {
-                if let Some(&(rank, merged)) = self.ranks.get(&(syms[i], syms[i + 1])) {
-                    if best.is_none_or(|(r, _, _)| rank < r) {
-                        best = Some((rank, i, merged));
-                    }
+                if let Some(&(rank, merged)) = self.ranks.get(&(syms[i], syms[i + 1]))
+                    && best.is_none_or(|(r, _, _)| rank < r)
+                {
+                    best = Some((rank, i, merged));
                 }
             }
             let Some((rank, _, merged)) = best else { break };

@@ -194,10 +194,11 @@ impl Tokenizer {
             "</s>",
             "<|eom_id|>",
         ] {
-            if let Some(&i) = token_to_id.get(name) {
-                if types[i as usize] == TokenType::Control && !eog.contains(&i) {
-                    eog.push(i);
-                }
+            if let Some(&i) = token_to_id.get(name)
+                && types[i as usize] == TokenType::Control
+                && !eog.contains(&i)
+            {
+                eog.push(i);
             }
         }
         Ok(Tokenizer {

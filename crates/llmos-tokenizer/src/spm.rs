@@ -24,12 +24,11 @@ impl Spm {
     ) -> Spm {
         let mut byte_ids = [None; 256];
         for (i, (t, ty)) in tokens.iter().zip(types).enumerate() {
-            if *ty == TokenType::Byte {
-                if let Some(h) = t.strip_prefix("<0x").and_then(|r| r.strip_suffix('>')) {
-                    if let Ok(b) = u8::from_str_radix(h, 16) {
-                        byte_ids[b as usize] = Some(i as u32);
-                    }
-                }
+            if *ty == TokenType::Byte
+                && let Some(h) = t.strip_prefix("<0x").and_then(|r| r.strip_suffix('>'))
+                && let Ok(b) = u8::from_str_radix(h, 16)
+            {
+                byte_ids[b as usize] = Some(i as u32);
             }
         }
         Spm {
@@ -81,10 +80,9 @@ impl Spm {
             match vocab.get(&s[a..b]) {
                 Some(&id) => out.push(id),
                 None => {
-                    for &byte in s[a..b].as_bytes() {
-                        match self.byte_ids[byte as usize].or(self.unk) {
-                            Some(id) => out.push(id),
-                            None => {}
+                    for &byte in &s.as_bytes()[a..b] {
+                        if let Some(id) = self.byte_ids[byte as usize].or(self.unk) {
+                            out.push(id)
                         }
                     }
                 }
@@ -95,14 +93,13 @@ impl Spm {
 
 /// The bytes of a piece: U+2581 back to space, `<0xXX>` byte tokens to their byte.
 pub fn decode_piece(text: &str, ty: TokenType) -> Vec<u8> {
-    if ty == TokenType::Byte {
-        if let Some(b) = text
+    if ty == TokenType::Byte
+        && let Some(b) = text
             .strip_prefix("<0x")
             .and_then(|r| r.strip_suffix('>'))
             .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            return vec![b];
-        }
+    {
+        return vec![b];
     }
     text.replace(SPACE, " ").into_bytes()
 }

@@ -16,12 +16,15 @@ pub fn run(args: &[&str]) -> Output {
 
 /// The repo's committed fixtures.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures")
+        .join(name)
 }
 
 pub fn fixture_json(name: &str) -> serde_json::Value {
     let p = fixture(name);
-    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))).unwrap()
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
 }
 
 /// A model that scripts/fetch-test-assets pulled into the cache.
@@ -31,17 +34,29 @@ pub fn model(alias: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmos"));
     let p = home.join("models").join(format!("{alias}.gguf"));
-    assert!(p.is_file(), "{} is missing: run scripts/fetch-test-assets first", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-test-assets first",
+        p.display()
+    );
     p
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u64> {
-    v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|x| x.as_u64().unwrap()).collect()
+    v.as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
 }
 
 /// stderr of a failed run: must be exactly one line starting with "error: ".
 pub fn one_line_error(o: &Output) -> String {
-    assert!(!o.status.success(), "expected failure, stdout: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "expected failure, stdout: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let e = String::from_utf8_lossy(&o.stderr).into_owned();
     let lines: Vec<&str> = e.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line expected: {e:?}");
