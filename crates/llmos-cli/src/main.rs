@@ -59,6 +59,16 @@ struct ModelArgs {
     /// Context length (default: the model's, at most 4096).
     #[arg(long)]
     ctx: Option<usize>,
+    /// How activations meet quantized weights: f32 (matches a float reference) or q8
+    /// (8-bit blocks and f16 attention, as llama.cpp computes).
+    #[arg(long, value_enum, default_value_t = Activations::F32)]
+    activations: Activations,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Activations {
+    F32,
+    Q8,
 }
 
 #[derive(Args)]
@@ -206,7 +216,11 @@ fn load(a: &ModelArgs) -> Result<Loaded> {
     let t0 = Instant::now();
     let g = Arc::new(Gguf::open(&path)?);
     let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
-    let model = Model::load(g).with_context(|| format!("{}", path.display()))?;
+    let mut model = Model::load(g).with_context(|| format!("{}", path.display()))?;
+    model.act = match a.activations {
+        Activations::F32 => llmos_tensor::ActMode::F32,
+        Activations::Q8 => llmos_tensor::ActMode::Q8,
+    };
     if tok.vocab_size() > model.config.n_vocab {
         bail!(
             "{}: tokenizer has {} tokens but the embedding only {}",

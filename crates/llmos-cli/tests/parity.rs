@@ -211,3 +211,63 @@ fn seeded_sampling_is_reproducible() {
         "a different seed should change a 12-token sample"
     );
 }
+
+/// The mode that quantizes activations like llama.cpp (8-bit blocks, f16 attention
+/// operands, f16 GELU table) gives llama.cpp's own greedy ids for Gemma-3.
+#[test]
+fn gemma3_q8_activations_equal_llamacpp_greedy() {
+    let p = model("gemma3");
+    for fx in ["gemma3-raw-llamacpp.json", "gemma3-fib-llamacpp.json"] {
+        let r = fixture_json(fx);
+        let out = run_json(&[
+            "run",
+            "-m",
+            p.to_str().unwrap(),
+            "-p",
+            r["prompt"].as_str().unwrap(),
+            "--temp",
+            "0",
+            "--ignore-eos",
+            "-n",
+            "32",
+            "--json",
+            "--activations",
+            "q8",
+        ]);
+        assert_eq!(ids(&out["prompt_ids"]), ids(&r["prompt_ids"]), "{fx}");
+        assert_eq!(
+            ids(&out["ids"]),
+            ids(&r["greedy_ids"]),
+            "{fx}: 32 greedy ids vs llama.cpp"
+        );
+    }
+}
+
+/// SmolLM2 in the same mode follows llama.cpp's path (which leaves the float path at step
+/// 5) for its first 14 tokens; at step 14 llama.cpp's own top two are 0.033 nats apart and
+/// the f16 roundings llmos does in another order tip it the other way. The bound below is
+/// what holds today; full equality is the CPU-speed issue's target.
+#[test]
+fn smollm2_q8_activations_follow_llamacpp_past_the_float_divergence() {
+    let r = fixture_json("smollm2-raw-llamacpp.json");
+    let p = model("smollm2");
+    let out = run_json(&[
+        "run",
+        "-m",
+        p.to_str().unwrap(),
+        "-p",
+        r["prompt"].as_str().unwrap(),
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "-n",
+        "32",
+        "--json",
+        "--activations",
+        "q8",
+    ]);
+    let (got, want) = (ids(&out["ids"]), ids(&r["greedy_ids"]));
+    let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+    eprintln!("q8 mode agrees with llama.cpp for {same} of 32 tokens");
+    assert!(same >= 14, "agrees for only {same} tokens: {got:?}");
+}

@@ -5,10 +5,11 @@
 //! `llmos_tensor::matmul`.
 
 use crate::{Arch, Model, ModelError};
-use llmos_tensor::matmul;
 use llmos_tensor::ops::{
     dot_f32, gelu_tanh, rmsnorm, rmsnorm_inplace, rope, rope_inv_freqs, silu, softmax,
 };
+use llmos_tensor::q8::round_f16;
+use llmos_tensor::{ActMode, Weight, matmul_with};
 use rayon::prelude::*;
 
 /// Keys and values of every layer for the positions seen so far.
@@ -95,6 +96,15 @@ impl Model {
         let (e, d, dv) = (c.n_embd, c.head_dim, c.head_dim_v);
         let (nh, nkv) = (c.n_head, c.n_head_kv);
         let pos0 = cache.len;
+        let act = self.act;
+        let mm = |w: &Weight, x: &[f32], y: &mut [f32]| matmul_with(w, x, y, act);
+        // llama.cpp's default KV cache and attention operands are f16; Q8 mode follows it
+        let q8 = act == ActMode::Q8;
+        let r16 = |v: &mut [f32]| {
+            if q8 {
+                v.iter_mut().for_each(|x| *x = round_f16(*x));
+            }
+        };
 
         // x = embeddings (T, C); gemma scales them by sqrt(C)
         let mut x = vec![0f32; t_n * e];
@@ -127,9 +137,9 @@ impl Model {
         for (l, lw) in self.layers.iter().enumerate() {
             // attention block: h = norm(x); q, k, v = h Wq, h Wk, h Wv
             rmsnorm(&mut h, &x, &lw.attn_norm, c.norm_eps);
-            matmul(&self.w(&lw.wq), &h, &mut q);
-            matmul(&self.w(&lw.wk), &h, &mut k);
-            matmul(&self.w(&lw.wv), &h, &mut v);
+            mm(&self.w(&lw.wq), &h, &mut q);
+            mm(&self.w(&lw.wk), &h, &mut k);
+            mm(&self.w(&lw.wv), &h, &mut v);
             for (buf, bias) in [(&mut q, &lw.bq), (&mut k, &lw.bk), (&mut v, &lw.bv)] {
                 if let Some(b) = bias {
                     for row in buf.chunks_exact_mut(b.len()) {
@@ -161,6 +171,9 @@ impl Model {
                     c.rope_style,
                 );
             }
+            r16(&mut k);
+            r16(&mut v);
+            r16(&mut q);
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
 
@@ -185,13 +198,16 @@ impl Model {
                     })
                     .collect();
                 softmax(&mut s);
+                if q8 {
+                    s.iter_mut().for_each(|x| *x = round_f16(*x));
+                }
                 out.fill(0.0);
                 for (p, &w) in (start..=qp).zip(&s) {
                     let vv = &vc[(p * nkv + kvh) * dv..(p * nkv + kvh + 1) * dv];
                     out.iter_mut().zip(vv).for_each(|(a, b)| *a += w * b);
                 }
             });
-            matmul(&self.w(&lw.wo), &att, &mut o);
+            mm(&self.w(&lw.wo), &att, &mut o);
             if let Some(w) = &lw.post_attn_norm {
                 rmsnorm_inplace(&mut o, w, c.norm_eps);
             }
@@ -199,15 +215,16 @@ impl Model {
 
             // feed-forward block: x += down(act(h Wgate) * (h Wup))
             rmsnorm(&mut h, &x, &lw.ffn_norm, c.norm_eps);
-            matmul(&self.w(&lw.gate), &h, &mut g);
-            matmul(&self.w(&lw.up), &h, &mut u);
-            let act: fn(f32) -> f32 = if c.arch == Arch::Gemma3 {
-                gelu_tanh
-            } else {
-                silu
+            mm(&self.w(&lw.gate), &h, &mut g);
+            mm(&self.w(&lw.up), &h, &mut u);
+            let act: fn(f32) -> f32 = match (c.arch, q8) {
+                (Arch::Gemma3, false) => gelu_tanh,
+                // llama.cpp's CPU GELU is an f16 lookup table
+                (Arch::Gemma3, true) => llmos_tensor::q8::gelu_f16_table,
+                _ => silu,
             };
             g.iter_mut().zip(&u).for_each(|(a, b)| *a = act(*a) * b);
-            matmul(&self.w(&lw.down), &g, &mut o);
+            mm(&self.w(&lw.down), &g, &mut o);
             if let Some(w) = &lw.post_ffn_norm {
                 rmsnorm_inplace(&mut o, w, c.norm_eps);
             }
@@ -224,7 +241,7 @@ impl Model {
         let mut hn = vec![0f32; rows.len()];
         rmsnorm(&mut hn, rows, &self.output_norm, c.norm_eps);
         let mut logits = vec![0f32; rows.len() / e * c.n_vocab];
-        matmul(&self.w(&self.output), &hn, &mut logits);
+        mm(&self.w(&self.output), &hn, &mut logits);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
         }

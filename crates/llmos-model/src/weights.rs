@@ -4,7 +4,7 @@
 
 use crate::{Arch, Config, ModelError};
 use llmos_formats::Gguf;
-use llmos_tensor::{DType, Weight};
+use llmos_tensor::{ActMode, DType, Weight};
 use std::sync::Arc;
 
 /// A matrix inside the mapped file: `rows` rows of `cols` values (PyTorch [out, in]).
@@ -46,6 +46,8 @@ pub struct Model {
     pub(crate) layers: Vec<Layer>,
     /// Llama 3.1 style per-frequency RoPE divisors (`rope_freqs.weight`).
     pub(crate) rope_freqs: Option<Vec<f32>>,
+    /// How activations meet quantized weights (f32, or 8-bit blocks like llama.cpp).
+    pub act: ActMode,
 }
 
 struct Binder<'a> {
@@ -172,6 +174,7 @@ impl Model {
             output_norm,
             layers,
             rope_freqs,
+            act: ActMode::F32,
         })
     }
 

@@ -6,10 +6,12 @@
 pub mod dtype;
 pub mod matmul;
 pub mod ops;
+pub mod q8;
 pub mod quant;
 
 pub use dtype::DType;
-pub use matmul::{Weight, matmul};
+pub use matmul::{Weight, matmul, matmul_with};
+pub use q8::ActMode;
 
 /// Errors from kernels that receive malformed shapes or unsupported types.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -6,6 +6,7 @@
 //! across the rayon pool.
 
 use crate::ops::dot_f32;
+use crate::q8::{ActMode, QuantRow, quantize_for, vec_dot};
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
 use rayon::prelude::*;
@@ -108,6 +109,44 @@ pub fn matmul(w: &Weight, x: &[f32], y: &mut [f32]) {
                 w.dequantize_row(ci * chunk + j, &mut buf);
                 for (ti, o) in out.iter_mut().enumerate() {
                     *o = dot_f32(&buf, &x[ti * k..(ti + 1) * k]);
+                }
+            }
+        });
+    for r in 0..w.rows {
+        for ti in 0..t {
+            y[ti * w.rows + r] = yt[r * t + ti];
+        }
+    }
+}
+
+/// Like [`matmul`], with activations meeting the weights as `mode` says. In
+/// [`ActMode::Q8`] each activation row is quantized once, then every weight row is dotted
+/// with it in integer arithmetic.
+pub fn matmul_with(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode) {
+    if mode == ActMode::F32 || matches!(w.dtype, DType::F32) {
+        return matmul(w, x, y);
+    }
+    let k = w.cols;
+    let t = x.len() / k;
+    assert_eq!(
+        x.len(),
+        t * k,
+        "activation length is not a multiple of the weight's columns"
+    );
+    assert_eq!(y.len(), t * w.rows, "output length must be T x rows");
+    let acts: Vec<QuantRow> = x
+        .chunks_exact(k)
+        .map(|r| quantize_for(w.dtype, r))
+        .collect();
+    let chunk = chunk_rows(w.rows);
+    let mut yt = vec![0f32; w.rows * t];
+    yt.par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(ci, ys)| {
+            for (j, out) in ys.chunks_exact_mut(t).enumerate() {
+                let row = w.row(ci * chunk + j);
+                for (o, a) in out.iter_mut().zip(&acts) {
+                    *o = vec_dot(w.dtype, row, a);
                 }
             }
         });

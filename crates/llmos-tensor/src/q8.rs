@@ -1,0 +1,385 @@
+//! Quantized activations: each activation row is quantized once per matmul to the 8-bit
+//! block format that pairs with the weight type (Q8_0, Q8_1 or Q8_K, as GGML pairs them), and
+//! weight blocks are dotted with it in integer arithmetic with one float scale per block.
+//! This reproduces what llama.cpp computes on x86 (its AVX2 quantizer: scale 127/amax,
+//! round half to even), so greedy decoding can match it token for token. These are the scalar
+//! references; SIMD versions must agree with them.
+
+use crate::DType;
+use crate::quant::k_scale_min;
+use half::{bf16, f16};
+
+/// How activations meet quantized weights in a matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ActMode {
+    /// Dequantize weights, keep activations f32 (matches a float reference).
+    #[default]
+    F32,
+    /// Quantize activations to 8 bits per block like llama.cpp; f16 attention operands.
+    Q8,
+}
+
+/// Rounds to the nearest f16 value (llama.cpp's f16 KV cache and attention operands).
+#[inline]
+pub fn round_f16(x: f32) -> f32 {
+    f16::from_f32(x).to_f32()
+}
+
+/// GELU as llama.cpp's CPU backend computes it: looked up by the f16 value of the input in
+/// a table of f16 results (inputs beyond +-10 short-cut).
+#[inline]
+pub fn gelu_f16_table(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        round_f16(crate::ops::gelu_tanh(round_f16(x)))
+    }
+}
+
+#[inline]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+}
+
+/// A Q8_0 / Q8_1 block of 32: scale `d` (already rounded to f16), `s = d * sum(qs)` (f16,
+/// Q8_1 only), values.
+#[derive(Clone, Copy)]
+pub struct BlockQ8 {
+    pub d: f32,
+    pub s: f32,
+    pub qs: [i8; 32],
+}
+
+/// A Q8_K block of 256: f32 scale, values, and the sums of each group of 16 values.
+#[derive(Clone, Copy)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; 256],
+    pub bsums: [i16; 16],
+}
+
+/// One activation row in the format its weight type needs.
+pub enum QuantRow {
+    Q8(Vec<BlockQ8>),
+    Q8K(Vec<BlockQ8K>),
+    /// Values rounded to f16 (F16 weights) or bf16 (BF16 weights), or plain f32.
+    Float(Vec<f32>),
+}
+
+/// Q8_0/Q8_1 quantization of one row (length a multiple of 32).
+pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
+    x.chunks_exact(32)
+        .map(|c| {
+            let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let mut qs = [0i8; 32];
+            let mut sum = 0i32;
+            for (q, &v) in qs.iter_mut().zip(c) {
+                *q = (v * id).round_ties_even() as i8;
+                sum += *q as i32;
+            }
+            BlockQ8 {
+                d: round_f16(d),
+                s: round_f16(d * sum as f32),
+                qs,
+            }
+        })
+        .collect()
+}
+
+/// Q8_K quantization of one row (length a multiple of 256): the scale comes from the value
+/// of largest magnitude, keeping its sign, as GGML's reference does.
+pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
+    x.chunks_exact(256)
+        .map(|c| {
+            let (mut amax, mut max) = (0f32, 0f32);
+            for &v in c {
+                if v.abs() > amax {
+                    amax = v.abs();
+                    max = v;
+                }
+            }
+            let mut b = BlockQ8K {
+                d: 0.0,
+                qs: [0; 256],
+                bsums: [0; 16],
+            };
+            if amax == 0.0 {
+                return b;
+            }
+            let iscale = -127.0 / max;
+            for (q, &v) in b.qs.iter_mut().zip(c) {
+                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+            }
+            for (j, s) in b.bsums.iter_mut().enumerate() {
+                *s = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+            }
+            b.d = 1.0 / iscale;
+            b
+        })
+        .collect()
+}
+
+/// Quantizes an activation row for weights of type `t`.
+pub fn quantize_for(t: DType, x: &[f32]) -> QuantRow {
+    match t {
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => {
+            QuantRow::Q8(quantize_q8(x))
+        }
+        DType::Q4K | DType::Q5K | DType::Q6K => QuantRow::Q8K(quantize_q8k(x)),
+        DType::F16 => QuantRow::Float(x.iter().map(|&v| round_f16(v)).collect()),
+        DType::BF16 => QuantRow::Float(x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()),
+        _ => QuantRow::Float(x.to_vec()),
+    }
+}
+
+/// Dot product of one weight row (`w`, type `t`) with a quantized activation row.
+pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
+    match (t, a) {
+        (DType::Q4_0, QuantRow::Q8(y)) => dot_blocks(w, 18, y, |b, y| {
+            let qs = &b[2..18];
+            let mut s = 0i32;
+            for j in 0..16 {
+                s += ((qs[j] & 0x0f) as i32 - 8) * y.qs[j] as i32
+                    + ((qs[j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+            }
+            f16_at(b, 0) * y.d * s as f32
+        }),
+        (DType::Q4_1, QuantRow::Q8(y)) => dot_blocks(w, 20, y, |b, y| {
+            let qs = &b[4..20];
+            let mut s = 0i32;
+            for j in 0..16 {
+                s += (qs[j] & 0x0f) as i32 * y.qs[j] as i32
+                    + (qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
+            }
+            f16_at(b, 0) * y.d * s as f32 + f16_at(b, 2) * y.s
+        }),
+        (DType::Q5_0, QuantRow::Q8(y)) => dot_blocks(w, 22, y, |b, y| {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            let mut s = 0i32;
+            for j in 0..16 {
+                let lo = ((qs[j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32 - 16;
+                let hi = ((qs[j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32 - 16;
+                s += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
+            }
+            f16_at(b, 0) * y.d * s as f32
+        }),
+        (DType::Q5_1, QuantRow::Q8(y)) => dot_blocks(w, 24, y, |b, y| {
+            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+            let qs = &b[8..24];
+            let mut s = 0i32;
+            for j in 0..16 {
+                let lo = ((qs[j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32;
+                let hi = ((qs[j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32;
+                s += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
+            }
+            f16_at(b, 0) * y.d * s as f32 + f16_at(b, 2) * y.s
+        }),
+        (DType::Q8_0, QuantRow::Q8(y)) => dot_blocks(w, 34, y, |b, y| {
+            let mut s = 0i32;
+            for j in 0..32 {
+                s += (b[2 + j] as i8) as i32 * y.qs[j] as i32;
+            }
+            f16_at(b, 0) * y.d * s as f32
+        }),
+        (DType::Q4K, QuantRow::Q8K(y)) => dot_blocks(w, 144, y, |b, y| {
+            let (d, dmin, scales, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..16], &b[16..144]);
+            let (mut sum, mut msum) = (0i32, 0i32);
+            for c in 0..4 {
+                for (k, shift) in [(2 * c, 0), (2 * c + 1, 4)] {
+                    let (sc, m) = k_scale_min(k, scales);
+                    let mut s = 0i32;
+                    for l in 0..32 {
+                        s += ((qs[32 * c + l] >> shift) & 0x0f) as i32 * y.qs[32 * k + l] as i32;
+                    }
+                    sum += sc as i32 * s;
+                    msum += m as i32 * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
+                }
+            }
+            d * y.d * sum as f32 - dmin * y.d * msum as f32
+        }),
+        (DType::Q5K, QuantRow::Q8K(y)) => dot_blocks(w, 176, y, |b, y| {
+            let (d, dmin, scales, qh, qs) = (
+                f16_at(b, 0),
+                f16_at(b, 2),
+                &b[4..16],
+                &b[16..48],
+                &b[48..176],
+            );
+            let (mut sum, mut msum) = (0i32, 0i32);
+            for c in 0..4 {
+                for (k, shift) in [(2 * c, 0), (2 * c + 1, 4)] {
+                    let (sc, m) = k_scale_min(k, scales);
+                    let mut s = 0i32;
+                    for l in 0..32 {
+                        let q = ((qs[32 * c + l] >> shift) & 0x0f) | (((qh[l] >> k) & 1) << 4);
+                        s += q as i32 * y.qs[32 * k + l] as i32;
+                    }
+                    sum += sc as i32 * s;
+                    msum += m as i32 * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
+                }
+            }
+            d * y.d * sum as f32 - dmin * y.d * msum as f32
+        }),
+        (DType::Q6K, QuantRow::Q8K(y)) => dot_blocks(w, 210, y, |b, y| {
+            let (ql_all, qh_all, sc_all, d) =
+                (&b[0..128], &b[128..192], &b[192..208], f16_at(b, 208));
+            let mut sum = 0i32;
+            for half in 0..2 {
+                let (ql, qh) = (&ql_all[64 * half..], &qh_all[32 * half..]);
+                let mut groups = [0i32; 8];
+                for l in 0..32 {
+                    let q = [
+                        ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32,
+                        ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32,
+                        ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32,
+                        ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32,
+                    ];
+                    for (r, &qv) in q.iter().enumerate() {
+                        // value l + 32 r of this half; its scale covers 16 values
+                        groups[2 * r + l / 16] += qv * y.qs[128 * half + 32 * r + l] as i32;
+                    }
+                }
+                for (g, &s) in groups.iter().enumerate() {
+                    sum += (sc_all[8 * half + g] as i8) as i32 * s;
+                }
+            }
+            d * y.d * sum as f32
+        }),
+        (_, QuantRow::Float(x)) => {
+            let mut row = vec![0f32; x.len()];
+            crate::quant::dequantize_row(t, w, &mut row).expect("row geometry checked by Weight");
+            crate::ops::dot_f32(&row, x)
+        }
+        _ => panic!("activation format does not pair with weight type {t}"),
+    }
+}
+
+#[inline]
+fn dot_blocks<B>(w: &[u8], size: usize, y: &[B], f: impl Fn(&[u8], &B) -> f32) -> f32 {
+    w.chunks_exact(size).zip(y).map(|(b, y)| f(b, y)).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::dequantize_row;
+
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed;
+        move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        }
+    }
+
+    /// Random weight blocks with sane scales (random f16 bits could be inf/NaN).
+    fn random_row(t: DType, n: usize, seed: u64) -> Vec<u8> {
+        let mut r = rng(seed);
+        let mut b: Vec<u8> = (0..t.row_bytes(n as u64).unwrap())
+            .map(|_| r() as u8)
+            .collect();
+        let scale = |b: &mut [u8], at: usize, r: &mut dyn FnMut() -> u64| {
+            let v = f16::from_f32((r() % 1000) as f32 / 20000.0 + 0.001);
+            b[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+        };
+        for blk in b.chunks_exact_mut(t.type_size()) {
+            match t {
+                DType::Q4_0 | DType::Q5_0 | DType::Q8_0 => scale(blk, 0, &mut r),
+                DType::Q4_1 | DType::Q5_1 | DType::Q4K | DType::Q5K => {
+                    scale(blk, 0, &mut r);
+                    scale(blk, 2, &mut r);
+                }
+                DType::Q6K => scale(blk, 208, &mut r),
+                _ => {}
+            }
+        }
+        b
+    }
+
+    /// Each integer dot equals the float dot of the dequantized weights with the
+    /// dequantized activations (the same math, done in another order).
+    #[test]
+    fn integer_dots_match_dequantized_float_dots() {
+        for t in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q4K,
+            DType::Q5K,
+            DType::Q6K,
+        ] {
+            for seed in 1..6u64 {
+                let n = 512;
+                let w = random_row(t, n, seed * 7919);
+                let mut r = rng(seed);
+                let x: Vec<f32> = (0..n).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+                let a = quantize_for(t, &x);
+                let xq: Vec<f32> = match &a {
+                    QuantRow::Q8(b) => b
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+                        .collect(),
+                    QuantRow::Q8K(b) => b
+                        .iter()
+                        .flat_map(|b| b.qs.iter().map(move |&q| q as f32 * b.d))
+                        .collect(),
+                    QuantRow::Float(v) => v.clone(),
+                };
+                let mut wf = vec![0f32; n];
+                dequantize_row(t, &w, &mut wf).unwrap();
+                let want: f64 = wf.iter().zip(&xq).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let got = vec_dot(t, &w, &a) as f64;
+                let mag: f64 = wf
+                    .iter()
+                    .zip(&xq)
+                    .map(|(a, b)| (*a as f64 * *b as f64).abs())
+                    .sum();
+                // Q8_1's `s` term is rounded to f16, which the float dot does not see
+                let tol = if matches!(t, DType::Q4_1 | DType::Q5_1) {
+                    2e-3
+                } else {
+                    1e-5
+                } * mag.max(1.0);
+                assert!(
+                    (got - want).abs() <= tol,
+                    "{t} seed {seed}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q8_quantizer_rounds_like_llama_cpp() {
+        let mut x = vec![0f32; 32];
+        x[0] = 1.27; // amax -> d = 0.01, id = 100
+        x[1] = 0.005; // 0.5 -> ties to even: 0
+        x[2] = 0.015; // 1.5 -> 2
+        x[3] = -0.025; // -2.5 -> -2
+        let b = &quantize_q8(&x)[0];
+        assert_eq!(&b.qs[..4], &[127, 0, 2, -2]);
+        assert_eq!(b.d, round_f16(0.01));
+        assert_eq!(b.s, round_f16(0.01 * 127.0));
+        let z = &quantize_q8(&[0f32; 32])[0];
+        assert_eq!((z.d, z.qs), (0.0, [0; 32]));
+    }
+
+    #[test]
+    fn q8k_keeps_the_sign_of_the_largest_value() {
+        let mut x = vec![0.1f32; 256];
+        x[5] = -2.0;
+        let b = &quantize_q8k(&x)[0];
+        // iscale = -127 / -2 = 63.5: -2 -> -127, 0.1 -> 6.35 -> 6
+        assert_eq!((b.qs[5], b.qs[0]), (-127, 6));
+        assert_eq!(b.bsums[0], 15 * 6 - 127);
+        assert!((b.d - 2.0 / 127.0).abs() < 1e-9);
+    }
+}
