@@ -5,6 +5,9 @@
 //! round half to even), so greedy decoding can match it token for token. These are the scalar
 //! references; SIMD versions must agree with them.
 
+// block kernels index several arrays in step; explicit indices read like the format spec
+#![allow(clippy::needless_range_loop)]
+
 use crate::DType;
 use crate::quant::k_scale_min;
 use half::{bf16, f16};
