@@ -271,8 +271,9 @@ fn stop_name(s: llmos_engine::StopReason) -> &'static str {
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
-    let l = load(&a.model)?;
+    // flags are checked before the model is fetched or loaded
     let mut sampler = a.sample.sampler()?;
+    let l = load(&a.model)?;
     let ctx = ctx_of(&a.model, &l.model)?;
     let prompt_ids = l.tok.encode(&a.prompt, true, true);
     let mut s = Session::new(&l.model, &l.tok, ctx);
@@ -321,9 +322,12 @@ fn chat_template(l: &Loaded) -> Result<ChatTemplate> {
 }
 
 fn cmd_chat(a: ChatArgs) -> Result<()> {
+    let mut sampler = a.sample.sampler()?;
+    if a.json && a.message.is_none() {
+        bail!("--json needs a message: llmos chat --json \"...\"");
+    }
     let l = load(&a.model)?;
     let tmpl = chat_template(&l)?;
-    let mut sampler = a.sample.sampler()?;
     let ctx = ctx_of(&a.model, &l.model)?;
     let mut s = Session::new(&l.model, &l.tok, ctx);
     let params = GenParams {
