@@ -21,17 +21,20 @@ llm = Llama(model_path=a.gguf, n_ctx=2048, n_threads=a.threads, n_threads_batch=
 ids = llm.tokenize(a.prompt.encode(), add_bos=llm._model.add_bos_token(), special=True)
 llm.reset()
 llm.eval(ids)
-greedy = []
+greedy, steps = [], []
 for _ in range(a.n):
     ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
     logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),)).copy()
     nxt = int(np.argmax(logits))
     greedy.append(nxt)
+    top = np.argsort(-logits, kind="stable")[:5]
+    steps.append([[int(i), float(logits[i])] for i in top])
     llm.eval([nxt])
 out = {
     "prompt": a.prompt,
     "prompt_ids": list(ids),
     "greedy_ids": greedy,
+    "top5_logits": steps,
     "llama_cpp_python_version": llama_cpp.__version__,
     "threads": a.threads,
 }

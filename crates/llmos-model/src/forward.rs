@@ -5,10 +5,10 @@
 //! `llmos_tensor::matmul`.
 
 use crate::{Arch, Model, ModelError};
-use llmos_tensor::ops::{
-    dot_f32, gelu_tanh, rmsnorm, rmsnorm_inplace, rope, rope_inv_freqs, silu, softmax,
+use llmos_tensor::ops::{dot_f32, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu, softmax};
+use llmos_tensor::q8::{
+    dot_f16_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16, softmax_scaled_lanes,
 };
-use llmos_tensor::q8::round_f16;
 use llmos_tensor::{ActMode, Weight, matmul_with};
 use rayon::prelude::*;
 
@@ -117,13 +117,41 @@ impl Model {
             x.iter_mut().for_each(|v| *v *= s);
         }
 
-        let inv_global = rope_inv_freqs(
-            c.rope_dim,
-            c.rope_base,
-            c.rope_scale,
-            self.rope_freqs.as_deref(),
-        );
-        let inv_swa = rope_inv_freqs(c.rope_dim, c.rope_base_swa, 1.0, self.rope_freqs.as_deref());
+        // norms: in Q8 mode with llama.cpp's summation order
+        let eps = c.norm_eps;
+        let norm = |y: &mut [f32], x: &[f32], w: &[f32]| {
+            if q8 {
+                rmsnorm_lanes(y, x, w, eps)
+            } else {
+                rmsnorm(y, x, w, eps)
+            }
+        };
+        let norm_inplace = |x: &mut [f32], w: &[f32]| {
+            let src = x.to_vec();
+            norm(x, &src, w);
+        };
+
+        // RoPE (cos, sin) per token, for global and sliding-window layers
+        let ff = self.rope_freqs.as_deref();
+        let rope_table = |base: f32, scale: f32| -> Vec<Vec<(f32, f32)>> {
+            let inv = rope_inv_freqs(c.rope_dim, base, scale, ff);
+            (pos0..pos0 + t_n)
+                .map(|p| {
+                    if q8 {
+                        rope_cos_sin_lanes(p, c.rope_dim, base, scale, ff)
+                    } else {
+                        inv.iter()
+                            .map(|&f| {
+                                let (s, c) = (p as f32 * f).sin_cos();
+                                (c, s)
+                            })
+                            .collect()
+                    }
+                })
+                .collect()
+        };
+        let cs_global = rope_table(c.rope_base, c.rope_scale);
+        let cs_swa = rope_table(c.rope_base_swa, 1.0);
 
         let mut h = vec![0f32; t_n * e];
         let mut q = vec![0f32; t_n * nh * d];
@@ -136,7 +164,7 @@ impl Model {
 
         for (l, lw) in self.layers.iter().enumerate() {
             // attention block: h = norm(x); q, k, v = h Wq, h Wk, h Wv
-            rmsnorm(&mut h, &x, &lw.attn_norm, c.norm_eps);
+            norm(&mut h, &x, &lw.attn_norm);
             mm(&self.w(&lw.wq), &h, &mut q);
             mm(&self.w(&lw.wk), &h, &mut k);
             mm(&self.w(&lw.wv), &h, &mut v);
@@ -148,26 +176,24 @@ impl Model {
                 }
             }
             if let Some(w) = &lw.q_norm {
-                rmsnorm_inplace(&mut q, w, c.norm_eps);
+                norm_inplace(&mut q, w);
             }
             if let Some(w) = &lw.k_norm {
-                rmsnorm_inplace(&mut k, w, c.norm_eps);
+                norm_inplace(&mut k, w);
             }
             let swa = c.is_swa_layer(l);
-            let inv = if swa { &inv_swa } else { &inv_global };
+            let cs = if swa { &cs_swa } else { &cs_global };
             for t in 0..t_n {
-                rope(
+                rope_cs(
                     &mut q[t * nh * d..(t + 1) * nh * d],
                     d,
-                    pos0 + t,
-                    inv,
+                    &cs[t],
                     c.rope_style,
                 );
-                rope(
+                rope_cs(
                     &mut k[t * nkv * d..(t + 1) * nkv * d],
                     d,
-                    pos0 + t,
-                    inv,
+                    &cs[t],
                     c.rope_style,
                 );
             }
@@ -187,6 +213,33 @@ impl Model {
                 let qp = pos0 + t;
                 let start = window.map_or(0, |w| (qp + 1).saturating_sub(w));
                 let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
+                if q8 {
+                    // llama.cpp order: f16 dots over every cache cell from 0 (masked cells
+                    // score -inf and weigh 0), softmax in 8-lane chunks, f16 weights
+                    let mut s: Vec<f32> = (0..=qp)
+                        .map(|p| {
+                            if p < start {
+                                return f32::NEG_INFINITY;
+                            }
+                            let kv = &kc[(p * nkv + kvh) * d..(p * nkv + kvh + 1) * d];
+                            let x = dot_f16_lanes(qv, kv);
+                            match c.attn_softcap {
+                                Some(cap) => cap * (x * c.attn_scale / cap).tanh() / c.attn_scale,
+                                None => x,
+                            }
+                        })
+                        .collect();
+                    softmax_scaled_lanes(&mut s, c.attn_scale);
+                    s.iter_mut().for_each(|x| *x = round_f16(*x));
+                    let mut col = vec![0f32; qp + 1];
+                    for (i, o) in out.iter_mut().enumerate() {
+                        for (p, cv) in col.iter_mut().enumerate() {
+                            *cv = vc[(p * nkv + kvh) * dv + i];
+                        }
+                        *o = dot_f16_lanes(&s, &col);
+                    }
+                    return;
+                }
                 let mut s: Vec<f32> = (start..=qp)
                     .map(|p| {
                         let kv = &kc[(p * nkv + kvh) * d..(p * nkv + kvh + 1) * d];
@@ -198,9 +251,6 @@ impl Model {
                     })
                     .collect();
                 softmax(&mut s);
-                if q8 {
-                    s.iter_mut().for_each(|x| *x = round_f16(*x));
-                }
                 out.fill(0.0);
                 for (p, &w) in (start..=qp).zip(&s) {
                     let vv = &vc[(p * nkv + kvh) * dv..(p * nkv + kvh + 1) * dv];
@@ -209,12 +259,12 @@ impl Model {
             });
             mm(&self.w(&lw.wo), &att, &mut o);
             if let Some(w) = &lw.post_attn_norm {
-                rmsnorm_inplace(&mut o, w, c.norm_eps);
+                norm_inplace(&mut o, w);
             }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             // feed-forward block: x += down(act(h Wgate) * (h Wup))
-            rmsnorm(&mut h, &x, &lw.ffn_norm, c.norm_eps);
+            norm(&mut h, &x, &lw.ffn_norm);
             mm(&self.w(&lw.gate), &h, &mut g);
             mm(&self.w(&lw.up), &h, &mut u);
             let act: fn(f32) -> f32 = match (c.arch, q8) {
@@ -226,7 +276,7 @@ impl Model {
             g.iter_mut().zip(&u).for_each(|(a, b)| *a = act(*a) * b);
             mm(&self.w(&lw.down), &g, &mut o);
             if let Some(w) = &lw.post_ffn_norm {
-                rmsnorm_inplace(&mut o, w, c.norm_eps);
+                norm_inplace(&mut o, w);
             }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
         }
@@ -239,7 +289,7 @@ impl Model {
             &x[(t_n - 1) * e..]
         };
         let mut hn = vec![0f32; rows.len()];
-        rmsnorm(&mut hn, rows, &self.output_norm, c.norm_eps);
+        norm(&mut hn, rows, &self.output_norm);
         let mut logits = vec![0f32; rows.len() / e * c.n_vocab];
         mm(&self.w(&self.output), &hn, &mut logits);
         if let Some(cap) = c.final_softcap {

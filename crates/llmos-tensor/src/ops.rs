@@ -103,11 +103,21 @@ pub fn rope_inv_freqs(
 /// Rotates each head of `x` ([n_head, head_dim]) in place for position `pos`, using the
 /// first `inv_freq.len() * 2` dims of each head.
 pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], style: RopeStyle) {
-    let half = inv_freq.len();
+    let cs: Vec<(f32, f32)> = inv_freq
+        .iter()
+        .map(|&f| {
+            let (s, c) = (pos as f32 * f).sin_cos();
+            (c, s)
+        })
+        .collect();
+    rope_cs(x, head_dim, &cs, style);
+}
+
+/// Rotates each head of `x` in place by the given (cos, sin) per rotated pair.
+pub fn rope_cs(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)], style: RopeStyle) {
+    let half = cs.len();
     for head in x.chunks_exact_mut(head_dim) {
-        for (i, &f) in inv_freq.iter().enumerate() {
-            let theta = pos as f32 * f;
-            let (s, c) = theta.sin_cos();
+        for (i, &(c, s)) in cs.iter().enumerate() {
             let (a, b) = match style {
                 RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                 RopeStyle::Neox => (i, i + half),

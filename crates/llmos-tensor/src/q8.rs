@@ -142,52 +142,41 @@ pub fn quantize_for(t: DType, x: &[f32]) -> QuantRow {
 /// Dot product of one weight row (`w`, type `t`) with a quantized activation row.
 pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
     match (t, a) {
-        (DType::Q4_0, QuantRow::Q8(y)) => dot_blocks(w, 18, y, |b, y| {
-            let qs = &b[2..18];
-            let mut s = 0i32;
+        (DType::Q4_0, QuantRow::Q8(y)) => dot_q8_lanes(w, 18, y, |b, q| {
             for j in 0..16 {
-                s += ((qs[j] & 0x0f) as i32 - 8) * y.qs[j] as i32
-                    + ((qs[j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+                q[j] = (b[2 + j] & 0x0f) as i32 - 8;
+                q[j + 16] = (b[2 + j] >> 4) as i32 - 8;
             }
-            f16_at(b, 0) * y.d * s as f32
+            (f16_at(b, 0), None)
         }),
-        (DType::Q4_1, QuantRow::Q8(y)) => dot_blocks(w, 20, y, |b, y| {
-            let qs = &b[4..20];
-            let mut s = 0i32;
+        (DType::Q4_1, QuantRow::Q8(y)) => dot_q8_lanes(w, 20, y, |b, q| {
             for j in 0..16 {
-                s += (qs[j] & 0x0f) as i32 * y.qs[j] as i32
-                    + (qs[j] >> 4) as i32 * y.qs[j + 16] as i32;
+                q[j] = (b[4 + j] & 0x0f) as i32;
+                q[j + 16] = (b[4 + j] >> 4) as i32;
             }
-            f16_at(b, 0) * y.d * s as f32 + f16_at(b, 2) * y.s
+            (f16_at(b, 0), Some(f16_at(b, 2)))
         }),
-        (DType::Q5_0, QuantRow::Q8(y)) => dot_blocks(w, 22, y, |b, y| {
+        (DType::Q5_0, QuantRow::Q8(y)) => dot_q8_lanes(w, 22, y, |b, q| {
             let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            let qs = &b[6..22];
-            let mut s = 0i32;
             for j in 0..16 {
-                let lo = ((qs[j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32 - 16;
-                let hi = ((qs[j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32 - 16;
-                s += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
+                q[j] = ((b[6 + j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32 - 16;
+                q[j + 16] = ((b[6 + j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32 - 16;
             }
-            f16_at(b, 0) * y.d * s as f32
+            (f16_at(b, 0), None)
         }),
-        (DType::Q5_1, QuantRow::Q8(y)) => dot_blocks(w, 24, y, |b, y| {
+        (DType::Q5_1, QuantRow::Q8(y)) => dot_q8_lanes(w, 24, y, |b, q| {
             let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-            let qs = &b[8..24];
-            let mut s = 0i32;
             for j in 0..16 {
-                let lo = ((qs[j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32;
-                let hi = ((qs[j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32;
-                s += lo * y.qs[j] as i32 + hi * y.qs[j + 16] as i32;
+                q[j] = ((b[8 + j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32;
+                q[j + 16] = ((b[8 + j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32;
             }
-            f16_at(b, 0) * y.d * s as f32 + f16_at(b, 2) * y.s
+            (f16_at(b, 0), Some(f16_at(b, 2)))
         }),
-        (DType::Q8_0, QuantRow::Q8(y)) => dot_blocks(w, 34, y, |b, y| {
-            let mut s = 0i32;
+        (DType::Q8_0, QuantRow::Q8(y)) => dot_q8_lanes(w, 34, y, |b, q| {
             for j in 0..32 {
-                s += (b[2 + j] as i8) as i32 * y.qs[j] as i32;
+                q[j] = (b[2 + j] as i8) as i32;
             }
-            f16_at(b, 0) * y.d * s as f32
+            (f16_at(b, 0), None)
         }),
         (DType::Q4K, QuantRow::Q8K(y)) => dot_blocks(w, 144, y, |b, y| {
             let (d, dmin, scales, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..16], &b[16..144]);
@@ -260,6 +249,120 @@ pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
         }
         _ => panic!("activation format does not pair with weight type {t}"),
     }
+}
+
+/// Sum of 8 float lanes in the order x86 code reduces a 256-bit register: halves first
+/// (i + i+4), then (0+2, 1+3), then the last two.
+#[inline]
+pub fn hsum8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// Dot of a row of 32-value weight blocks with Q8_0/Q8_1 activations, summed in the order
+/// llama.cpp's AVX2 kernels use: per block, lane m holds the integer sum of products
+/// 4m..4m+3, scaled by d_w * d_x and accumulated with a fused multiply-add; the lanes are
+/// reduced with [`hsum8`]; the min terms (Q4_1, Q5_1: m_w * s_x) are summed apart and added
+/// last. `unpack` writes a block's 32 integer values and returns (d_w, m_w).
+#[inline]
+fn dot_q8_lanes(
+    w: &[u8],
+    size: usize,
+    y: &[BlockQ8],
+    unpack: impl Fn(&[u8], &mut [i32; 32]) -> (f32, Option<f32>),
+) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    let mut q = [0i32; 32];
+    for (b, y) in w.chunks_exact(size).zip(y) {
+        let (dw, mw) = unpack(b, &mut q);
+        let d = dw * y.d;
+        for (m, a) in acc.iter_mut().enumerate() {
+            let s: i32 = (4 * m..4 * m + 4).map(|k| q[k] * y.qs[k] as i32).sum();
+            *a = d.mul_add(s as f32, *a);
+        }
+        if let Some(mw) = mw {
+            summs += mw * y.s;
+        }
+    }
+    hsum8(&acc) + summs
+}
+
+/// Dot product of two f16-valued vectors as llama.cpp's AVX2 f16 kernel takes it: four
+/// accumulators of 8 lanes over steps of 32 (fused multiply-add), reduced x0+x2, x1+x3,
+/// x0+x1, then the register halves and two horizontal adds. Lengths that are not a multiple
+/// of 32 behave as if zero-padded (llama.cpp pads its KV cache to 32 cells).
+pub fn dot_f16_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut x = [[0f32; 8]; 4];
+    for (i, (&u, &v)) in a.iter().zip(b).enumerate() {
+        let (j, l) = ((i % 32) / 8, i % 8);
+        x[j][l] = u.mul_add(v, x[j][l]);
+    }
+    for l in 0..8 {
+        x[0][l] += x[2][l];
+        x[1][l] += x[3][l];
+        x[0][l] += x[1][l];
+    }
+    let t0: Vec<f32> = (0..4).map(|i| x[0][i] + x[0][i + 4]).collect();
+    (t0[0] + t0[1]) + (t0[2] + t0[3])
+}
+
+/// Softmax of `x * scale` the way llama.cpp's CPU backend computes it: exponentials summed
+/// per 8-lane chunk (reduced like [`hsum8`]) into a double, then multiplied by the f32
+/// reciprocal of the sum.
+pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
+    for v in x.iter_mut() {
+        *v *= scale;
+    }
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f64;
+    for chunk in x.chunks_mut(8) {
+        let mut lanes = [0f32; 8];
+        for (l, v) in chunk.iter_mut().enumerate() {
+            *v = (*v - max).exp();
+            lanes[l] = *v;
+        }
+        sum += hsum8(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// RMSNorm as llama.cpp computes it: squares in f32 summed in a double, mean and scale in
+/// f32, then x * scale, then times the weight.
+pub fn rmsnorm_lanes(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+    let c = w.len();
+    for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / c as f64) as f32;
+        let scale = 1.0f32 / (mean + eps).sqrt();
+        for i in 0..c {
+            yr[i] = (xr[i] * scale) * w[i];
+        }
+    }
+}
+
+/// RoPE (cos, sin) per rotated pair for position `pos`, with the angle advanced by repeated
+/// f32 multiplication as llama.cpp does (theta_i = pos * base^(-2i/d), computed as a running
+/// product).
+pub fn rope_cos_sin_lanes(
+    pos: usize,
+    rot_dim: usize,
+    base: f32,
+    freq_scale: f32,
+    factors: Option<&[f32]>,
+) -> Vec<(f32, f32)> {
+    let theta_scale = base.powf(-2.0 / rot_dim as f32);
+    let mut theta = pos as f32;
+    (0..rot_dim / 2)
+        .map(|i| {
+            let ff = factors.map_or(1.0, |f| f[i]);
+            let t = freq_scale * (theta / ff);
+            theta *= theta_scale;
+            (t.cos(), t.sin())
+        })
+        .collect()
 }
 
 #[inline]
@@ -384,5 +487,71 @@ mod tests {
         assert_eq!((b.qs[5], b.qs[0]), (-127, 6));
         assert_eq!(b.bsums[0], 15 * 6 - 127);
         assert!((b.d - 2.0 / 127.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn hsum8_uses_the_register_reduction_order() {
+        // 1e8 + 1 - 1e8 depends on order: pairing (0,4) first keeps the 1 only when the
+        // big values cancel before it is added
+        let a = [1e8f32, 1.0, 0.0, 0.0, -1e8, 0.0, 0.0, 0.0];
+        assert_eq!(hsum8(&a), 1.0);
+        let seq: f32 = a.iter().sum();
+        assert_eq!(seq, 0.0, "a left-to-right sum loses the 1");
+    }
+
+    #[test]
+    fn lane_ordered_kernels_match_their_plain_versions() {
+        let mut r = rng(11);
+        let mut f = || (r() % 20001) as f32 / 10000.0 - 1.0;
+        for n in [1usize, 7, 31, 32, 33, 64, 100] {
+            let a: Vec<f32> = (0..n).map(|_| round_f16(f())).collect();
+            let b: Vec<f32> = (0..n).map(|_| round_f16(f())).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!(
+                (dot_f16_lanes(&a, &b) as f64 - plain).abs() < 1e-5,
+                "dot n={n}"
+            );
+
+            let mut s1 = a.clone();
+            let mut s2: Vec<f32> = a.iter().map(|v| v * 0.125).collect();
+            softmax_scaled_lanes(&mut s1, 0.125);
+            crate::ops::softmax(&mut s2);
+            for (x, y) in s1.iter().zip(&s2) {
+                assert!((x - y).abs() < 1e-6, "softmax n={n}");
+            }
+        }
+        // masked (-inf) entries weigh exactly 0
+        let mut s = vec![1.0, f32::NEG_INFINITY, 2.0];
+        softmax_scaled_lanes(&mut s, 1.0);
+        assert_eq!(s[1], 0.0);
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+
+        let x: Vec<f32> = (0..64).map(|_| f()).collect();
+        let w: Vec<f32> = (0..64).map(|_| f()).collect();
+        let (mut y1, mut y2) = (vec![0f32; 64], vec![0f32; 64]);
+        rmsnorm_lanes(&mut y1, &x, &w, 1e-5);
+        crate::ops::rmsnorm(&mut y2, &x, &w, 1e-5);
+        for (p, q) in y1.iter().zip(&y2) {
+            assert!((p - q).abs() < 1e-5);
+        }
+
+        let cs = rope_cos_sin_lanes(17, 64, 10_000.0, 1.0, None);
+        let inv = crate::ops::rope_inv_freqs(64, 10_000.0, 1.0, None);
+        for ((c, s), f) in cs.iter().zip(&inv) {
+            let t = 17.0 * f;
+            assert!((c - t.cos()).abs() < 1e-4 && (s - t.sin()).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn gelu_table_rounds_through_f16() {
+        assert_eq!(gelu_f16_table(-11.0), 0.0);
+        assert_eq!(gelu_f16_table(12.5), 12.5);
+        let x = 0.3337f32;
+        assert_eq!(
+            gelu_f16_table(x),
+            round_f16(crate::ops::gelu_tanh(round_f16(x)))
+        );
+        assert!((gelu_f16_table(x) - crate::ops::gelu_tanh(x)).abs() < 1e-3);
     }
 }
