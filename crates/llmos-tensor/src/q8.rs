@@ -41,7 +41,7 @@ pub fn gelu_f16_table(x: f32) -> f32 {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
@@ -263,8 +263,8 @@ pub fn hsum8(a: &[f32; 8]) -> f32 {
 /// 4m..4m+3, scaled by d_w * d_x and accumulated with a fused multiply-add; the lanes are
 /// reduced with [`hsum8`]; the min terms (Q4_1, Q5_1: m_w * s_x) are summed apart and added
 /// last. `unpack` writes a block's 32 integer values and returns (d_w, m_w).
-#[inline]
-fn dot_q8_lanes(
+#[inline(always)]
+fn dot_q8_lanes_body(
     w: &[u8],
     size: usize,
     y: &[BlockQ8],
@@ -276,8 +276,12 @@ fn dot_q8_lanes(
     for (b, y) in w.chunks_exact(size).zip(y) {
         let (dw, mw) = unpack(b, &mut q);
         let d = dw * y.d;
+        let mut prod = [0i32; 32];
+        for k in 0..32 {
+            prod[k] = q[k] * y.qs[k] as i32;
+        }
         for (m, a) in acc.iter_mut().enumerate() {
-            let s: i32 = (4 * m..4 * m + 4).map(|k| q[k] * y.qs[k] as i32).sum();
+            let s = (prod[4 * m] + prod[4 * m + 1]) + (prod[4 * m + 2] + prod[4 * m + 3]);
             *a = d.mul_add(s as f32, *a);
         }
         if let Some(mw) = mw {
@@ -287,11 +291,69 @@ fn dot_q8_lanes(
     hsum8(&acc) + summs
 }
 
+/// Whether the CPU has fused multiply-add (checked once). Without it `mul_add` is a
+/// correctly rounded software routine: same results, much slower.
+#[inline]
+fn has_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static FMA: OnceLock<bool> = OnceLock::new();
+        *FMA.get_or_init(|| std::arch::is_x86_feature_detected!("fma"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+fn dot_q8_lanes_fma(
+    w: &[u8],
+    size: usize,
+    y: &[BlockQ8],
+    unpack: impl Fn(&[u8], &mut [i32; 32]) -> (f32, Option<f32>),
+) -> f32 {
+    dot_q8_lanes_body(w, size, y, unpack)
+}
+
+#[inline]
+fn dot_q8_lanes(
+    w: &[u8],
+    size: usize,
+    y: &[BlockQ8],
+    unpack: impl Fn(&[u8], &mut [i32; 32]) -> (f32, Option<f32>),
+) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU reported FMA support, the only feature this function enables.
+        return unsafe { dot_q8_lanes_fma(w, size, y, unpack) };
+    }
+    dot_q8_lanes_body(w, size, y, unpack)
+}
+
 /// Dot product of two f16-valued vectors as llama.cpp's AVX2 f16 kernel takes it: four
 /// accumulators of 8 lanes over steps of 32 (fused multiply-add), reduced x0+x2, x1+x3,
 /// x0+x1, then the register halves and two horizontal adds. Lengths that are not a multiple
 /// of 32 behave as if zero-padded (llama.cpp pads its KV cache to 32 cells).
 pub fn dot_f16_lanes(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if has_fma() {
+        // SAFETY: the CPU reported FMA support, the only feature this function enables.
+        return unsafe { dot_f16_lanes_fma(a, b) };
+    }
+    dot_f16_lanes_body(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+fn dot_f16_lanes_fma(a: &[f32], b: &[f32]) -> f32 {
+    dot_f16_lanes_body(a, b)
+}
+
+#[inline(always)]
+fn dot_f16_lanes_body(a: &[f32], b: &[f32]) -> f32 {
     let mut x = [[0f32; 8]; 4];
     for (i, (&u, &v)) in a.iter().zip(b).enumerate() {
         let (j, l) = ((i % 32) / 8, i % 8);
