@@ -616,4 +616,31 @@ mod tests {
         );
         assert!((gelu_f16_table(x) - crate::ops::gelu_tanh(x)).abs() < 1e-3);
     }
+
+    /// The FMA-instruction path and the portable path give bit-identical results (both
+    /// round each fused multiply-add once).
+    #[test]
+    fn fma_dispatch_and_portable_body_agree_bit_for_bit() {
+        let w = random_row(DType::Q4_1, 256, 5);
+        let mut r = rng(9);
+        let x: Vec<f32> = (0..256)
+            .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let y = quantize_q8(&x);
+        let unpack = |b: &[u8], q: &mut [i32; 32]| {
+            for j in 0..16 {
+                q[j] = (b[4 + j] & 0x0f) as i32;
+                q[j + 16] = (b[4 + j] >> 4) as i32;
+            }
+            (f16_at(b, 0), Some(f16_at(b, 2)))
+        };
+        let fast = dot_q8_lanes(&w, 20, &y, unpack);
+        let portable = dot_q8_lanes_body(&w, 20, &y, unpack);
+        assert_eq!(fast.to_bits(), portable.to_bits());
+        let a: Vec<f32> = x.iter().map(|&v| round_f16(v)).collect();
+        assert_eq!(
+            dot_f16_lanes(&a, &a).to_bits(),
+            dot_f16_lanes_body(&a, &a).to_bits()
+        );
+    }
 }
