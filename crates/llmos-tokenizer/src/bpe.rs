@@ -47,6 +47,9 @@ pub fn decode_bytelevel(text: &str) -> Vec<u8> {
 }
 
 pub struct Bpe {
+    /// Take a whole pre-tokenized piece as one token when the vocabulary has it, before
+    /// any merging (Llama 3's `ignore_merges`).
+    ignore_merges: Option<HashMap<String, u32>>,
     /// (left id, right id) -> (rank, merged id)
     ranks: HashMap<(u32, u32), (u32, u32)>,
     /// byte -> id of its single-character token (None if the vocab lacks it)
@@ -55,7 +58,17 @@ pub struct Bpe {
 }
 
 impl Bpe {
+    #[cfg(test)]
     pub fn new(merges: &[&str], vocab: &HashMap<String, u32>, pre: PreTokenizer) -> Bpe {
+        Self::with_options(merges, vocab, pre, false)
+    }
+
+    pub fn with_options(
+        merges: &[&str],
+        vocab: &HashMap<String, u32>,
+        pre: PreTokenizer,
+        ignore_merges: bool,
+    ) -> Bpe {
         let mut ranks = HashMap::with_capacity(merges.len());
         for (rank, m) in merges.iter().enumerate() {
             let Some((a, b)) = m.split_once(' ') else {
@@ -73,7 +86,9 @@ impl Bpe {
         for (b, c) in table.iter().enumerate() {
             byte_ids[b] = vocab.get(&c.to_string()).copied();
         }
+        let ignore_merges = ignore_merges.then(|| vocab.clone());
         Bpe {
+            ignore_merges,
             ranks,
             byte_ids,
             pre,
@@ -87,6 +102,14 @@ impl Bpe {
     }
 
     fn encode_piece(&self, bytes: &[u8], out: &mut Vec<u32>) {
+        if let Some(vocab) = &self.ignore_merges {
+            let table = byte_to_char();
+            let text: String = bytes.iter().map(|&b| table[b as usize]).collect();
+            if let Some(&id) = vocab.get(&text) {
+                out.push(id);
+                return;
+            }
+        }
         // one symbol per byte; bytes without a token are dropped (byte-level vocabularies
         // always have all 256)
         let mut syms: Vec<u32> = bytes

@@ -145,7 +145,13 @@ impl Tokenizer {
                         meta_err("byte-level BPE vocabulary without tokenizer.ggml.merges")
                     })?;
                 let merges: Vec<&str> = merges.iter().filter_map(Value::as_str).collect();
-                let b = bpe::Bpe::new(&merges, &token_to_id, pretok::PreTokenizer::for_name(&pre));
+                let ignore_merges = matches!(pre.as_str(), "llama3" | "llama-v3" | "llama-bpe");
+                let b = bpe::Bpe::with_options(
+                    &merges,
+                    &token_to_id,
+                    pretok::PreTokenizer::for_name(&pre),
+                    ignore_merges,
+                );
                 (
                     Model::Bpe(b),
                     false,
@@ -259,6 +265,8 @@ impl Tokenizer {
                     out.push(id);
                     prev_special = true;
                 }
+                // an empty fragment yields no tokens (and no space prefix)
+                Fragment::Text("") => {}
                 Fragment::Text(t) => {
                     match &self.model {
                         Model::Bpe(b) => b.encode(t, &mut out),

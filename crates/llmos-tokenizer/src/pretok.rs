@@ -8,6 +8,7 @@ use fancy_regex::Regex;
 
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const FALCON_PUNCT: &str = r"[\p{P}\$\+<=>\^~\|`]+";
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 pub struct PreTokenizer {
@@ -20,9 +21,11 @@ impl PreTokenizer {
     pub fn for_name(name: &str) -> PreTokenizer {
         let pats: &[&str] = match name {
             "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "pixtral" => &[LLAMA3],
-            "qwen2" | "deepseek-r1-qwen" | "megrez" => &[QWEN2],
+            "qwen2" | "qwen35" | "deepseek-r1-qwen" | "megrez" => &[QWEN2],
             "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone"
             | "minerva-7b" => &[r"\p{N}", GPT2],
+            // falcon: punctuation runs first, then GPT-2's split, then groups of 3 digits
+            "falcon" => &[FALCON_PUNCT, GPT2, r"[0-9][0-9][0-9]"],
             _ => &[GPT2],
         };
         PreTokenizer {
