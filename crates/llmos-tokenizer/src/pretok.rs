@@ -26,6 +26,25 @@ impl PreTokenizer {
             | "minerva-7b" => &[r"\p{N}", GPT2],
             // falcon: punctuation runs first, then GPT-2's split, then groups of 3 digits
             "falcon" => &[FALCON_PUNCT, GPT2, r"[0-9][0-9][0-9]"],
+            // DeepSeek Coder's Split sequence (its tokenizer.json): newlines, letter runs,
+            // punctuation runs, CJK runs, single digits
+            "deepseek-coder" => &[
+                r"[\r\n]",
+                r"\s?\p{L}+",
+                r"\s?\p{P}+",
+                "[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+",
+                r"\p{N}",
+            ],
+            // DeepSeek LLM's Split sequence: its letter class lists the cased letters (\p{LC}),
+            // then ASCII/full-width punctuation, trailing whitespace, CJK runs, digit runs
+            "deepseek-llm" => &[
+                r"[\r\n]",
+                r"\s?\p{LC}+",
+                "\\s?[!-/:-~\u{ff01}-\u{ff0f}\u{ff1a}-\u{ff5e}\u{2018}-\u{201f}\u{3000}-\u{3002}]+",
+                r"\s+$",
+                "[\u{4e00}-\u{9fa5}\u{0800}-\u{4e00}\u{ac00}-\u{d7ff}]+",
+                r"\p{N}+",
+            ],
             _ => &[GPT2],
         };
         PreTokenizer {
