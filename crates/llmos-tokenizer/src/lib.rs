@@ -7,6 +7,7 @@ mod bpe;
 pub mod chat;
 mod pretok;
 mod spm;
+mod wpm;
 
 pub use chat::{ChatTemplate, Message};
 
@@ -19,7 +20,7 @@ pub enum TokenizerError {
     #[error("tokenizer metadata: {0}")]
     Metadata(String),
     #[error(
-        "unsupported tokenizer model {0:?} (supported: gpt2 (byte-level BPE), llama (SentencePiece BPE))"
+        "unsupported tokenizer model {0:?} (supported: gpt2 (byte-level BPE), llama (SentencePiece BPE), bert (WordPiece))"
     )]
     UnsupportedModel(String),
     #[error("chat template: {0}")]
@@ -53,6 +54,7 @@ impl TokenType {
 enum Model {
     Bpe(bpe::Bpe),
     Spm(spm::Spm),
+    Wpm(wpm::Wpm),
 }
 
 /// A loaded vocabulary with its encoding rules.
@@ -176,6 +178,14 @@ impl Tokenizer {
                 let s = spm::Spm::new(scores, &tokens, &types, add_space_prefix, unk);
                 (Model::Spm(s), true, "SentencePiece BPE".to_string())
             }
+            "bert" => {
+                let unk = id("tokenizer.ggml.unknown_token_id")?;
+                (
+                    Model::Wpm(wpm::Wpm::new(&tokens, unk)),
+                    true,
+                    "WordPiece".to_string(),
+                )
+            }
             other => return Err(TokenizerError::UnsupportedModel(other.to_string())),
         };
         let mut specials: Vec<u32> = (0..n as u32)
@@ -271,6 +281,7 @@ impl Tokenizer {
                     match &self.model {
                         Model::Bpe(b) => b.encode(t, &mut out),
                         Model::Spm(s) => s.encode(t, prev_special, &self.token_to_id, &mut out),
+                        Model::Wpm(w) => w.encode(t, &self.token_to_id, &mut out),
                     }
                     prev_special = false;
                 }
@@ -329,7 +340,7 @@ impl Tokenizer {
         }
         match &self.model {
             Model::Bpe(_) => bpe::decode_bytelevel(text),
-            Model::Spm(_) => spm::decode_piece(text, self.types[id as usize]),
+            Model::Spm(_) | Model::Wpm(_) => spm::decode_piece(text, self.types[id as usize]),
         }
     }
 
