@@ -90,15 +90,13 @@ impl Wpm {
             let mut i = 0;
             let mut complete = true;
             while i < w.len() {
-                // longest piece starting at byte i (pieces end on character boundaries)
+                // longest piece starting at byte i (`get` is None off character boundaries)
                 let mut j = (i + self.max_len).min(w.len());
                 let mut found = None;
                 while j > i {
-                    if w.is_char_boundary(j) {
-                        if let Some(&id) = vocab.get(&w[i..j]) {
-                            found = Some((id, j));
-                            break;
-                        }
+                    if let Some(&id) = w.get(i..j).and_then(|p| vocab.get(p)) {
+                        found = Some((id, j));
+                        break;
                     }
                     j -= 1;
                 }
