@@ -5,6 +5,7 @@
 
 mod bpe;
 pub mod chat;
+mod mbpe;
 mod pretok;
 mod spm;
 mod wpm;
@@ -20,7 +21,7 @@ pub enum TokenizerError {
     #[error("tokenizer metadata: {0}")]
     Metadata(String),
     #[error(
-        "unsupported tokenizer model {0:?} (supported: gpt2 (byte-level BPE), llama (SentencePiece BPE), bert (WordPiece))"
+        "unsupported tokenizer model {0:?} (supported: gpt2 (byte-level BPE), llama (SentencePiece BPE), bert (WordPiece), gemma4 (merge-ranked SentencePiece BPE))"
     )]
     UnsupportedModel(String),
     #[error("chat template: {0}")]
@@ -55,6 +56,7 @@ enum Model {
     Bpe(bpe::Bpe),
     Spm(spm::Spm),
     Wpm(wpm::Wpm),
+    MergeBpe(mbpe::MergeBpe),
 }
 
 /// A loaded vocabulary with its encoding rules.
@@ -178,6 +180,20 @@ impl Tokenizer {
                 let s = spm::Spm::new(scores, &tokens, &types, add_space_prefix, unk);
                 (Model::Spm(s), true, "SentencePiece BPE".to_string())
             }
+            "gemma4" => {
+                let merges = g
+                    .get("tokenizer.ggml.merges")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| meta_err("gemma4 vocabulary without tokenizer.ggml.merges"))?;
+                let merges: Vec<&str> = merges.iter().filter_map(Value::as_str).collect();
+                let unk = id("tokenizer.ggml.unknown_token_id")?;
+                let m = mbpe::MergeBpe::new(&merges, &tokens, &types, &token_to_id, unk);
+                (
+                    Model::MergeBpe(m),
+                    true,
+                    "merge-ranked SentencePiece BPE".to_string(),
+                )
+            }
             "bert" => {
                 let unk = id("tokenizer.ggml.unknown_token_id")?;
                 (
@@ -282,6 +298,7 @@ impl Tokenizer {
                         Model::Bpe(b) => b.encode(t, &mut out),
                         Model::Spm(s) => s.encode(t, prev_special, &self.token_to_id, &mut out),
                         Model::Wpm(w) => w.encode(t, &self.token_to_id, &mut out),
+                        Model::MergeBpe(m) => m.encode(t, &self.token_to_id, &mut out),
                     }
                     prev_special = false;
                 }
@@ -340,7 +357,9 @@ impl Tokenizer {
         }
         match &self.model {
             Model::Bpe(_) => bpe::decode_bytelevel(text),
-            Model::Spm(_) | Model::Wpm(_) => spm::decode_piece(text, self.types[id as usize]),
+            Model::Spm(_) | Model::Wpm(_) | Model::MergeBpe(_) => {
+                spm::decode_piece(text, self.types[id as usize])
+            }
         }
     }
 
