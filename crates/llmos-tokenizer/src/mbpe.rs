@@ -36,14 +36,13 @@ impl MergeBpe {
         }
         let mut byte_ids = [None; 256];
         for (i, (t, ty)) in tokens.iter().zip(types).enumerate() {
-            if *ty == TokenType::Byte {
-                if let Some(b) = t
+            if *ty == TokenType::Byte
+                && let Some(b) = t
                     .strip_prefix("<0x")
                     .and_then(|r| r.strip_suffix('>'))
                     .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    byte_ids[b as usize] = Some(i as u32);
-                }
+            {
+                byte_ids[b as usize] = Some(i as u32);
             }
         }
         MergeBpe {
@@ -86,12 +85,11 @@ impl MergeBpe {
         loop {
             let mut best: Option<(u32, usize, u32)> = None;
             for i in 0..syms.len().saturating_sub(1) {
-                if let (Ok(a), Ok(b)) = (syms[i], syms[i + 1]) {
-                    if let Some(&(rank, merged)) = self.ranks.get(&(a, b)) {
-                        if best.is_none_or(|(r, _, _)| rank < r) {
-                            best = Some((rank, i, merged));
-                        }
-                    }
+                if let (Ok(a), Ok(b)) = (syms[i], syms[i + 1])
+                    && let Some(&(rank, merged)) = self.ranks.get(&(a, b))
+                    && best.is_none_or(|(r, _, _)| rank < r)
+                {
+                    best = Some((rank, i, merged));
                 }
             }
             let Some((_, i, merged)) = best else { break };
