@@ -154,6 +154,8 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
+    /// A model (alias, path, source), a vocab-only GGUF, a .tiktoken rank file, or a tiktoken
+    /// encoding name (cl100k, o200k, p50k, r50k).
     #[arg(short, long, default_value = "smollm2")]
     model: String,
     /// Add BOS/EOS as the model's metadata says.
@@ -431,6 +433,36 @@ fn cmd_info(spec: &str, all_tensors: bool) -> Result<()> {
     Ok(())
 }
 
+/// A tokenizer from a GGUF (model or vocab-only), a tiktoken rank file, or the name of a
+/// tiktoken encoding (cl100k, o200k, p50k, r50k) whose rank file is in the cache.
+fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
+    let tiktoken_name = match spec {
+        "cl100k" | "cl100k_base" => Some("cl100k_base"),
+        "o200k" | "o200k_base" => Some("o200k_base"),
+        "p50k" | "p50k_base" => Some("p50k_base"),
+        "r50k" | "r50k_base" | "gpt2-tiktoken" => Some("r50k_base"),
+        _ => None,
+    };
+    if let Some(name) = tiktoken_name {
+        let p = pull::llmos_home()
+            .join("tiktoken")
+            .join(format!("{name}.tiktoken"));
+        if !p.is_file() {
+            bail!(
+                "{}: not found; scripts/fetch-test-assets fetches the rank files, or pass a .tiktoken file",
+                p.display()
+            );
+        }
+        return Ok(Tokenizer::from_tiktoken_file(&p)?);
+    }
+    if spec.ends_with(".tiktoken") {
+        return Ok(Tokenizer::from_tiktoken_file(std::path::Path::new(spec))?);
+    }
+    let path = resolve(spec)?;
+    let g = Gguf::open(&path)?;
+    Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))
+}
+
 fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
     let text = match (&a.file, &a.text) {
         (Some(f), None) => {
@@ -446,9 +478,7 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
         (None, Some(t)) => t.clone(),
         _ => bail!("give the text as an argument or with --file, not both"),
     };
-    let path = resolve(&a.model)?;
-    let g = Gguf::open(&path)?;
-    let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let tok = load_tokenizer(&a.model)?;
     let ids = tok.encode(&text, a.add_special, a.parse_special);
     if a.count {
         println!("{}", ids.len());

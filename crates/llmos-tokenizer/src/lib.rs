@@ -8,6 +8,7 @@ pub mod chat;
 mod mbpe;
 mod pretok;
 mod spm;
+pub mod tiktoken;
 mod wpm;
 
 pub use chat::{ChatTemplate, Message};
@@ -57,6 +58,8 @@ enum Model {
     Spm(spm::Spm),
     Wpm(wpm::Wpm),
     MergeBpe(mbpe::MergeBpe),
+    /// tiktoken encodings keep raw token bytes (they need not be UTF-8)
+    Tiktoken(tiktoken::Tiktoken, Vec<Vec<u8>>),
 }
 
 /// A loaded vocabulary with its encoding rules.
@@ -254,6 +257,69 @@ impl Tokenizer {
         })
     }
 
+    /// Loads a tiktoken rank file (`cl100k_base.tiktoken`, ...); the encoding's split pattern
+    /// and special tokens are chosen by the file name.
+    pub fn from_tiktoken_file(path: &std::path::Path) -> Result<Tokenizer, TokenizerError> {
+        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        let (pattern, specials) = tiktoken::encoding(name).ok_or_else(|| {
+            meta_err(format!(
+                "{}: unknown tiktoken encoding {name:?} (known: r50k_base, p50k_base, cl100k_base, o200k_base)",
+                path.display()
+            ))
+        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| meta_err(format!("{}: {e}", path.display())))?;
+        let ranks = tiktoken::parse_ranks(&text)
+            .map_err(|e| meta_err(format!("{}: {e}", path.display())))?;
+        let n = ranks
+            .iter()
+            .map(|r| r.1)
+            .chain(specials.iter().map(|s| s.1))
+            .max()
+            .map_or(0, |m| m as usize + 1);
+        let mut bytes = vec![Vec::new(); n];
+        let mut types = vec![TokenType::Unused; n];
+        for (b, r) in &ranks {
+            bytes[*r as usize] = b.clone();
+            types[*r as usize] = TokenType::Normal;
+        }
+        for (t, r) in &specials {
+            bytes[*r as usize] = t.as_bytes().to_vec();
+            types[*r as usize] = TokenType::Control;
+        }
+        let tokens: Vec<String> = bytes
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        let token_to_id: HashMap<String, u32> =
+            specials.iter().map(|(t, r)| (t.to_string(), *r)).collect();
+        let specials_ids: Vec<u32> = {
+            let mut v: Vec<u32> = specials.iter().map(|s| s.1).collect();
+            v.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
+            v
+        };
+        let eos = specials
+            .iter()
+            .find(|s| s.0 == "<|endoftext|>")
+            .map(|s| s.1);
+        let model = tiktoken::Tiktoken::new(ranks.into_iter().collect(), pattern)?;
+        Ok(Tokenizer {
+            model: Model::Tiktoken(model, bytes),
+            tokens,
+            types,
+            token_to_id,
+            specials: specials_ids,
+            bos: None,
+            eos,
+            eot: None,
+            add_bos: false,
+            add_eos: false,
+            eog: eos.into_iter().collect(),
+            chat_template: None,
+            kind: format!("tiktoken {name}"),
+        })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
@@ -299,6 +365,7 @@ impl Tokenizer {
                         Model::Spm(s) => s.encode(t, prev_special, &self.token_to_id, &mut out),
                         Model::Wpm(w) => w.encode(t, &self.token_to_id, &mut out),
                         Model::MergeBpe(m) => m.encode(t, &self.token_to_id, &mut out),
+                        Model::Tiktoken(t2, _) => t2.encode(t, &mut out),
                     }
                     prev_special = false;
                 }
@@ -356,6 +423,7 @@ impl Tokenizer {
             _ => {}
         }
         match &self.model {
+            Model::Tiktoken(_, bytes) => bytes[id as usize].clone(),
             Model::Bpe(_) => bpe::decode_bytelevel(text),
             Model::Spm(_) | Model::Wpm(_) | Model::MergeBpe(_) => {
                 spm::decode_piece(text, self.types[id as usize])
