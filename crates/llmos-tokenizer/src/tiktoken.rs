@@ -129,10 +129,10 @@ impl Tiktoken {
         loop {
             let mut best: Option<(u32, usize)> = None;
             for i in 0..bounds.len().saturating_sub(2) {
-                if let Some(&r) = self.ranks.get(&piece[bounds[i]..bounds[i + 2]]) {
-                    if best.is_none_or(|(b, _)| r < b) {
-                        best = Some((r, i));
-                    }
+                if let Some(&r) = self.ranks.get(&piece[bounds[i]..bounds[i + 2]])
+                    && best.is_none_or(|(b, _)| r < b)
+                {
+                    best = Some((r, i));
                 }
             }
             let Some((_, i)) = best else { break };
