@@ -105,13 +105,13 @@ impl Tiktoken {
             let Ok(m) = m else { break };
             // text the pattern skips (never with these patterns) is still encoded
             if m.start() > last {
-                self.encode_piece(text[last..m.start()].as_bytes(), out);
+                self.encode_piece(&text.as_bytes()[last..m.start()], out);
             }
             self.encode_piece(m.as_str().as_bytes(), out);
             last = m.end();
         }
         if last < text.len() {
-            self.encode_piece(text[last..].as_bytes(), out);
+            self.encode_piece(&text.as_bytes()[last..], out);
         }
     }
 
