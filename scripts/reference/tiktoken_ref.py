@@ -2,7 +2,7 @@
 
 usage: tiktoken_ref.py RANKS_DIR OUT_DIR
 
-Writes OUT_DIR/corpus.txt (>= 1 MB of mixed text, seeded) and OUT_DIR/{cl100k_base,o200k_base}.ids
+Writes OUT_DIR/corpus.txt (>= 1 MB of mixed text, seeded) and OUT_DIR/{r50k,p50k,cl100k,o200k}_base.ids
 (little-endian u32). tiktoken downloads its rank files at run time, which fails offline, so
 its own encoding definitions are loaded with the rank files from RANKS_DIR instead.
 """
@@ -75,7 +75,7 @@ while size < 1_100_000:
 text = "".join(parts)
 with open(os.path.join(out_dir, "corpus.txt"), "w", encoding="utf-8", newline="") as fh:
     fh.write(text)
-for name in ["cl100k_base", "o200k_base"]:
+for name in ["r50k_base", "p50k_base", "cl100k_base", "o200k_base"]:
     enc = tiktoken.Encoding(**getattr(public, name)())
     ids = enc.encode_ordinary(text)
     array("I", ids).tofile(open(os.path.join(out_dir, name + ".ids"), "wb"))

@@ -3,15 +3,20 @@
 //! have a rank; otherwise its bytes are merged pairwise, lowest-ranked merge first.
 
 use crate::TokenizerError;
-use fancy_regex::Regex;
+use regex::Regex;
 use std::collections::HashMap;
 
-const R50K: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
-const CL100K: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
+// The split patterns of the encodings, minus their `\s+(?!\S)` alternative (whitespace
+// not followed by a non-space): look-ahead would need a backtracking engine, so the linear
+// `regex` crate runs these and `encode` gives the last whitespace character of a longer
+// run back to the next piece, which is what that alternative does. Possessive quantifiers of
+// the originals are plain here; with these character classes they match the same text.
+const R50K: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+const CL100K: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+";
 const O200K: &str = concat!(
     r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
     r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
-    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+",
 );
 
 /// The encodings llmos knows by name: (name, pattern, special tokens).
@@ -87,31 +92,76 @@ pub fn parse_ranks(text: &str) -> Result<Vec<(Vec<u8>, u32)>, TokenizerError> {
     Ok(v)
 }
 
+/// FNV-1a: rank lookups hash short byte strings millions of times per second, where the
+/// default DoS-resistant SipHash was a fifth of the encode time. Keys are vocabulary entries,
+/// not attacker-chosen table contents, so flooding is not a concern.
+#[derive(Default, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<Fnv>>;
+
 pub struct Tiktoken {
-    ranks: HashMap<Vec<u8>, u32>,
+    ranks: FastMap<Vec<u8>, u32>,
     pattern: Regex,
+    /// The pattern has newline alternatives before `\s+` (cl100k, o200k), so whitespace
+    /// matches ending in a newline come from those and keep their length.
+    newline_alternative: bool,
 }
 
 impl Tiktoken {
     pub fn new(ranks: HashMap<Vec<u8>, u32>, pattern: &str) -> Result<Tiktoken, TokenizerError> {
         let pattern = Regex::new(pattern)
             .map_err(|e| TokenizerError::Metadata(format!("split pattern: {e}")))?;
-        Ok(Tiktoken { ranks, pattern })
+        let newline_alternative = pattern.as_str().contains(r"\s*[\r\n]");
+        Ok(Tiktoken {
+            ranks: ranks.into_iter().collect(),
+            pattern,
+            newline_alternative,
+        })
     }
 
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
-        let mut last = 0;
-        for m in self.pattern.find_iter(text) {
-            let Ok(m) = m else { break };
-            // text the pattern skips (never with these patterns) is still encoded
-            if m.start() > last {
-                self.encode_piece(&text.as_bytes()[last..m.start()], out);
+        let mut pos = 0;
+        while let Some(m) = self.pattern.find_at(text, pos) {
+            let (start, mut end) = (m.start(), m.end());
+            if start > pos {
+                // text the pattern skips (never with these patterns) is still encoded
+                self.encode_piece(&text.as_bytes()[pos..start], out);
             }
-            self.encode_piece(m.as_str().as_bytes(), out);
-            last = m.end();
+            // a whitespace-only match from the `\s+` alternative (those from the newline
+            // alternatives end in \r or \n) that stops before a non-space leaves its last
+            // character to the next piece, as `\s+(?!\S)` would
+            let piece = &text[start..end];
+            let from_newline_alt = self.newline_alternative && piece.ends_with(['\r', '\n']);
+            if end < text.len()
+                && !from_newline_alt
+                && piece.chars().all(char::is_whitespace)
+                && let Some((last, _)) = piece.char_indices().last().filter(|&(i, _)| i > 0)
+            {
+                end = start + last;
+            }
+            self.encode_piece(&text.as_bytes()[start..end], out);
+            pos = end;
         }
-        if last < text.len() {
-            self.encode_piece(&text.as_bytes()[last..], out);
+        if pos < text.len() {
+            self.encode_piece(&text.as_bytes()[pos..], out);
         }
     }
 

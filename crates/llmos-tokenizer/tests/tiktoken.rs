@@ -65,3 +65,9 @@ fn cl100k_matches_tiktoken_on_1mb_mixed_corpus() {
 fn o200k_matches_tiktoken_on_1mb_mixed_corpus() {
     check("o200k_base");
 }
+
+#[test]
+fn r50k_and_p50k_match_tiktoken_on_1mb_mixed_corpus() {
+    check("r50k_base");
+    check("p50k_base");
+}
