@@ -154,8 +154,8 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    /// A model (alias, path, source), a vocab-only GGUF, a .tiktoken rank file, or a tiktoken
-    /// encoding name (cl100k, o200k, p50k, r50k).
+    /// A model (alias, path, source), a vocab-only GGUF, a HF tokenizer.json (or its folder),
+    /// a .tiktoken rank file, or a tiktoken encoding name (cl100k, o200k, p50k, r50k).
     #[arg(short, long, default_value = "smollm2")]
     model: String,
     /// Add BOS/EOS as the model's metadata says.
@@ -433,8 +433,9 @@ fn cmd_info(spec: &str, all_tensors: bool) -> Result<()> {
     Ok(())
 }
 
-/// A tokenizer from a GGUF (model or vocab-only), a tiktoken rank file, or the name of a
-/// tiktoken encoding (cl100k, o200k, p50k, r50k) whose rank file is in the cache.
+/// A tokenizer from a GGUF (model or vocab-only), a HF tokenizer.json (or its folder), a
+/// tiktoken rank file, or the name of a tiktoken encoding (cl100k, o200k, p50k, r50k) whose
+/// rank file is in the cache.
 fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
     let tiktoken_name = match spec {
         "cl100k" | "cl100k_base" => Some("cl100k_base"),
@@ -457,6 +458,13 @@ fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
     }
     if spec.ends_with(".tiktoken") {
         return Ok(Tokenizer::from_tiktoken_file(std::path::Path::new(spec))?);
+    }
+    let p = std::path::Path::new(spec);
+    if spec.ends_with(".json") {
+        return Ok(Tokenizer::from_hf_json(p)?);
+    }
+    if p.is_dir() && p.join("tokenizer.json").is_file() {
+        return Ok(Tokenizer::from_hf_json(&p.join("tokenizer.json"))?);
     }
     let path = resolve(spec)?;
     let g = Gguf::open(&path)?;

@@ -47,6 +47,8 @@ pub fn decode_bytelevel(text: &str) -> Vec<u8> {
 }
 
 pub struct Bpe {
+    /// Unicode NFC before splitting (HF normalizer "NFC", as Qwen uses).
+    pub nfc: bool,
     /// Take a whole pre-tokenized piece as one token when the vocabulary has it, before
     /// any merging (Llama 3's `ignore_merges`).
     ignore_merges: Option<HashMap<String, u32>>,
@@ -88,6 +90,7 @@ impl Bpe {
         }
         let ignore_merges = ignore_merges.then(|| vocab.clone());
         Bpe {
+            nfc: false,
             ignore_merges,
             ranks,
             byte_ids,
@@ -96,6 +99,14 @@ impl Bpe {
     }
 
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
+        if self.nfc {
+            use unicode_normalization::UnicodeNormalization;
+            let t: String = text.nfc().collect();
+            for piece in self.pre.split(&t) {
+                self.encode_piece(piece.as_bytes(), out);
+            }
+            return;
+        }
         for piece in self.pre.split(text) {
             self.encode_piece(piece.as_bytes(), out);
         }

@@ -5,6 +5,7 @@
 
 mod bpe;
 pub mod chat;
+mod hf;
 mod mbpe;
 mod pretok;
 mod spm;
@@ -53,7 +54,7 @@ impl TokenType {
     }
 }
 
-enum Model {
+pub(crate) enum Model {
     Bpe(bpe::Bpe),
     Spm(spm::Spm),
     Wpm(wpm::Wpm),
@@ -64,19 +65,19 @@ enum Model {
 
 /// A loaded vocabulary with its encoding rules.
 pub struct Tokenizer {
-    model: Model,
-    tokens: Vec<String>,
-    types: Vec<TokenType>,
-    token_to_id: HashMap<String, u32>,
+    pub(crate) model: Model,
+    pub(crate) tokens: Vec<String>,
+    pub(crate) types: Vec<TokenType>,
+    pub(crate) token_to_id: HashMap<String, u32>,
     /// Control and user-defined tokens, longest first, for splitting text on them.
-    specials: Vec<u32>,
+    pub(crate) specials: Vec<u32>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub eot: Option<u32>,
     pub add_bos: bool,
     pub add_eos: bool,
     /// Tokens that end a generation (EOS, EOT and the end-of-turn tokens chat formats use).
-    eog: Vec<u32>,
+    pub(crate) eog: Vec<u32>,
     pub chat_template: Option<String>,
     /// Name of the model type (`gpt2`, `llama`) and the pre-tokenizer, for display.
     pub kind: String,

@@ -55,6 +55,20 @@ impl PreTokenizer {
         }
     }
 
+    /// A pre-tokenizer from explicit patterns (a HF `tokenizer.json` Split sequence).
+    pub fn from_patterns(patterns: &[String]) -> Result<PreTokenizer, String> {
+        let regexes = patterns
+            .iter()
+            .map(|p| Regex::new(p).map_err(|e| format!("split pattern {p:?}: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(PreTokenizer { regexes })
+    }
+
+    /// GPT-2's split, which HF's ByteLevel pre-tokenizer applies when `use_regex` is set.
+    pub fn gpt2_pattern() -> &'static str {
+        GPT2
+    }
+
     /// Splits `text` into pieces whose concatenation is `text`.
     pub fn split<'t>(&self, text: &'t str) -> Vec<&'t str> {
         let mut pieces = vec![text];
