@@ -98,6 +98,12 @@ impl Bpe {
         }
     }
 
+    /// How many of the 256 bytes have a token (all, for a vocabulary that can encode any
+    /// text; some, like Falcon's, lack a few and drop those bytes, as llama.cpp and HF do).
+    pub fn byte_coverage(&self) -> usize {
+        self.byte_ids.iter().filter(|b| b.is_some()).count()
+    }
+
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
         if self.nfc {
             use unicode_normalization::UnicodeNormalization;

@@ -321,6 +321,16 @@ impl Tokenizer {
         })
     }
 
+    /// For byte-level vocabularies, how many of the 256 bytes have a token of their own (a
+    /// text can be encoded without loss only if all do); `None` for other kinds.
+    pub fn byte_coverage(&self) -> Option<usize> {
+        match &self.model {
+            Model::Bpe(b) => Some(b.byte_coverage()),
+            Model::Tiktoken(..) => Some(256),
+            _ => None,
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
