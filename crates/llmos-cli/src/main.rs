@@ -46,7 +46,45 @@ enum Cmd {
     },
     /// Print the token ids and pieces of a text.
     Tokenize(TokenizeArgs),
+    /// Tokenizer tools: `train`.
+    #[command(subcommand)]
+    Tokenizer(TokenizerCmd),
 }
+
+#[derive(Subcommand)]
+enum TokenizerCmd {
+    /// Train a byte-level BPE vocabulary on text files and write it as a HF tokenizer.json.
+    Train {
+        /// Vocabulary size, including the 256 byte tokens and the special tokens.
+        #[arg(long)]
+        vocab_size: usize,
+        /// Split pattern: gpt4 (cl100k), llama3 or gpt2.
+        #[arg(long, default_value = "gpt4")]
+        pattern: String,
+        /// Special tokens to reserve (default: the chat tokens llmos uses).
+        #[arg(long = "special")]
+        specials: Vec<String>,
+        /// Output tokenizer.json.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// UTF-8 text files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// Special tokens reserved at training time for the chat format llmos uses.
+const CHAT_SPECIALS: &[&str] = &[
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+];
 
 #[derive(Args)]
 struct ModelArgs {
@@ -184,6 +222,13 @@ fn main() {
         Cmd::Chat(a) => cmd_chat(a),
         Cmd::Info { model, tensors } => cmd_info(&model, tensors),
         Cmd::Tokenize(a) => cmd_tokenize(a),
+        Cmd::Tokenizer(TokenizerCmd::Train {
+            vocab_size,
+            pattern,
+            specials,
+            out,
+            files,
+        }) => cmd_tokenizer_train(vocab_size, &pattern, specials, &out, &files),
     };
     if let Err(e) = res {
         // one line: the context chain joined, newlines flattened
@@ -500,5 +545,80 @@ fn cmd_tokenize(a: TokenizeArgs) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+fn cmd_tokenizer_train(
+    vocab_size: usize,
+    pattern: &str,
+    specials: Vec<String>,
+    out: &std::path::Path,
+    files: &[PathBuf],
+) -> Result<()> {
+    use llmos_tokenizer::train;
+    let pat = train::pattern(pattern)
+        .with_context(|| format!("unknown --pattern {pattern:?} (gpt4, llama3, gpt2)"))?;
+    let specials: Vec<String> = if specials.is_empty() {
+        CHAT_SPECIALS.iter().map(|s| s.to_string()).collect()
+    } else {
+        specials
+    };
+    if vocab_size < 256 + specials.len() {
+        bail!(
+            "--vocab-size {vocab_size} is below the 256 byte tokens plus {} special tokens",
+            specials.len()
+        );
+    }
+    let t0 = Instant::now();
+    let mut texts = Vec::with_capacity(files.len());
+    for f in files {
+        let b = std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?;
+        let t = String::from_utf8(b).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not UTF-8 (byte {})",
+                f.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        texts.push(t);
+    }
+    let bytes: usize = texts.iter().map(String::len).sum();
+    eprintln!("counting pieces in {} files ({bytes} bytes)", files.len());
+    let counts = train::count_pieces(texts.iter().map(String::as_str), pat)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let n_merges = vocab_size - 256 - specials.len();
+    let pb = if std::env::var_os("LLMOS_NO_PROGRESS").is_some() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(n_merges as u64)
+    };
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("merges [{bar:30}] {pos}/{len} {per_sec} {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let trained = train::train(&counts, vocab_size, &specials, pat, |n| {
+        pb.set_position(n as u64)
+    });
+    pb.finish_and_clear();
+    if trained.merges.len() < n_merges {
+        eprintln!(
+            "note: only {} merges were possible (no pair occurs twice more); vocabulary is {} tokens",
+            trained.merges.len(),
+            trained.tokens.len() + specials.len()
+        );
+    }
+    let json = serde_json::to_string(&trained.to_hf_json())?;
+    let tmp = out.with_extension(format!("json.tmp.{}", std::process::id()));
+    std::fs::write(&tmp, json).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, out)
+        .with_context(|| format!("{}: cannot rename into place", out.display()))?;
+    eprintln!(
+        "{}: {} tokens ({} merges) in {:.1} s",
+        out.display(),
+        trained.tokens.len() + specials.len(),
+        trained.merges.len(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

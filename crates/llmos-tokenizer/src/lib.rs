@@ -10,6 +10,7 @@ mod mbpe;
 mod pretok;
 mod spm;
 pub mod tiktoken;
+pub mod train;
 mod wpm;
 
 pub use chat::{ChatTemplate, Message};
