@@ -19,6 +19,58 @@ const O200K: &str = concat!(
     r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+",
 );
 
+/// Splits `text` with a look-ahead-free pattern (see the note on the patterns above) and
+/// calls `f` with each piece; the pieces concatenate to `text`. `newline_alternative` says the
+/// pattern has `\s*[\r\n]` alternatives before its final `\s+`.
+pub fn split_pieces<'t>(
+    pattern: &Regex,
+    newline_alternative: bool,
+    text: &'t str,
+    mut f: impl FnMut(&'t str),
+) {
+    let mut pos = 0;
+    while let Some(m) = pattern.find_at(text, pos) {
+        let (start, mut end) = (m.start(), m.end());
+        if start > pos {
+            // text the pattern skips (never with these patterns) is still passed on
+            f(&text[pos..start]);
+        }
+        // a whitespace-only match from the `\s+` alternative (those from the newline
+        // alternatives end in \r or \n) that stops before a non-space leaves its last
+        // character to the next piece, as `\s+(?!\S)` would
+        let piece = &text[start..end];
+        let from_newline_alt = newline_alternative && piece.ends_with(['\r', '\n']);
+        if end < text.len()
+            && !from_newline_alt
+            && piece.chars().all(char::is_whitespace)
+            && let Some((last, _)) = piece.char_indices().last().filter(|&(i, _)| i > 0)
+        {
+            end = start + last;
+        }
+        if end > start {
+            f(&text[start..end]);
+        }
+        pos = end;
+    }
+    if pos < text.len() {
+        f(&text[pos..]);
+    }
+}
+
+/// Look-ahead-free split patterns by name, for the fast splitter: (pattern, has newline
+/// alternatives).
+pub fn fast_pattern(name: &str) -> Option<(&'static str, bool)> {
+    Some(match name {
+        "gpt2" | "r50k_base" | "p50k_base" => (R50K, false),
+        "gpt4" | "cl100k_base" => (CL100K, true),
+        "o200k_base" => (O200K, true),
+        "llama3" => (LLAMA3, true),
+        _ => return None,
+    })
+}
+
+const LLAMA3: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+";
+
 /// The encodings llmos knows by name: (name, pattern, special tokens).
 pub fn encoding(name: &str) -> Option<(&'static str, Vec<(&'static str, u32)>)> {
     Some(match name {
@@ -138,31 +190,9 @@ impl Tiktoken {
     }
 
     pub fn encode(&self, text: &str, out: &mut Vec<u32>) {
-        let mut pos = 0;
-        while let Some(m) = self.pattern.find_at(text, pos) {
-            let (start, mut end) = (m.start(), m.end());
-            if start > pos {
-                // text the pattern skips (never with these patterns) is still encoded
-                self.encode_piece(&text.as_bytes()[pos..start], out);
-            }
-            // a whitespace-only match from the `\s+` alternative (those from the newline
-            // alternatives end in \r or \n) that stops before a non-space leaves its last
-            // character to the next piece, as `\s+(?!\S)` would
-            let piece = &text[start..end];
-            let from_newline_alt = self.newline_alternative && piece.ends_with(['\r', '\n']);
-            if end < text.len()
-                && !from_newline_alt
-                && piece.chars().all(char::is_whitespace)
-                && let Some((last, _)) = piece.char_indices().last().filter(|&(i, _)| i > 0)
-            {
-                end = start + last;
-            }
-            self.encode_piece(&text.as_bytes()[start..end], out);
-            pos = end;
-        }
-        if pos < text.len() {
-            self.encode_piece(&text.as_bytes()[pos..], out);
-        }
+        split_pieces(&self.pattern, self.newline_alternative, text, |piece| {
+            self.encode_piece(piece.as_bytes(), out)
+        });
     }
 
     fn encode_piece(&self, piece: &[u8], out: &mut Vec<u32>) {

@@ -32,13 +32,26 @@ pub struct Trained {
     pub pattern: String,
 }
 
-/// Counts pieces of `texts` under `pattern`.
+/// Counts pieces of `texts` under `pattern`. The named patterns run on the linear-time
+/// splitter; any other pattern goes through the backtracking engine.
 pub fn count_pieces<'a>(
     texts: impl Iterator<Item = &'a str>,
     pattern: &str,
 ) -> Result<HashMap<Vec<u8>, u64>, String> {
-    let pre = PreTokenizer::from_patterns(&[pattern.to_string()])?;
     let mut counts: HashMap<Vec<u8>, u64> = HashMap::new();
+    let fast = ["gpt4", "llama3", "gpt2"]
+        .into_iter()
+        .find(|n| self::pattern(n) == Some(pattern));
+    if let Some((fp, nl)) = fast.and_then(crate::tiktoken::fast_pattern) {
+        let re = regex::Regex::new(fp).map_err(|e| e.to_string())?;
+        for t in texts {
+            crate::tiktoken::split_pieces(&re, nl, t, |p| {
+                *counts.entry(p.as_bytes().to_vec()).or_default() += 1
+            });
+        }
+        return Ok(counts);
+    }
+    let pre = PreTokenizer::from_patterns(&[pattern.to_string()])?;
     for t in texts {
         for p in pre.split(t) {
             *counts.entry(p.as_bytes().to_vec()).or_default() += 1;
@@ -248,5 +261,23 @@ mod tests {
         }
         assert_eq!(t.merges, naive);
         assert!(t.merges.len() >= 5);
+    }
+
+    /// The linear-time splitter and the backtracking engine split text the same way for
+    /// every named pattern.
+    #[test]
+    fn fast_and_backtracking_splits_agree() {
+        let text =
+            "Hello  world\n\n  x\t\ty 12345 it's I'LL   \r\n  café 日本 😀😀 ;; --> a\n \n b   ";
+        for name in ["gpt4", "llama3", "gpt2"] {
+            let pat = pattern(name).unwrap();
+            let fast = count_pieces([text].into_iter(), pat).unwrap();
+            let pre = PreTokenizer::from_patterns(&[pat.to_string()]).unwrap();
+            let mut slow: HashMap<Vec<u8>, u64> = HashMap::new();
+            for p in pre.split(text) {
+                *slow.entry(p.as_bytes().to_vec()).or_default() += 1;
+            }
+            assert_eq!(fast, slow, "{name}");
+        }
     }
 }
