@@ -8,6 +8,8 @@ use crate::bpe::byte_to_char;
 use crate::pretok::PreTokenizer;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<crate::tiktoken::Fnv>>;
+
 /// Split patterns offered by name: GPT-4's (cl100k), Llama 3's and GPT-2's.
 pub fn pattern(name: &str) -> Option<&'static str> {
     Some(match name {
@@ -80,12 +82,17 @@ pub fn train(
         .collect();
     let freq: Vec<u64> = pieces.iter().map(|p| p.1).collect();
 
-    let mut pair_count: HashMap<(u32, u32), i64> = HashMap::new();
-    let mut where_: HashMap<(u32, u32), HashSet<usize>> = HashMap::new();
+    // pair -> count over all pieces, and pair -> pieces that (may) contain it; the piece
+    // lists can hold stale or repeated entries, which a merge re-checks
+    let mut pair_count: FastMap<(u32, u32), i64> = FastMap::default();
+    let mut where_: FastMap<(u32, u32), Vec<u32>> = FastMap::default();
     for (wi, w) in words.iter().enumerate() {
         for p in w.windows(2) {
             *pair_count.entry((p[0], p[1])).or_default() += freq[wi] as i64;
-            where_.entry((p[0], p[1])).or_default().insert(wi);
+            let list = where_.entry((p[0], p[1])).or_default();
+            if list.last() != Some(&(wi as u32)) {
+                list.push(wi as u32);
+            }
         }
     }
     // max-heap by count; ties broken by the smaller pair for determinism
@@ -114,19 +121,22 @@ pub fn train(
         bytes.extend_from_slice(&tokens[pair.1 as usize]);
         tokens.push(bytes);
         merges.push(pair);
-        let touched: Vec<usize> = where_
-            .remove(&pair)
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default();
-        let mut changed: HashSet<(u32, u32)> = HashSet::new();
+        let mut touched: Vec<u32> = where_.remove(&pair).unwrap_or_default();
+        touched.sort_unstable();
+        touched.dedup();
+        // pairs whose count grew go on the heap; those that shrank keep their (now too high)
+        // heap entries, which are corrected when popped
+        let mut grown: HashSet<(u32, u32)> = HashSet::new();
         for wi in touched {
+            let wi = wi as usize;
+            if !words[wi].windows(2).any(|p| (p[0], p[1]) == pair) {
+                continue;
+            }
             let f = freq[wi] as i64;
             let w = &mut words[wi];
             // take the word's pairs out, merge, put its pairs back
             for p in w.windows(2) {
-                let k = (p[0], p[1]);
-                *pair_count.get_mut(&k).unwrap() -= f;
-                changed.insert(k);
+                *pair_count.get_mut(&(p[0], p[1])).expect("counted pair") -= f;
             }
             let mut merged = Vec::with_capacity(w.len());
             let mut i = 0;
@@ -143,12 +153,17 @@ pub fn train(
             for p in w.windows(2) {
                 let k = (p[0], p[1]);
                 *pair_count.entry(k).or_default() += f;
-                where_.entry(k).or_default().insert(wi);
-                changed.insert(k);
+                if k.0 == new_id || k.1 == new_id {
+                    grown.insert(k);
+                    let list = where_.entry(k).or_default();
+                    if list.last() != Some(&(wi as u32)) {
+                        list.push(wi as u32);
+                    }
+                }
             }
         }
         pair_count.remove(&pair);
-        for k in changed {
+        for k in grown {
             if let Some(&c) = pair_count.get(&k).filter(|&&c| c > 0) {
                 heap.push((c, std::cmp::Reverse(k)));
             }
