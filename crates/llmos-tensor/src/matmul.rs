@@ -74,6 +74,15 @@ fn chunk_rows(rows: usize) -> usize {
     (rows / (threads * 8)).clamp(4, 512)
 }
 
+/// y[t, r] = yt[r, t]: per-row results back to token-major order.
+fn transpose_into(y: &mut [f32], yt: &[f32], rows: usize, t: usize) {
+    for r in 0..rows {
+        for ti in 0..t {
+            y[ti * rows + r] = yt[r * t + ti];
+        }
+    }
+}
+
 /// y[t, r] = sum_i x[t, i] * W[r, i] for `t` in 0..T, where T = x.len() / W.cols.
 pub fn matmul(w: &Weight, x: &[f32], y: &mut [f32]) {
     let k = w.cols;
@@ -112,11 +121,7 @@ pub fn matmul(w: &Weight, x: &[f32], y: &mut [f32]) {
                 }
             }
         });
-    for r in 0..w.rows {
-        for ti in 0..t {
-            y[ti * w.rows + r] = yt[r * t + ti];
-        }
-    }
+    transpose_into(y, &yt, w.rows, t);
 }
 
 /// Like [`matmul`], with activations meeting the weights as `mode` says. In
@@ -150,11 +155,7 @@ pub fn matmul_with(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode) {
                 }
             }
         });
-    for r in 0..w.rows {
-        for ti in 0..t {
-            y[ti * w.rows + r] = yt[r * t + ti];
-        }
-    }
+    transpose_into(y, &yt, w.rows, t);
 }
 
 #[cfg(test)]

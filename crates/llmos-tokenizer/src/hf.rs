@@ -228,20 +228,7 @@ impl Tokenizer {
             .collect();
         specials.sort_by_key(|&i| std::cmp::Reverse(tokens[i as usize].len()));
         let mut eog: Vec<u32> = eos.into_iter().collect();
-        for name in [
-            "<|im_end|>",
-            "<|eot_id|>",
-            "<|endoftext|>",
-            "<|end_of_text|>",
-            "<end_of_turn>",
-        ] {
-            if let Some(&i) = token_to_id.get(name)
-                && types[i as usize] == TokenType::Control
-                && !eog.contains(&i)
-            {
-                eog.push(i);
-            }
-        }
+        crate::add_end_of_turn_tokens(&mut eog, &token_to_id, &types);
         Ok(Tokenizer {
             model: Model::Bpe(bpe),
             tokens,

@@ -222,22 +222,7 @@ impl Tokenizer {
         let mut eog: Vec<u32> = [eos, eot].into_iter().flatten().collect();
         // end-of-turn markers of common chat formats count as end of generation, as in
         // llama.cpp, even when the metadata names only EOS
-        for name in [
-            "<|im_end|>",
-            "<end_of_turn>",
-            "<|eot_id|>",
-            "<|endoftext|>",
-            "<|end|>",
-            "</s>",
-            "<|eom_id|>",
-        ] {
-            if let Some(&i) = token_to_id.get(name)
-                && types[i as usize] == TokenType::Control
-                && !eog.contains(&i)
-            {
-                eog.push(i);
-            }
-        }
+        add_end_of_turn_tokens(&mut eog, &token_to_id, &types);
         Ok(Tokenizer {
             model: m,
             add_bos: flag("tokenizer.ggml.add_bos_token").unwrap_or(add_bos_default)
@@ -450,6 +435,35 @@ impl Tokenizer {
             .flat_map(|&i| self.token_bytes(i, false))
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// End-of-turn markers of common chat formats: they end a generation, as in llama.cpp, even
+/// when the metadata names only EOS.
+const END_OF_TURN: &[&str] = &[
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "</s>",
+    "<|eom_id|>",
+];
+
+/// Adds the control tokens among [`END_OF_TURN`] to `eog`.
+pub(crate) fn add_end_of_turn_tokens(
+    eog: &mut Vec<u32>,
+    token_to_id: &HashMap<String, u32>,
+    types: &[TokenType],
+) {
+    for name in END_OF_TURN {
+        if let Some(&i) = token_to_id.get(*name)
+            && types[i as usize] == TokenType::Control
+            && !eog.contains(&i)
+        {
+            eog.push(i);
+        }
     }
 }
 
