@@ -19,9 +19,10 @@ fn run_json(args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
 }
 
-fn greedy(model: &str, prompt: &str) -> serde_json::Value {
+/// `llmos run` greedy, 32 tokens past EOS, JSON out; `extra` adds flags (e.g. the mode).
+fn greedy(model: &str, prompt: &str, extra: &[&str]) -> serde_json::Value {
     let p = self::model(model);
-    run_json(&[
+    let mut args = vec![
         "run",
         "-m",
         p.to_str().unwrap(),
@@ -35,12 +36,14 @@ fn greedy(model: &str, prompt: &str) -> serde_json::Value {
         "--json",
         "-t",
         "2",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    run_json(&args)
 }
 
 fn check_greedy(model: &str, fixture: &str) {
     let r = fixture_json(fixture);
-    let out = greedy(model, r["prompt"].as_str().unwrap());
+    let out = greedy(model, r["prompt"].as_str().unwrap(), &[]);
     assert_eq!(
         ids(&out["prompt_ids"]),
         ids(&r["prompt_ids"]),
@@ -216,24 +219,13 @@ fn seeded_sampling_is_reproducible() {
 /// operands, f16 GELU table) gives llama.cpp's own greedy ids for Gemma-3.
 #[test]
 fn gemma3_q8_activations_equal_llamacpp_greedy() {
-    let p = model("gemma3");
     for fx in ["gemma3-raw-llamacpp.json", "gemma3-fib-llamacpp.json"] {
         let r = fixture_json(fx);
-        let out = run_json(&[
-            "run",
-            "-m",
-            p.to_str().unwrap(),
-            "-p",
+        let out = greedy(
+            "gemma3",
             r["prompt"].as_str().unwrap(),
-            "--temp",
-            "0",
-            "--ignore-eos",
-            "-n",
-            "32",
-            "--json",
-            "--activations",
-            "q8",
-        ]);
+            &["--activations", "q8"],
+        );
         assert_eq!(ids(&out["prompt_ids"]), ids(&r["prompt_ids"]), "{fx}");
         assert_eq!(
             ids(&out["ids"]),
@@ -249,22 +241,11 @@ fn gemma3_q8_activations_equal_llamacpp_greedy() {
 #[test]
 fn smollm2_q8_activations_equal_llamacpp_greedy() {
     let r = fixture_json("smollm2-raw-llamacpp.json");
-    let p = model("smollm2");
-    let out = run_json(&[
-        "run",
-        "-m",
-        p.to_str().unwrap(),
-        "-p",
+    let out = greedy(
+        "smollm2",
         r["prompt"].as_str().unwrap(),
-        "--temp",
-        "0",
-        "--ignore-eos",
-        "-n",
-        "32",
-        "--json",
-        "--activations",
-        "q8",
-    ]);
+        &["--activations", "q8"],
+    );
     assert_eq!(ids(&out["prompt_ids"]), ids(&r["prompt_ids"]));
     assert_eq!(
         ids(&out["ids"]),

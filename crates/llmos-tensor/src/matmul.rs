@@ -74,6 +74,44 @@ fn chunk_rows(rows: usize) -> usize {
     (rows / (threads * 8)).clamp(4, 512)
 }
 
+/// Checks x [T, cols] and y [T, rows] against the weight and returns T.
+fn token_count(w: &Weight, x: &[f32], y: &[f32]) -> usize {
+    let t = x.len() / w.cols;
+    assert_eq!(
+        x.len(),
+        t * w.cols,
+        "activation length is not a multiple of the weight's columns"
+    );
+    assert_eq!(y.len(), t * w.rows, "output length must be T x rows");
+    t
+}
+
+/// Runs `row(scratch, r, out)` for every weight row r in parallel, `out` being that row's
+/// results for all T tokens, then writes them to y in token-major order. `init` makes one
+/// scratch value per task.
+fn by_rows<S>(
+    w: &Weight,
+    t: usize,
+    y: &mut [f32],
+    init: impl Fn() -> S + Sync + Send,
+    row: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) {
+    if t == 0 {
+        return;
+    }
+    let chunk = chunk_rows(w.rows);
+    let mut yt = vec![0f32; w.rows * t];
+    yt.par_chunks_mut(chunk * t)
+        .enumerate()
+        .for_each(|(ci, ys)| {
+            let mut scratch = init();
+            for (j, out) in ys.chunks_exact_mut(t).enumerate() {
+                row(&mut scratch, ci * chunk + j, out);
+            }
+        });
+    transpose_into(y, &yt, w.rows, t);
+}
+
 /// y[t, r] = yt[r, t]: per-row results back to token-major order.
 fn transpose_into(y: &mut [f32], yt: &[f32], rows: usize, t: usize) {
     for r in 0..rows {
@@ -86,18 +124,13 @@ fn transpose_into(y: &mut [f32], yt: &[f32], rows: usize, t: usize) {
 /// y[t, r] = sum_i x[t, i] * W[r, i] for `t` in 0..T, where T = x.len() / W.cols.
 pub fn matmul(w: &Weight, x: &[f32], y: &mut [f32]) {
     let k = w.cols;
-    let t = x.len() / k;
-    assert_eq!(
-        x.len(),
-        t * k,
-        "activation length is not a multiple of the weight's columns"
-    );
-    assert_eq!(y.len(), t * w.rows, "output length must be T x rows");
+    let t = token_count(w, x, y);
     if t == 0 {
         return;
     }
-    let chunk = chunk_rows(w.rows);
     if t == 1 {
+        // one token: rows write straight into y, no transpose
+        let chunk = chunk_rows(w.rows);
         y.par_chunks_mut(chunk).enumerate().for_each(|(ci, ys)| {
             let mut buf = vec![0f32; k];
             for (j, out) in ys.iter_mut().enumerate() {
@@ -107,21 +140,19 @@ pub fn matmul(w: &Weight, x: &[f32], y: &mut [f32]) {
         });
         return;
     }
-    // Several tokens: dequantize each row once and reuse it for every token; results are
-    // produced row-major ([rows, T]) per task and transposed after.
-    let mut yt = vec![0f32; w.rows * t];
-    yt.par_chunks_mut(chunk * t)
-        .enumerate()
-        .for_each(|(ci, ys)| {
-            let mut buf = vec![0f32; k];
-            for (j, out) in ys.chunks_exact_mut(t).enumerate() {
-                w.dequantize_row(ci * chunk + j, &mut buf);
-                for (ti, o) in out.iter_mut().enumerate() {
-                    *o = dot_f32(&buf, &x[ti * k..(ti + 1) * k]);
-                }
+    // several tokens: dequantize each row once and reuse it for every token
+    by_rows(
+        w,
+        t,
+        y,
+        || vec![0f32; k],
+        |buf, r, out| {
+            w.dequantize_row(r, buf);
+            for (ti, o) in out.iter_mut().enumerate() {
+                *o = dot_f32(buf, &x[ti * k..(ti + 1) * k]);
             }
-        });
-    transpose_into(y, &yt, w.rows, t);
+        },
+    );
 }
 
 /// Like [`matmul`], with activations meeting the weights as `mode` says. In
@@ -131,31 +162,23 @@ pub fn matmul_with(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode) {
     if mode == ActMode::F32 || matches!(w.dtype, DType::F32) {
         return matmul(w, x, y);
     }
-    let k = w.cols;
-    let t = x.len() / k;
-    assert_eq!(
-        x.len(),
-        t * k,
-        "activation length is not a multiple of the weight's columns"
-    );
-    assert_eq!(y.len(), t * w.rows, "output length must be T x rows");
+    let t = token_count(w, x, y);
     let acts: Vec<QuantRow> = x
-        .chunks_exact(k)
+        .chunks_exact(w.cols)
         .map(|r| quantize_for(w.dtype, r))
         .collect();
-    let chunk = chunk_rows(w.rows);
-    let mut yt = vec![0f32; w.rows * t];
-    yt.par_chunks_mut(chunk * t)
-        .enumerate()
-        .for_each(|(ci, ys)| {
-            for (j, out) in ys.chunks_exact_mut(t).enumerate() {
-                let row = w.row(ci * chunk + j);
-                for (o, a) in out.iter_mut().zip(&acts) {
-                    *o = vec_dot(w.dtype, row, a);
-                }
+    by_rows(
+        w,
+        t,
+        y,
+        || (),
+        |_, r, out| {
+            let row = w.row(r);
+            for (o, a) in out.iter_mut().zip(&acts) {
+                *o = vec_dot(w.dtype, row, a);
             }
-        });
-    transpose_into(y, &yt, w.rows, t);
+        },
+    );
 }
 
 #[cfg(test)]

@@ -2,15 +2,10 @@
 //! the real Hugging Face `tokenizers` package on the 1 MB mixed corpus; scripts/fetch-test-assets
 //! writes the files, the corpus and the reference ids into the cache on every run.
 
-use llmos_tokenizer::Tokenizer;
-use std::path::PathBuf;
+mod common;
+use common::home;
 
-fn home() -> PathBuf {
-    std::env::var_os("LLMOS_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmos"))
-}
+use llmos_tokenizer::Tokenizer;
 
 fn check(name: &str) {
     let h = home();

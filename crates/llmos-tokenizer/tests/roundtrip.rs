@@ -2,16 +2,11 @@
 //! runs, CJK, emoji, combining marks, arbitrary scalar values), and streaming decode, fed one
 //! token at a time, never emits part of a character and ends with exactly `s`.
 
+mod common;
+use common::home;
+
 use llmos_formats::Gguf;
 use llmos_tokenizer::{StreamDecoder, Tokenizer};
-use std::path::PathBuf;
-
-fn home() -> PathBuf {
-    std::env::var_os("LLMOS_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmos"))
-}
 
 struct Rng(u64);
 impl Rng {

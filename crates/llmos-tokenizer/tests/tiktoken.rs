@@ -2,15 +2,10 @@
 //! 1 MB mixed corpus (prose, code, CJK, emoji, numbers, whitespace runs) and tiktoken's ids
 //! for it into the cache on every run.
 
-use llmos_tokenizer::Tokenizer;
-use std::path::PathBuf;
+mod common;
+use common::home;
 
-fn home() -> PathBuf {
-    std::env::var_os("LLMOS_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmos"))
-}
+use llmos_tokenizer::Tokenizer;
 
 fn check(name: &str) {
     let h = home();

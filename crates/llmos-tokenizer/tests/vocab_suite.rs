@@ -5,16 +5,14 @@
 //! Every vocabulary with cases must match all of them; a file that cannot be loaded fails
 //! the test too. Files without cases are named as skipped, with the reason.
 
+mod common;
+
 use llmos_formats::Gguf;
 use llmos_tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 fn suite_dir() -> PathBuf {
-    let home = std::env::var_os("LLMOS_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/llmos"));
-    let d = home.join("vocab-suite/llama-cpp-python-0.3.36");
+    let d = common::home().join("vocab-suite/llama-cpp-python-0.3.36");
     assert!(
         d.join(".complete").is_file(),
         "{} is missing: run scripts/fetch-test-assets first",
