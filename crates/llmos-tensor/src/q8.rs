@@ -142,13 +142,20 @@ pub fn quantize_for(t: DType, x: &[f32]) -> QuantRow {
 /// Dot product of one weight row (`w`, type `t`) with a quantized activation row.
 pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
     match (t, a) {
-        (DType::Q4_0, QuantRow::Q8(y)) => dot_q8_lanes(w, 18, y, |b, q| {
-            for j in 0..16 {
-                q[j] = (b[2 + j] & 0x0f) as i32 - 8;
-                q[j + 16] = (b[2 + j] >> 4) as i32 - 8;
+        (DType::Q4_0, QuantRow::Q8(y)) => {
+            // llama.cpp repacks Q4_0 on AVX2 machines: one integer sum per block, one
+            // fused multiply-add per block into a single accumulator
+            let mut acc = 0f32;
+            for (b, y) in w.chunks_exact(18).zip(y) {
+                let mut s = 0i32;
+                for j in 0..16 {
+                    s += ((b[2 + j] & 0x0f) as i32 - 8) * y.qs[j] as i32;
+                    s += ((b[2 + j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+                }
+                acc = (s as f32).mul_add(f16_at(b, 0) * y.d, acc);
             }
-            (f16_at(b, 0), None)
-        }),
+            acc
+        }
         (DType::Q4_1, QuantRow::Q8(y)) => dot_q8_lanes(w, 20, y, |b, q| {
             for j in 0..16 {
                 q[j] = (b[4 + j] & 0x0f) as i32;
@@ -178,70 +185,9 @@ pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
             }
             (f16_at(b, 0), None)
         }),
-        (DType::Q4K, QuantRow::Q8K(y)) => dot_blocks(w, 144, y, |b, y| {
-            let (d, dmin, scales, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..16], &b[16..144]);
-            let (mut sum, mut msum) = (0i32, 0i32);
-            for c in 0..4 {
-                for (k, shift) in [(2 * c, 0), (2 * c + 1, 4)] {
-                    let (sc, m) = k_scale_min(k, scales);
-                    let mut s = 0i32;
-                    for l in 0..32 {
-                        s += ((qs[32 * c + l] >> shift) & 0x0f) as i32 * y.qs[32 * k + l] as i32;
-                    }
-                    sum += sc as i32 * s;
-                    msum += m as i32 * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
-                }
-            }
-            d * y.d * sum as f32 - dmin * y.d * msum as f32
-        }),
-        (DType::Q5K, QuantRow::Q8K(y)) => dot_blocks(w, 176, y, |b, y| {
-            let (d, dmin, scales, qh, qs) = (
-                f16_at(b, 0),
-                f16_at(b, 2),
-                &b[4..16],
-                &b[16..48],
-                &b[48..176],
-            );
-            let (mut sum, mut msum) = (0i32, 0i32);
-            for c in 0..4 {
-                for (k, shift) in [(2 * c, 0), (2 * c + 1, 4)] {
-                    let (sc, m) = k_scale_min(k, scales);
-                    let mut s = 0i32;
-                    for l in 0..32 {
-                        let q = ((qs[32 * c + l] >> shift) & 0x0f) | (((qh[l] >> k) & 1) << 4);
-                        s += q as i32 * y.qs[32 * k + l] as i32;
-                    }
-                    sum += sc as i32 * s;
-                    msum += m as i32 * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
-                }
-            }
-            d * y.d * sum as f32 - dmin * y.d * msum as f32
-        }),
-        (DType::Q6K, QuantRow::Q8K(y)) => dot_blocks(w, 210, y, |b, y| {
-            let (ql_all, qh_all, sc_all, d) =
-                (&b[0..128], &b[128..192], &b[192..208], f16_at(b, 208));
-            let mut sum = 0i32;
-            for half in 0..2 {
-                let (ql, qh) = (&ql_all[64 * half..], &qh_all[32 * half..]);
-                let mut groups = [0i32; 8];
-                for l in 0..32 {
-                    let q = [
-                        ((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) as i32 - 32,
-                        ((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32,
-                        ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32,
-                        ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32,
-                    ];
-                    for (r, &qv) in q.iter().enumerate() {
-                        // value l + 32 r of this half; its scale covers 16 values
-                        groups[2 * r + l / 16] += qv * y.qs[128 * half + 32 * r + l] as i32;
-                    }
-                }
-                for (g, &s) in groups.iter().enumerate() {
-                    sum += (sc_all[8 * half + g] as i8) as i32 * s;
-                }
-            }
-            d * y.d * sum as f32
-        }),
+        (DType::Q4K, QuantRow::Q8K(y)) => dot_q4k_serial(w, y),
+        (DType::Q5K, QuantRow::Q8K(y)) => dot_q5k_lanes(w, y),
+        (DType::Q6K, QuantRow::Q8K(y)) => dot_q6k_lanes(w, y),
         (_, QuantRow::Float(x)) => {
             let mut row = vec![0f32; x.len()];
             crate::quant::dequantize_row(t, w, &mut row).expect("row geometry checked by Weight");
@@ -249,6 +195,100 @@ pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
         }
         _ => panic!("activation format does not pair with weight type {t}"),
     }
+}
+
+/// Q4_K with Q8_K activations as llama.cpp computes it on AVX2 machines, where it repacks
+/// Q4_K rows in groups of 8: per super-block one integer sum of scale * dot over the 8
+/// sub-blocks and one of min * activation sums, each added to its own accumulator with a
+/// fused multiply-add (scale d_w * d_x, dmin_w * d_x); the result is their difference.
+fn dot_q4k_serial(w: &[u8], y: &[BlockQ8K]) -> f32 {
+    let (mut acc, mut accm) = (0f32, 0f32);
+    for (b, y) in w.chunks_exact(144).zip(y) {
+        let (dw, dminw, scales, qs) = (f16_at(b, 0), f16_at(b, 2), &b[4..16], &b[16..144]);
+        let (mut sumi, mut msum) = (0i32, 0i32);
+        for k in 0..8 {
+            let (sc, m) = k_scale_min(k, scales);
+            let (chunk, shift) = (&qs[32 * (k / 2)..32 * (k / 2) + 32], 4 * (k % 2));
+            let mut s = 0i32;
+            for i in 0..32 {
+                s += ((chunk[i] >> shift) & 0x0f) as i32 * y.qs[32 * k + i] as i32;
+            }
+            sumi += sc as i32 * s;
+            msum += m as i32 * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
+        }
+        acc = (sumi as f32).mul_add(dw * y.d, acc);
+        accm = (msum as f32).mul_add(dminw * y.d, accm);
+    }
+    acc - accm
+}
+
+/// Q5_K with Q8_K activations in llama.cpp's AVX2 lane order: per super-block, lane m holds
+/// sum over the 8 sub-blocks of scale * (integer dot of values 4m..4m+3 of that
+/// sub-block), scaled by d_x * d_w with a fused multiply-add; the min terms are summed into
+/// one scalar, added after the lanes are reduced.
+fn dot_q5k_lanes(w: &[u8], y: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut summs = 0f32;
+    for (b, y) in w.chunks_exact(176).zip(y) {
+        let (dw, dminw, scales) = (f16_at(b, 0), f16_at(b, 2), &b[4..16]);
+        let (qh, qs) = (&b[16..48], &b[48..176]);
+        let d = y.d * dw;
+        let dmin = -y.d * dminw;
+        let mut lanes = [0i32; 8];
+        let mut mtotal = 0i32;
+        for k in 0..8 {
+            let (sc, m) = k_scale_min(k, scales);
+            mtotal += m as i32 * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
+            let (chunk, shift) = (&qs[32 * (k / 2)..32 * (k / 2) + 32], 4 * (k % 2));
+            for (m, lane) in lanes.iter_mut().enumerate() {
+                let mut s = 0i32;
+                for i in 4 * m..4 * m + 4 {
+                    let q = ((chunk[i] >> shift) & 0x0f) | (((qh[i] >> k) & 1) << 4);
+                    s += q as i32 * y.qs[32 * k + i] as i32;
+                }
+                *lane += sc as i32 * s;
+            }
+        }
+        for m in 0..8 {
+            acc[m] = d.mul_add(lanes[m] as f32, acc[m]);
+        }
+        summs += dmin * mtotal as f32;
+    }
+    hsum8(&acc) + summs
+}
+
+/// Q6_K with Q8_K activations in llama.cpp's AVX2 lane order: values are taken unsigned
+/// (0..63); lane m holds sum over the 8 chunks of 32 of scale * (dot of values 4m..4m+3 of
+/// the chunk), minus 32 * (bsum[2m] * sc[2m] + bsum[2m+1] * sc[2m+1]) for the offset.
+fn dot_q6k_lanes(w: &[u8], y: &[BlockQ8K]) -> f32 {
+    let mut acc = [0f32; 8];
+    for (b, y) in w.chunks_exact(210).zip(y) {
+        let (ql, qh, sc, dw) = (&b[0..128], &b[128..192], &b[192..208], f16_at(b, 208));
+        let d = y.d * dw;
+        let sc = |i: usize| (sc[i] as i8) as i32;
+        let mut lanes = [0i32; 8];
+        for half in 0..2 {
+            let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+            for r in 0..4 {
+                for (m, lane) in lanes.iter_mut().enumerate() {
+                    let mut s = 0i32;
+                    for l in 4 * m..4 * m + 4 {
+                        let lo = if r % 2 == 0 { ql[l] } else { ql[l + 32] };
+                        let lo = if r < 2 { lo & 0x0f } else { lo >> 4 };
+                        let q = lo | (((qh[l] >> (2 * r)) & 3) << 4);
+                        s += q as i32 * y.qs[128 * half + 32 * r + l] as i32;
+                    }
+                    // bytes 0..15 of a chunk use one scale, 16..31 the next
+                    *lane += sc(8 * half + 2 * r + m / 4) * s;
+                }
+            }
+        }
+        for (m, lane) in lanes.iter().enumerate() {
+            let off = y.bsums[2 * m] as i32 * sc(2 * m) + y.bsums[2 * m + 1] as i32 * sc(2 * m + 1);
+            acc[m] = d.mul_add((lane - 32 * off) as f32, acc[m]);
+        }
+    }
+    hsum8(&acc)
 }
 
 /// Sum of 8 float lanes in the order x86 code reduces a 256-bit register: halves first
@@ -425,11 +465,6 @@ pub fn rope_cos_sin_lanes(
             (t.cos(), t.sin())
         })
         .collect()
-}
-
-#[inline]
-fn dot_blocks<B>(w: &[u8], size: usize, y: &[B], f: impl Fn(&[u8], &B) -> f32) -> f32 {
-    w.chunks_exact(size).zip(y).map(|(b, y)| f(b, y)).sum()
 }
 
 #[cfg(test)]
