@@ -97,9 +97,9 @@ struct ModelArgs {
     /// Context length (default: the model's, at most 4096).
     #[arg(long)]
     ctx: Option<usize>,
-    /// How activations meet quantized weights: f32 (matches a float reference) or q8
-    /// (8-bit blocks and f16 attention, as llama.cpp computes).
-    #[arg(long, value_enum, default_value_t = Activations::F32)]
+    /// How activations meet quantized weights: q8 (8-bit blocks and f16 attention, as
+    /// llama.cpp computes; fast) or f32 (matches a float reference).
+    #[arg(long, value_enum, default_value_t = Activations::Q8)]
     activations: Activations,
 }
 

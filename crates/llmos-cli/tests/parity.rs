@@ -43,7 +43,11 @@ fn greedy(model: &str, prompt: &str, extra: &[&str]) -> serde_json::Value {
 
 fn check_greedy(model: &str, fixture: &str) {
     let r = fixture_json(fixture);
-    let out = greedy(model, r["prompt"].as_str().unwrap(), &[]);
+    let out = greedy(
+        model,
+        r["prompt"].as_str().unwrap(),
+        &["--activations", "f32"],
+    );
     assert_eq!(
         ids(&out["prompt_ids"]),
         ids(&r["prompt_ids"]),
@@ -80,7 +84,8 @@ fn smollm2_last_logits_match_float_reference() {
         .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
         .collect();
     let g = Arc::new(Gguf::open(model("smollm2")).unwrap());
-    let m = Model::load(g).unwrap();
+    let mut m = Model::load(g).unwrap();
+    m.act = llmos_tensor::ActMode::F32;
     let prompt: Vec<u32> = ids(&r["prompt_ids"]).iter().map(|&x| x as u32).collect();
     let mut cache = m.new_cache(64);
     let got = m.forward(&mut cache, &prompt, false).unwrap();
@@ -150,6 +155,8 @@ fn smollm2_chat_template_and_reply_equal_reference() {
         "--json",
         "-t",
         "2",
+        "--activations",
+        "f32",
         r["prompt"].as_str().unwrap(),
     ]);
     assert_eq!(
@@ -215,17 +222,13 @@ fn seeded_sampling_is_reproducible() {
     );
 }
 
-/// The mode that quantizes activations like llama.cpp (8-bit blocks, f16 attention
-/// operands, f16 GELU table) gives llama.cpp's own greedy ids for Gemma-3.
+/// The default mode quantizes activations like llama.cpp (8-bit blocks, f16 attention
+/// operands, f16 GELU table) and gives llama.cpp's own greedy ids for Gemma-3.
 #[test]
 fn gemma3_q8_activations_equal_llamacpp_greedy() {
     for fx in ["gemma3-raw-llamacpp.json", "gemma3-fib-llamacpp.json"] {
         let r = fixture_json(fx);
-        let out = greedy(
-            "gemma3",
-            r["prompt"].as_str().unwrap(),
-            &["--activations", "q8"],
-        );
+        let out = greedy("gemma3", r["prompt"].as_str().unwrap(), &[]);
         assert_eq!(ids(&out["prompt_ids"]), ids(&r["prompt_ids"]), "{fx}");
         assert_eq!(
             ids(&out["ids"]),
@@ -241,11 +244,7 @@ fn gemma3_q8_activations_equal_llamacpp_greedy() {
 #[test]
 fn smollm2_q8_activations_equal_llamacpp_greedy() {
     let r = fixture_json("smollm2-raw-llamacpp.json");
-    let out = greedy(
-        "smollm2",
-        r["prompt"].as_str().unwrap(),
-        &["--activations", "q8"],
-    );
+    let out = greedy("smollm2", r["prompt"].as_str().unwrap(), &[]);
     assert_eq!(ids(&out["prompt_ids"]), ids(&r["prompt_ids"]));
     assert_eq!(
         ids(&out["ids"]),

@@ -9,8 +9,7 @@ use llmos_tensor::ops::{dot_f32, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, si
 use llmos_tensor::q8::{
     dot_f16_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16, softmax_scaled_lanes,
 };
-use llmos_tensor::{ActMode, Weight, matmul_with};
-use rayon::prelude::*;
+use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
 
 /// Keys and values of every layer for the positions seen so far.
 pub struct KvCache {
@@ -97,7 +96,9 @@ impl Model {
         let (nh, nkv) = (c.n_head, c.n_head_kv);
         let pos0 = cache.len;
         let act = self.act;
-        let mm = |w: &Weight, x: &[f32], y: &mut [f32]| matmul_with(w, x, y, act);
+        let mm =
+            |w: &Weight, x: &[f32], y: &mut [f32], c: &mut ActCache| matmul_cached(w, x, y, act, c);
+        let (mut c_h, mut c_att, mut c_g) = (ActCache::new(), ActCache::new(), ActCache::new());
         // llama.cpp's default KV cache and attention operands are f16; Q8 mode follows it
         let q8 = act == ActMode::Q8;
         let r16 = |v: &mut [f32]| {
@@ -165,9 +166,10 @@ impl Model {
         for (l, lw) in self.layers.iter().enumerate() {
             // attention block: h = norm(x); q, k, v = h Wq, h Wk, h Wv
             norm(&mut h, &x, &lw.attn_norm);
-            mm(&self.w(&lw.wq), &h, &mut q);
-            mm(&self.w(&lw.wk), &h, &mut k);
-            mm(&self.w(&lw.wv), &h, &mut v);
+            c_h.set();
+            mm(&self.w(&lw.wq), &h, &mut q, &mut c_h);
+            mm(&self.w(&lw.wk), &h, &mut k, &mut c_h);
+            mm(&self.w(&lw.wv), &h, &mut v, &mut c_h);
             for (buf, bias) in [(&mut q, &lw.bq), (&mut k, &lw.bk), (&mut v, &lw.bv)] {
                 if let Some(b) = bias {
                     for row in buf.chunks_exact_mut(b.len()) {
@@ -207,7 +209,7 @@ impl Model {
             let (kc, vc) = (&cache.k[l], &cache.v[l]);
             let window = if swa { c.sliding_window } else { None };
             let group = nh / nkv;
-            att.par_chunks_mut(dv).enumerate().for_each(|(i, out)| {
+            llmos_tensor::pool::for_each_chunk_mut(&mut att, dv, |i, out| {
                 let (t, head) = (i / nh, i % nh);
                 let kvh = head / group;
                 let qp = pos0 + t;
@@ -257,7 +259,8 @@ impl Model {
                     out.iter_mut().zip(vv).for_each(|(a, b)| *a += w * b);
                 }
             });
-            mm(&self.w(&lw.wo), &att, &mut o);
+            c_att.set();
+            mm(&self.w(&lw.wo), &att, &mut o, &mut c_att);
             if let Some(w) = &lw.post_attn_norm {
                 norm_inplace(&mut o, w);
             }
@@ -265,8 +268,9 @@ impl Model {
 
             // feed-forward block: x += down(act(h Wgate) * (h Wup))
             norm(&mut h, &x, &lw.ffn_norm);
-            mm(&self.w(&lw.gate), &h, &mut g);
-            mm(&self.w(&lw.up), &h, &mut u);
+            c_h.set();
+            mm(&self.w(&lw.gate), &h, &mut g, &mut c_h);
+            mm(&self.w(&lw.up), &h, &mut u, &mut c_h);
             let act: fn(f32) -> f32 = match (c.arch, q8) {
                 (Arch::Gemma3, false) => gelu_tanh,
                 // llama.cpp's CPU GELU is an f16 lookup table
@@ -274,7 +278,8 @@ impl Model {
                 _ => silu,
             };
             g.iter_mut().zip(&u).for_each(|(a, b)| *a = act(*a) * b);
-            mm(&self.w(&lw.down), &g, &mut o);
+            c_g.set();
+            mm(&self.w(&lw.down), &g, &mut o, &mut c_g);
             if let Some(w) = &lw.post_ffn_norm {
                 norm_inplace(&mut o, w);
             }
@@ -291,7 +296,8 @@ impl Model {
         let mut hn = vec![0f32; rows.len()];
         norm(&mut hn, rows, &self.output_norm);
         let mut logits = vec![0f32; rows.len() / e * c.n_vocab];
-        mm(&self.w(&self.output), &hn, &mut logits);
+        c_h.set();
+        mm(&self.w(&self.output), &hn, &mut logits, &mut c_h);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
         }

@@ -174,7 +174,7 @@ impl Model {
             output_norm,
             layers,
             rope_freqs,
-            act: ActMode::F32,
+            act: ActMode::Q8,
         })
     }
 

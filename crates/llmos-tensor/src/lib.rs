@@ -3,14 +3,18 @@
 //!
 //! Dimension legend used in shapes: T = tokens, C = channels, H = heads, D = head dim.
 
+#[cfg(target_arch = "x86_64")]
+pub mod avx2;
 pub mod dtype;
 pub mod matmul;
 pub mod ops;
+pub mod pool;
 pub mod q8;
 pub mod quant;
+pub mod quantize;
 
 pub use dtype::DType;
-pub use matmul::{Weight, matmul, matmul_with};
+pub use matmul::{ActCache, Weight, matmul, matmul_cached, matmul_with};
 pub use q8::ActMode;
 
 /// Errors from kernels that receive malformed shapes or unsupported types.
@@ -38,6 +42,7 @@ pub fn init_threads(n: usize) {
     } else {
         n
     };
+    pool::init(n);
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build_global();

@@ -6,10 +6,12 @@
 //! across the rayon pool.
 
 use crate::ops::dot_f32;
-use crate::q8::{ActMode, QuantRow, quantize_for, vec_dot};
+use crate::pool::{for_each_chunk_mut, threads};
+use crate::q8::{
+    ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k, vec_dot_n, vec_dot_rn,
+};
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
-use rayon::prelude::*;
 
 /// A borrowed 2-D weight: `rows` rows of `cols` values of type `dtype`.
 #[derive(Clone, Copy, Debug)]
@@ -70,7 +72,7 @@ impl<'a> Weight<'a> {
 /// Rows per parallel task: enough tasks to balance two or more threads, not so many that
 /// scheduling dominates.
 fn chunk_rows(rows: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = threads().max(1);
     (rows / (threads * 8)).clamp(4, 512)
 }
 
@@ -101,14 +103,12 @@ fn by_rows<S>(
     }
     let chunk = chunk_rows(w.rows);
     let mut yt = vec![0f32; w.rows * t];
-    yt.par_chunks_mut(chunk * t)
-        .enumerate()
-        .for_each(|(ci, ys)| {
-            let mut scratch = init();
-            for (j, out) in ys.chunks_exact_mut(t).enumerate() {
-                row(&mut scratch, ci * chunk + j, out);
-            }
-        });
+    for_each_chunk_mut(&mut yt, chunk * t, |ci, ys| {
+        let mut scratch = init();
+        for (j, out) in ys.chunks_exact_mut(t).enumerate() {
+            row(&mut scratch, ci * chunk + j, out);
+        }
+    });
     transpose_into(y, &yt, w.rows, t);
 }
 
@@ -131,7 +131,7 @@ pub fn matmul(w: &Weight, x: &[f32], y: &mut [f32]) {
     if t == 1 {
         // one token: rows write straight into y, no transpose
         let chunk = chunk_rows(w.rows);
-        y.par_chunks_mut(chunk).enumerate().for_each(|(ci, ys)| {
+        for_each_chunk_mut(y, chunk, |ci, ys| {
             let mut buf = vec![0f32; k];
             for (j, out) in ys.iter_mut().enumerate() {
                 w.dequantize_row(ci * chunk + j, &mut buf);
@@ -155,18 +155,218 @@ pub fn matmul(w: &Weight, x: &[f32], y: &mut [f32]) {
     );
 }
 
+/// The 8-bit (or float) format activations take to meet a weight type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ActFmt {
+    Q8,
+    Q8K,
+    F16,
+    BF16,
+    F32,
+}
+
+fn act_fmt(t: DType) -> ActFmt {
+    match t {
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0 => ActFmt::Q8,
+        DType::Q4K | DType::Q5K | DType::Q6K => ActFmt::Q8K,
+        DType::F16 => ActFmt::F16,
+        DType::BF16 => ActFmt::BF16,
+        _ => ActFmt::F32,
+    }
+}
+
+/// Activation rows [T, cols] quantized once for one format, in buffers reused across calls.
+struct QuantActs {
+    fmt: ActFmt,
+    cols: usize,
+    rows: usize,
+    q8: Vec<BlockQ8>,
+    q8k: Vec<BlockQ8K>,
+    f: Vec<f32>,
+}
+
+impl QuantActs {
+    fn new(fmt: ActFmt) -> Self {
+        QuantActs {
+            fmt,
+            cols: 0,
+            rows: 0,
+            q8: Vec::new(),
+            q8k: Vec::new(),
+            f: Vec::new(),
+        }
+    }
+
+    fn fill(&mut self, x: &[f32], cols: usize) {
+        let rows = x.len() / cols;
+        (self.rows, self.cols) = (rows, cols);
+        match self.fmt {
+            ActFmt::Q8 => {
+                self.q8.resize(x.len() / 32, BlockQ8::ZERO);
+                let per = cols / 32;
+                if rows >= 8 {
+                    for_each_chunk_mut(&mut self.q8, per, |i, o| {
+                        quantize_q8_into(&x[i * cols..(i + 1) * cols], o)
+                    });
+                } else {
+                    for (o, r) in self.q8.chunks_mut(per).zip(x.chunks_exact(cols)) {
+                        quantize_q8_into(r, o);
+                    }
+                }
+            }
+            ActFmt::Q8K => {
+                self.q8k.clear();
+                for r in x.chunks_exact(cols) {
+                    self.q8k.extend(quantize_q8k(r));
+                }
+            }
+            ActFmt::F16 => {
+                self.f.clear();
+                self.f.extend(x.iter().map(|&v| crate::q8::round_f16(v)));
+            }
+            ActFmt::BF16 => {
+                self.f.clear();
+                self.f
+                    .extend(x.iter().map(|&v| half::bf16::from_f32(v).to_f32()));
+            }
+            ActFmt::F32 => {
+                self.f.clear();
+                self.f.extend_from_slice(x);
+            }
+        }
+    }
+
+    fn row(&self, r: usize) -> ActRow<'_> {
+        match self.fmt {
+            ActFmt::Q8 => {
+                let per = self.cols / 32;
+                ActRow::Q8(&self.q8[r * per..(r + 1) * per])
+            }
+            ActFmt::Q8K => {
+                let per = self.cols / 256;
+                ActRow::Q8K(&self.q8k[r * per..(r + 1) * per])
+            }
+            _ => ActRow::Float(&self.f[r * self.cols..(r + 1) * self.cols]),
+        }
+    }
+}
+
+/// One input's activations, quantized lazily once per format and reused by every weight
+/// that reads the same input (q, k and v; gate and up). Call [`ActCache::set`] whenever the
+/// input changes; buffers are kept between calls, so a decode step allocates nothing.
+pub struct ActCache {
+    sets: Vec<QuantActs>,
+    fresh: Vec<bool>,
+}
+
+impl Default for ActCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ActCache {
+    pub fn new() -> Self {
+        ActCache {
+            sets: Vec::new(),
+            fresh: Vec::new(),
+        }
+    }
+
+    /// Marks every quantized copy stale (the input changed).
+    pub fn set(&mut self) {
+        self.fresh.iter_mut().for_each(|f| *f = false);
+    }
+
+    fn get(&mut self, t: DType, x: &[f32], cols: usize) -> &QuantActs {
+        let fmt = act_fmt(t);
+        let i = match self.sets.iter().position(|s| s.fmt == fmt) {
+            Some(i) => i,
+            None => {
+                self.sets.push(QuantActs::new(fmt));
+                self.fresh.push(false);
+                self.sets.len() - 1
+            }
+        };
+        if !self.fresh[i] || self.sets[i].rows * self.sets[i].cols != x.len() {
+            self.sets[i].fill(x, cols);
+            self.fresh[i] = true;
+        }
+        &self.sets[i]
+    }
+}
+
 /// Like [`matmul`], with activations meeting the weights as `mode` says. In
 /// [`ActMode::Q8`] each activation row is quantized once, then every weight row is dotted
 /// with it in integer arithmetic.
 pub fn matmul_with(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode) {
+    let mut cache = ActCache::new();
+    matmul_cached(w, x, y, mode, &mut cache);
+}
+
+/// [`matmul_with`] reusing the quantized activations in `cache` (see [`ActCache`]).
+pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache: &mut ActCache) {
     if mode == ActMode::F32 || matches!(w.dtype, DType::F32) {
         return matmul(w, x, y);
     }
     let t = token_count(w, x, y);
-    let acts: Vec<QuantRow> = x
-        .chunks_exact(w.cols)
-        .map(|r| quantize_for(w.dtype, r))
-        .collect();
+    if t == 0 {
+        return;
+    }
+    let acts = cache.get(w.dtype, x, w.cols);
+    let dt = w.dtype;
+    if t == 1 {
+        let a = acts.row(0);
+        let chunk = chunk_rows(w.rows);
+        for_each_chunk_mut(y, chunk, |ci, ys| {
+            let r0 = ci * chunk;
+            let done = ys.len() / 4 * 4;
+            let mut quads = ys.chunks_exact_mut(4);
+            for (qi, q) in quads.by_ref().enumerate() {
+                let r = r0 + 4 * qi;
+                let o = vec_dot_rn::<4, 1>(dt, std::array::from_fn(|k| w.row(r + k)), [a]);
+                for k in 0..4 {
+                    q[k] = o[k][0];
+                }
+            }
+            for (j, o) in quads.into_remainder().iter_mut().enumerate() {
+                *o = vec_dot_n(dt, w.row(r0 + done + j), [a])[0];
+            }
+        });
+        return;
+    }
+    if t >= 16 {
+        // many tokens: each task takes a group of tokens and walks the weight in blocks of
+        // rows small enough to stay in L1, dotting each row with 4 tokens at a time
+        let threads = threads().max(1);
+        let group = (t.div_ceil(threads * 2)).next_multiple_of(4).clamp(4, 64);
+        let rows = w.rows;
+        for_each_chunk_mut(y, group * rows, |gi, ys| {
+            let t0 = gi * group;
+            let n = ys.len() / rows;
+            for r0 in (0..rows).step_by(16) {
+                let r1 = (r0 + 16).min(rows);
+                let mut ti = 0;
+                while ti + 4 <= n {
+                    let a: [ActRow; 4] = std::array::from_fn(|k| acts.row(t0 + ti + k));
+                    for r in r0..r1 {
+                        let o = vec_dot_n(dt, w.row(r), a);
+                        for k in 0..4 {
+                            ys[(ti + k) * rows + r] = o[k];
+                        }
+                    }
+                    ti += 4;
+                }
+                for tj in ti..n {
+                    let a = acts.row(t0 + tj);
+                    for r in r0..r1 {
+                        ys[tj * rows + r] = vec_dot_n(dt, w.row(r), [a])[0];
+                    }
+                }
+            }
+        });
+        return;
+    }
     by_rows(
         w,
         t,
@@ -174,8 +374,8 @@ pub fn matmul_with(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode) {
         || (),
         |_, r, out| {
             let row = w.row(r);
-            for (o, a) in out.iter_mut().zip(&acts) {
-                *o = vec_dot(w.dtype, row, a);
+            for (ti, o) in out.iter_mut().enumerate() {
+                *o = vec_dot_n(dt, row, [acts.row(ti)])[0];
             }
         },
     );
@@ -211,5 +411,45 @@ mod tests {
         assert!(Weight::new(DType::Q8_0, &[0u8; 33], 1, 32).is_err());
         assert!(Weight::new(DType::Q8_0, &[0u8; 34], 1, 31).is_err());
         assert!(Weight::new(DType::Q8_1, &[0u8; 36], 1, 32).is_err());
+    }
+
+    /// Every batching path (one token, a few, a tiled group) gives each output exactly what
+    /// one token alone gives: a prompt processed at once equals it processed token by token.
+    #[test]
+    fn q8_matmul_paths_agree_bit_for_bit() {
+        crate::pool::init(2);
+        let (rows, cols) = (70, 256);
+        for dt in [DType::Q4_1, DType::Q8_0, DType::Q4K, DType::Q6K, DType::F16] {
+            let mut state = 12345u64;
+            let mut next = || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            let wf: Vec<f32> = (0..rows * cols)
+                .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let bytes = crate::quantize::quantize_rows(dt, &wf, cols).unwrap();
+            let w = Weight::new(dt, &bytes, rows, cols).unwrap();
+            for t in [1usize, 3, 16, 37] {
+                let x: Vec<f32> = (0..t * cols)
+                    .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+                    .collect();
+                let mut batch = vec![0f32; t * rows];
+                matmul_with(&w, &x, &mut batch, ActMode::Q8);
+                for ti in 0..t {
+                    let mut one = vec![0f32; rows];
+                    matmul_with(&w, &x[ti * cols..(ti + 1) * cols], &mut one, ActMode::Q8);
+                    for r in 0..rows {
+                        assert_eq!(
+                            one[r].to_bits(),
+                            batch[ti * rows + r].to_bits(),
+                            "{dt} T={t} token {ti} row {r}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

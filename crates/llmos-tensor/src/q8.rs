@@ -16,9 +16,10 @@ use half::{bf16, f16};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ActMode {
     /// Dequantize weights, keep activations f32 (matches a float reference).
-    #[default]
     F32,
     /// Quantize activations to 8 bits per block like llama.cpp; f16 attention operands.
+    /// The default: fast, and the same tokens as llama.cpp.
+    #[default]
     Q8,
 }
 
@@ -49,14 +50,24 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// A Q8_0 / Q8_1 block of 32: scale `d` (already rounded to f16), `s = d * sum(qs)` (f16,
 /// Q8_1 only), values.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct BlockQ8 {
     pub d: f32,
     pub s: f32,
     pub qs: [i8; 32],
 }
 
+impl BlockQ8 {
+    pub const ZERO: BlockQ8 = BlockQ8 {
+        d: 0.0,
+        s: 0.0,
+        qs: [0; 32],
+    };
+}
+
 /// A Q8_K block of 256: f32 scale, values, and the sums of each group of 16 values.
 #[derive(Clone, Copy)]
+#[repr(C)]
 pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; 256],
@@ -71,26 +82,65 @@ pub enum QuantRow {
     Float(Vec<f32>),
 }
 
+/// A borrowed activation row in the format its weight type pairs with.
+#[derive(Clone, Copy)]
+pub enum ActRow<'a> {
+    Q8(&'a [BlockQ8]),
+    Q8K(&'a [BlockQ8K]),
+    Float(&'a [f32]),
+}
+
+impl QuantRow {
+    pub fn as_row(&self) -> ActRow<'_> {
+        match self {
+            QuantRow::Q8(v) => ActRow::Q8(v),
+            QuantRow::Q8K(v) => ActRow::Q8K(v),
+            QuantRow::Float(v) => ActRow::Float(v),
+        }
+    }
+}
+
 /// Q8_0/Q8_1 quantization of one row (length a multiple of 32).
 pub fn quantize_q8(x: &[f32]) -> Vec<BlockQ8> {
-    x.chunks_exact(32)
-        .map(|c| {
-            let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-            let mut qs = [0i8; 32];
-            let mut sum = 0i32;
-            for (q, &v) in qs.iter_mut().zip(c) {
-                *q = (v * id).round_ties_even() as i8;
-                sum += *q as i32;
-            }
-            BlockQ8 {
-                d: round_f16(d),
-                s: round_f16(d * sum as f32),
-                qs,
-            }
-        })
-        .collect()
+    let mut out = vec![BlockQ8::ZERO; x.len() / 32];
+    quantize_q8_into(x, &mut out);
+    out
+}
+
+/// [`quantize_q8`] into a buffer of `x.len() / 32` blocks, on the fastest kernel.
+pub fn quantize_q8_into(x: &[f32], out: &mut [BlockQ8]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::quantize_q8_into(x, out) };
+    }
+    quantize_q8_ref(x, out)
+}
+
+/// The scalar Q8 quantizer, reference for the fast one.
+pub fn quantize_q8_ref(x: &[f32], out: &mut [BlockQ8]) {
+    for (o, b) in out.iter_mut().zip(quantize_q8_blocks(x)) {
+        *o = b;
+    }
+}
+
+fn quantize_q8_blocks(x: &[f32]) -> impl Iterator<Item = BlockQ8> + '_ {
+    x.chunks_exact(32).map(|c| {
+        let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut qs = [0i8; 32];
+        let mut sum = 0i32;
+        for (q, &v) in qs.iter_mut().zip(c) {
+            *q = (v * id).round_ties_even() as i8;
+            sum += *q as i32;
+        }
+        BlockQ8 {
+            d: round_f16(d),
+            s: round_f16(d * sum as f32),
+            qs,
+        }
+    })
 }
 
 /// Q8_K quantization of one row (length a multiple of 256): the scale comes from the value
@@ -139,10 +189,68 @@ pub fn quantize_for(t: DType, x: &[f32]) -> QuantRow {
     }
 }
 
-/// Dot product of one weight row (`w`, type `t`) with a quantized activation row.
+/// Dot product of one weight row (`w`, type `t`) with a quantized activation row: the
+/// scalar reference every fast kernel is tested against.
 pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
+    vec_dot_ref(t, w, a.as_row())
+}
+
+/// Dots of one weight row with N activation rows, on the fastest kernels this CPU has
+/// (bit-identical to [`vec_dot`] for each row).
+pub fn vec_dot_n<const N: usize>(t: DType, w: &[u8], a: [ActRow; N]) -> [f32; N] {
+    vec_dot_rn::<1, N>(t, [w], a)[0]
+}
+
+/// Dots of R weight rows with N activation rows: out[r][n]. R > 1 only speeds up the
+/// 32-value block types; others loop over the rows.
+pub fn vec_dot_rn<const R: usize, const N: usize>(
+    t: DType,
+    w: [&[u8]; R],
+    a: [ActRow; N],
+) -> [[f32; N]; R] {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        use crate::avx2 as k;
+        let q8 = || -> [&[BlockQ8]; N] {
+            std::array::from_fn(|n| match a[n] {
+                ActRow::Q8(y) => y,
+                _ => panic!("activation format does not pair with weight type {t}"),
+            })
+        };
+        let q8k = || -> [&[BlockQ8K]; N] {
+            std::array::from_fn(|n| match a[n] {
+                ActRow::Q8K(y) => y,
+                _ => panic!("activation format does not pair with weight type {t}"),
+            })
+        };
+        // SAFETY (each call below): the CPU reported AVX2, FMA and F16C, all these kernels
+        // enable; row geometry was checked when the weight was made.
+        match t {
+            DType::Q4_0 => return unsafe { k::dot_q8::<{ k::Q4_0 }, R, N>(w, q8()) },
+            DType::Q4_1 => return unsafe { k::dot_q8::<{ k::Q4_1 }, R, N>(w, q8()) },
+            DType::Q5_0 => return unsafe { k::dot_q8::<{ k::Q5_0 }, R, N>(w, q8()) },
+            DType::Q5_1 => return unsafe { k::dot_q8::<{ k::Q5_1 }, R, N>(w, q8()) },
+            DType::Q8_0 => return unsafe { k::dot_q8::<{ k::Q8_0 }, R, N>(w, q8()) },
+            DType::Q4K => return w.map(|w| unsafe { k::dot_q4k::<N>(w, q8k()) }),
+            DType::Q5K => return w.map(|w| unsafe { k::dot_q5k::<N>(w, q8k()) }),
+            DType::Q6K => return w.map(|w| unsafe { k::dot_q6k::<N>(w, q8k()) }),
+            DType::F16 => {
+                return w.map(|w| {
+                    std::array::from_fn(|n| match a[n] {
+                        ActRow::Float(x) => unsafe { k::dot_f16_row(w, x) },
+                        _ => panic!("activation format does not pair with weight type {t}"),
+                    })
+                });
+            }
+            _ => {}
+        }
+    }
+    w.map(|w| std::array::from_fn(|n| vec_dot_ref(t, w, a[n])))
+}
+
+fn vec_dot_ref(t: DType, w: &[u8], a: ActRow) -> f32 {
     match (t, a) {
-        (DType::Q4_0, QuantRow::Q8(y)) => {
+        (DType::Q4_0, ActRow::Q8(y)) => {
             // llama.cpp repacks Q4_0 on AVX2 machines: one integer sum per block, one
             // fused multiply-add per block into a single accumulator
             let mut acc = 0f32;
@@ -156,14 +264,14 @@ pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
             }
             acc
         }
-        (DType::Q4_1, QuantRow::Q8(y)) => dot_q8_lanes(w, 20, y, |b, q| {
+        (DType::Q4_1, ActRow::Q8(y)) => dot_q8_lanes(w, 20, y, |b, q| {
             for j in 0..16 {
                 q[j] = (b[4 + j] & 0x0f) as i32;
                 q[j + 16] = (b[4 + j] >> 4) as i32;
             }
             (f16_at(b, 0), Some(f16_at(b, 2)))
         }),
-        (DType::Q5_0, QuantRow::Q8(y)) => dot_q8_lanes(w, 22, y, |b, q| {
+        (DType::Q5_0, ActRow::Q8(y)) => dot_q8_lanes(w, 22, y, |b, q| {
             let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
             for j in 0..16 {
                 q[j] = ((b[6 + j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32 - 16;
@@ -171,7 +279,7 @@ pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
             }
             (f16_at(b, 0), None)
         }),
-        (DType::Q5_1, QuantRow::Q8(y)) => dot_q8_lanes(w, 24, y, |b, q| {
+        (DType::Q5_1, ActRow::Q8(y)) => dot_q8_lanes(w, 24, y, |b, q| {
             let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
             for j in 0..16 {
                 q[j] = ((b[8 + j] & 0x0f) as u32 | (((qh >> j) & 1) << 4)) as i32;
@@ -179,16 +287,21 @@ pub fn vec_dot(t: DType, w: &[u8], a: &QuantRow) -> f32 {
             }
             (f16_at(b, 0), Some(f16_at(b, 2)))
         }),
-        (DType::Q8_0, QuantRow::Q8(y)) => dot_q8_lanes(w, 34, y, |b, q| {
+        (DType::Q8_0, ActRow::Q8(y)) => dot_q8_lanes(w, 34, y, |b, q| {
             for j in 0..32 {
                 q[j] = (b[2 + j] as i8) as i32;
             }
             (f16_at(b, 0), None)
         }),
-        (DType::Q4K, QuantRow::Q8K(y)) => dot_q4k_serial(w, y),
-        (DType::Q5K, QuantRow::Q8K(y)) => dot_q5k_lanes(w, y),
-        (DType::Q6K, QuantRow::Q8K(y)) => dot_q6k_lanes(w, y),
-        (_, QuantRow::Float(x)) => {
+        (DType::Q4K, ActRow::Q8K(y)) => dot_q4k_serial(w, y),
+        (DType::Q5K, ActRow::Q8K(y)) => dot_q5k_lanes(w, y),
+        (DType::Q6K, ActRow::Q8K(y)) => dot_q6k_lanes(w, y),
+        (DType::F16, ActRow::Float(x)) => {
+            let mut row = vec![0f32; x.len()];
+            crate::quant::dequantize_row(t, w, &mut row).expect("row geometry checked by Weight");
+            dot_f16_lanes(&row, x)
+        }
+        (_, ActRow::Float(x)) => {
             let mut row = vec![0f32; x.len()];
             crate::quant::dequantize_row(t, w, &mut row).expect("row geometry checked by Weight");
             crate::ops::dot_f32(&row, x)
@@ -378,6 +491,11 @@ fn dot_q8_lanes(
 /// x0+x1, then the register halves and two horizontal adds. Lengths that are not a multiple
 /// of 32 behave as if zero-padded (llama.cpp pads its KV cache to 32 cells).
 pub fn dot_f16_lanes(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::dot_lanes(a, b) };
+    }
     #[cfg(target_arch = "x86_64")]
     if has_fma() {
         // SAFETY: the CPU reported FMA support, the only feature this function enables.
@@ -677,5 +795,101 @@ mod tests {
             dot_f16_lanes(&a, &a).to_bits(),
             dot_f16_lanes_body(&a, &a).to_bits()
         );
+    }
+
+    /// Every fast kernel against its scalar reference, bit for bit, on random blocks, for
+    /// one activation row and for four at once.
+    #[test]
+    fn fast_kernels_equal_scalar_references_bit_for_bit() {
+        for t in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q5_0,
+            DType::Q5_1,
+            DType::Q8_0,
+            DType::Q4K,
+            DType::Q5K,
+            DType::Q6K,
+            DType::F16,
+        ] {
+            for seed in 1..20u64 {
+                let n = 256 * (1 + seed as usize % 3);
+                let w = random_row(t, n, seed * 31 + 7);
+                let mut r = rng(seed + 100);
+                let acts: Vec<QuantRow> = (0..4)
+                    .map(|_| {
+                        let x: Vec<f32> = (0..n)
+                            .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
+                            .collect();
+                        quantize_for(t, &x)
+                    })
+                    .collect();
+                let want: Vec<f32> = acts.iter().map(|a| vec_dot(t, &w, a)).collect();
+                let one = vec_dot_n(t, &w, [acts[0].as_row()]);
+                assert_eq!(one[0].to_bits(), want[0].to_bits(), "{t} seed {seed} N=1");
+                let four = vec_dot_n(t, &w, std::array::from_fn::<_, 4, _>(|i| acts[i].as_row()));
+                for i in 0..4 {
+                    assert_eq!(four[i].to_bits(), want[i].to_bits(), "{t} seed {seed} N=4");
+                }
+                // four rows at once (the second to fourth rows are other random rows)
+                let rows: Vec<Vec<u8>> = (0..4)
+                    .map(|k| {
+                        if k == 0 {
+                            w.clone()
+                        } else {
+                            random_row(t, n, seed * 97 + k)
+                        }
+                    })
+                    .collect();
+                let tile = vec_dot_rn::<4, 2>(
+                    t,
+                    std::array::from_fn(|k| &rows[k][..]),
+                    [acts[0].as_row(), acts[1].as_row()],
+                );
+                for k in 0..4 {
+                    for j in 0..2 {
+                        let want = vec_dot(t, &rows[k], &acts[j]);
+                        assert_eq!(tile[k][j].to_bits(), want.to_bits(), "{t} seed {seed} tile");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_q8_quantizer_equals_reference() {
+        let mut r = rng(77);
+        for len in [64usize, 576, 2048] {
+            let mut x: Vec<f32> = (0..len)
+                .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 5.0)
+                .collect();
+            x[..32].fill(0.0); // an all-zero block
+            x[33] = 1.27; // exact ties after scaling
+            x[34] = 0.005;
+            let mut fast = vec![BlockQ8::ZERO; len / 32];
+            let mut slow = vec![BlockQ8::ZERO; len / 32];
+            quantize_q8_into(&x, &mut fast);
+            quantize_q8_ref(&x, &mut slow);
+            for (a, b) in fast.iter().zip(&slow) {
+                assert_eq!(
+                    (a.d.to_bits(), a.s.to_bits(), a.qs),
+                    (b.d.to_bits(), b.s.to_bits(), b.qs)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_lane_dot_equals_scalar_body() {
+        let mut r = rng(5);
+        for n in [1usize, 8, 31, 32, 33, 64, 100, 577] {
+            let a: Vec<f32> = (0..n).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let b: Vec<f32> = (0..n).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            assert_eq!(
+                dot_f16_lanes(&a, &b).to_bits(),
+                dot_f16_lanes_body(&a, &b).to_bits(),
+                "n={n}"
+            );
+        }
     }
 }

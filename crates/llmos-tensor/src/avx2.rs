@@ -1,0 +1,554 @@
+//! x86-64 kernels for AVX2 + FMA + F16C, chosen at run time by [`available`]. Each one
+//! computes exactly what its scalar reference in [`crate::q8`] computes: the same integer
+//! sums, the same float operations in the same order. So results are bit-identical, which the
+//! tests check on random blocks, and greedy decoding keeps matching llama.cpp.
+//!
+//! Every kernel takes one weight row and N activation rows (N = 1 for token generation, 4
+//! when a prompt is processed), so a weight block is loaded and unpacked once per N tokens.
+
+//!
+//! # Safety
+//! Every public kernel here enables AVX2, FMA and F16C; call one only after [`available`]
+//! returned true.
+
+#![allow(clippy::needless_range_loop)]
+// the one safety contract is stated in the module docs above
+#![allow(clippy::missing_safety_doc)]
+
+use crate::q8::{BlockQ8, BlockQ8K};
+use crate::quant::k_scale_min;
+use std::arch::x86_64::*;
+
+/// Whether this CPU has AVX2, FMA and F16C (checked once).
+pub fn available() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
+}
+
+/// Weight types with 32-value blocks that meet Q8_0/Q8_1 activations.
+pub const Q4_0: u8 = 0;
+pub const Q4_1: u8 = 1;
+pub const Q5_0: u8 = 2;
+pub const Q5_1: u8 = 3;
+pub const Q8_0: u8 = 4;
+
+const fn block_bytes(t: u8) -> usize {
+    match t {
+        Q4_0 => 18,
+        Q4_1 => 20,
+        Q5_0 => 22,
+        Q5_1 => 24,
+        _ => 34,
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load32(b: &[u8; 32]) -> __m256i {
+    // SAFETY: the reference covers 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load16(b: &[u8; 16]) -> __m128i {
+    // SAFETY: the reference covers 16 readable bytes; the load is unaligned.
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_i8x32(q: &[i8; 32]) -> __m256i {
+    // SAFETY: the reference covers 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn loadf8(a: &[f32; 8]) -> __m256 {
+    // SAFETY: the reference covers 8 readable floats; the load is unaligned.
+    unsafe { _mm256_loadu_ps(a.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn arr<const K: usize>(b: &[u8], at: usize) -> &[u8; K] {
+    b[at..at + K]
+        .try_into()
+        .expect("block slice of fixed length")
+}
+
+/// The f16 at bytes `at..at + 2` of `b`, converted by the F16C instruction.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[at], b[at + 1]]);
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+}
+
+/// Sum of 8 lanes: halves, then (0+2, 1+3), then the last two (as [`crate::q8::hsum8`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8(v: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    _mm_cvtss_f32(_mm_add_ss(r, _mm_movehdup_ps(r)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let r = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let r = _mm_add_epi32(r, _mm_unpackhi_epi64(r, r));
+    let r = _mm_add_epi32(r, _mm_shuffle_epi32::<0b10_11_00_01>(r));
+    _mm_cvtsi128_si32(r)
+}
+
+/// 16 bytes of nibbles to 32 bytes: low nibbles first, then high nibbles.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles32(q: &[u8; 16]) -> __m256i {
+    let t = load16(q);
+    let v = _mm256_set_m128i(_mm_srli_epi16::<4>(t), t);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+}
+
+/// 32 bits to 32 bytes: 0xff where bit i is set, 0 elsewhere.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bits32(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bytes = _mm256_or_si256(bytes, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe));
+    _mm256_cmpeq_epi8(bytes, _mm256_set1_epi64x(-1))
+}
+
+/// Unsigned bytes x signed bytes: 8 lanes of sums of 4 adjacent products, as i32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_u8(x: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
+}
+
+/// Signed bytes x signed bytes (through the sign trick), as [`mul_sum_u8`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256i {
+    mul_sum_u8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
+}
+
+/// R weight rows of 32-value blocks (type `T`) dotted with N rows of Q8 activations: out[r][n].
+/// Walking R rows side by side keeps R independent accumulator chains and memory streams in
+/// flight; each activation block is loaded once for all R rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
+    w: [&[u8]; R],
+    ys: [&[BlockQ8]; N],
+) -> [[f32; N]; R] {
+    let size = block_bytes(T);
+    let nb = ys[0].len();
+    for r in 0..R {
+        assert!(
+            w[r].len() >= nb * size,
+            "weight row shorter than the activations"
+        );
+    }
+    for n in 0..N {
+        assert!(ys[n].len() >= nb, "activation rows of unequal length");
+    }
+    assert!(R <= 8, "at most 8 rows per tile");
+    let mut acc = [[_mm256_setzero_ps(); N]; R];
+    let mut accs = [[0f32; N]; R];
+    // Q4_1 / Q5_1 min terms: lane r of summs[n] is row r's sum of m_w * s_x
+    let mut summs = [_mm256_setzero_ps(); N];
+    for i in 0..nb {
+        let mut qx = [_mm256_setzero_si256(); R];
+        // the f16 scales (and mins) of the R rows, converted together
+        let (mut dbits, mut mbits) = (_mm_setzero_si128(), _mm_setzero_si128());
+        for r in 0..R {
+            let b = &w[r][i * size..i * size + size];
+            if i % 2 == 0 {
+                prefetch(w[r], i * size + PREFETCH);
+            }
+            dbits = insert16(dbits, r, u16::from_le_bytes([b[0], b[1]]));
+            if T == Q4_1 || T == Q5_1 {
+                mbits = insert16(mbits, r, u16::from_le_bytes([b[2], b[3]]));
+            }
+            qx[r] = match T {
+                Q4_0 => _mm256_sub_epi8(nibbles32(arr(b, 2)), _mm256_set1_epi8(8)),
+                Q4_1 => nibbles32(arr(b, 4)),
+                Q5_0 => {
+                    let qh = u32::from_le_bytes(*arr(b, 2));
+                    let hi = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0u8 as i8));
+                    _mm256_or_si256(nibbles32(arr(b, 6)), hi)
+                }
+                Q5_1 => {
+                    let qh = u32::from_le_bytes(*arr(b, 4));
+                    let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
+                    _mm256_or_si256(nibbles32(arr(b, 8)), hi)
+                }
+                _ => load32(arr(b, 2)),
+            };
+        }
+        let dw = _mm256_cvtph_ps(dbits);
+        let mw = _mm256_cvtph_ps(mbits);
+        for n in 0..N {
+            let y = &ys[n][i];
+            let qy = load_i8x32(&y.qs);
+            // d_w * d_x for every row at once (the same products the scalar code forms)
+            let mut dd = [0f32; 8];
+            storef8(&mut dd, _mm256_mul_ps(dw, _mm256_set1_ps(y.d)));
+            if T == Q4_1 || T == Q5_1 {
+                summs[n] = _mm256_add_ps(summs[n], _mm256_mul_ps(mw, _mm256_set1_ps(y.s)));
+            }
+            for r in 0..R {
+                match T {
+                    Q4_0 => {
+                        let s = hsum_i32(mul_sum_i8(qx[r], qy));
+                        accs[r][n] = (s as f32).mul_add(dd[r], accs[r][n]);
+                    }
+                    Q4_1 | Q5_1 => {
+                        let p = _mm256_cvtepi32_ps(mul_sum_u8(qx[r], qy));
+                        acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(dd[r]), p, acc[r][n]);
+                    }
+                    _ => {
+                        let p = _mm256_cvtepi32_ps(mul_sum_i8(qx[r], qy));
+                        acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(dd[r]), p, acc[r][n]);
+                    }
+                }
+            }
+        }
+    }
+    let mut out = [[0f32; N]; R];
+    for n in 0..N {
+        let mut sm = [0f32; 8];
+        storef8(&mut sm, summs[n]);
+        for r in 0..R {
+            out[r][n] = if T == Q4_0 {
+                accs[r][n]
+            } else {
+                hsum8(acc[r][n]) + sm[r]
+            };
+        }
+    }
+    out
+}
+
+/// `v` with 16-bit lane `i` (0..8) set to `x`, in registers.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn insert16(v: __m128i, i: usize, x: u16) -> __m128i {
+    let x = x as i32;
+    match i {
+        0 => _mm_insert_epi16::<0>(v, x),
+        1 => _mm_insert_epi16::<1>(v, x),
+        2 => _mm_insert_epi16::<2>(v, x),
+        3 => _mm_insert_epi16::<3>(v, x),
+        4 => _mm_insert_epi16::<4>(v, x),
+        5 => _mm_insert_epi16::<5>(v, x),
+        6 => _mm_insert_epi16::<6>(v, x),
+        _ => _mm_insert_epi16::<7>(v, x),
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn storef8(out: &mut [f32; 8], v: __m256) {
+    // SAFETY: the reference covers 8 writable floats; the store is unaligned.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) }
+}
+
+/// Bytes ahead of the current block that the weight kernels ask the cache to fetch.
+const PREFETCH: usize = 1024;
+
+/// Hints the CPU to fetch the cache line holding `w[at]` (nothing past the end).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch(w: &[u8], at: usize) {
+    if at < w.len() {
+        // SAFETY: `at` is inside `w`; a prefetch reads nothing architecturally.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(w.as_ptr().add(at).cast()) };
+    }
+}
+
+/// The 8 scales and 8 mins of a Q4_K / Q5_K super-block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_scales(scales: &[u8]) -> ([i16; 8], [i32; 8]) {
+    let (mut sc, mut mn) = ([0i16; 8], [0i32; 8]);
+    for k in 0..8 {
+        let (s, m) = k_scale_min(k, scales);
+        sc[k] = s as i16;
+        mn[k] = m as i32;
+    }
+    (sc, mn)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sub_block_sums(y: &BlockQ8K, mn: &[i32; 8]) -> i32 {
+    let mut m = 0i32;
+    for k in 0..8 {
+        m += mn[k] * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
+    }
+    m
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8k_chunk(y: &BlockQ8K, at: usize) -> __m256i {
+    load_i8x32(y.qs[at..at + 32].try_into().expect("32 values"))
+}
+
+/// Q4_K row with N rows of Q8_K activations (block-serial, as llama.cpp's repacked kernel).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q4k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
+    let (mut acc, mut accm) = ([0f32; N], [0f32; N]);
+    let m4 = _mm256_set1_epi8(0x0f);
+    for (i, b) in w.chunks_exact(144).enumerate() {
+        let (dw, dminw) = (f16_at(b, 0), f16_at(b, 2));
+        let (sc, mn) = k_scales(&b[4..16]);
+        let mut q = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let bits = load32(arr(b, 16 + 32 * c));
+            q[2 * c] = _mm256_and_si256(bits, m4);
+            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+        }
+        for n in 0..N {
+            let y = &ys[n][i];
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..8 {
+                let p = _mm256_maddubs_epi16(q[k], q8k_chunk(y, 32 * k));
+                let p = _mm256_madd_epi16(p, _mm256_set1_epi16(sc[k]));
+                sumi = _mm256_add_epi32(sumi, p);
+            }
+            let s = hsum_i32(sumi);
+            let m = sub_block_sums(y, &mn);
+            acc[n] = (s as f32).mul_add(dw * y.d, acc[n]);
+            accm[n] = (m as f32).mul_add(dminw * y.d, accm[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = acc[n] - accm[n];
+    }
+    out
+}
+
+/// Q5_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q5k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut summs = [0f32; N];
+    let m4 = _mm256_set1_epi8(0x0f);
+    let one = _mm256_set1_epi8(1);
+    for (i, b) in w.chunks_exact(176).enumerate() {
+        let (dw, dminw) = (f16_at(b, 0), f16_at(b, 2));
+        let (sc, mn) = k_scales(&b[4..16]);
+        let hbits = load32(arr(b, 16));
+        let mut q = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let bits = load32(arr(b, 48 + 32 * c));
+            let lo = _mm256_and_si256(bits, m4);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+            for (k, v) in [(2 * c, lo), (2 * c + 1, hi)] {
+                let h = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(k as i32)), one);
+                q[k] = _mm256_or_si256(v, _mm256_slli_epi16::<4>(h));
+            }
+        }
+        for n in 0..N {
+            let y = &ys[n][i];
+            let mut sumi = _mm256_setzero_si256();
+            for k in 0..8 {
+                let p = _mm256_maddubs_epi16(q[k], q8k_chunk(y, 32 * k));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[k])));
+            }
+            let d = y.d * dw;
+            let dmin = -y.d * dminw;
+            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[n]);
+            summs[n] += dmin * sub_block_sums(y, &mn) as f32;
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum8(acc[n]) + summs[n];
+    }
+    out
+}
+
+/// Q6_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q6k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let m15 = _mm256_set1_epi8(15);
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        let dw = f16_at(b, 208);
+        let sc_bytes: &[u8; 16] = arr(b, 192);
+        let sc = |j: usize| (sc_bytes[j] as i8) as i16;
+        let scales16 = _mm256_cvtepi8_epi16(load16(sc_bytes));
+        let mut q = [_mm256_setzero_si256(); 8];
+        let mut scv = [_mm256_setzero_si256(); 8];
+        for h in 0..2 {
+            let b1 = load32(arr(b, 64 * h));
+            let b2 = load32(arr(b, 64 * h + 32));
+            let bh = load32(arr(b, 128 + 32 * h));
+            let h0 = _mm256_slli_epi16::<4>(_mm256_and_si256(bh, _mm256_set1_epi8(3)));
+            let h1 = _mm256_slli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(12)));
+            let h2 = _mm256_and_si256(bh, _mm256_set1_epi8(48));
+            let h3 = _mm256_srli_epi16::<2>(_mm256_and_si256(bh, _mm256_set1_epi8(-64)));
+            q[4 * h] = _mm256_or_si256(_mm256_and_si256(b1, m15), h0);
+            q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(b2, m15), h1);
+            q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b1), m15), h2);
+            q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16::<4>(b2), m15), h3);
+            for r in 0..4 {
+                let j = 8 * h + 2 * r;
+                scv[4 * h + r] = _mm256_set_m128i(_mm_set1_epi16(sc(j + 1)), _mm_set1_epi16(sc(j)));
+            }
+        }
+        for n in 0..N {
+            let y = &ys[n][i];
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..8 {
+                let p = _mm256_maddubs_epi16(q[c], q8k_chunk(y, 32 * c));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[c]));
+            }
+            // SAFETY: bsums is 16 i16 = 32 readable bytes; the load is unaligned.
+            let bs = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+            let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, scales16));
+            let sumi = _mm256_sub_epi32(sumi, off);
+            let d = y.d * dw;
+            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum8(acc[n]);
+    }
+    out
+}
+
+/// Dot product in llama.cpp's f16/f32 vector order (4 accumulators of 8 lanes over steps of
+/// 32, fused multiply-add, reduced x0+x2, x1+x3, x0+x1, then halves and two horizontal adds).
+/// Lengths that are not a multiple of 32 behave as if zero-padded.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut x = [_mm256_setzero_ps(); 4];
+    let whole = n / 32 * 32;
+    for (ca, cb) in a[..whole].chunks_exact(32).zip(b[..whole].chunks_exact(32)) {
+        for j in 0..4 {
+            let va = loadf8(ca[8 * j..8 * j + 8].try_into().expect("8 floats"));
+            let vb = loadf8(cb[8 * j..8 * j + 8].try_into().expect("8 floats"));
+            x[j] = _mm256_fmadd_ps(va, vb, x[j]);
+        }
+    }
+    if whole < n {
+        let (mut pa, mut pb) = ([0f32; 32], [0f32; 32]);
+        pa[..n - whole].copy_from_slice(&a[whole..n]);
+        pb[..n - whole].copy_from_slice(&b[whole..n]);
+        for j in 0..4 {
+            let va = loadf8(pa[8 * j..8 * j + 8].try_into().expect("8 floats"));
+            let vb = loadf8(pb[8 * j..8 * j + 8].try_into().expect("8 floats"));
+            x[j] = _mm256_fmadd_ps(va, vb, x[j]);
+        }
+    }
+    reduce4(x)
+}
+
+/// Q8_0/Q8_1 quantization of one row (the AVX2 quantizer's arithmetic: scale 127/amax,
+/// round half to even), bit-identical to [`crate::q8::quantize_q8`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn quantize_q8_into(x: &[f32], out: &mut [BlockQ8]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (c, o) in x.chunks_exact(32).zip(out.iter_mut()) {
+        let v: [__m256; 4] =
+            std::array::from_fn(|j| loadf8(c[8 * j..8 * j + 8].try_into().expect("8 floats")));
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for vj in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vj));
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mul = _mm256_set1_ps(id);
+        let mut sum = _mm256_setzero_si256();
+        let mut qi = [_mm256_setzero_si256(); 4];
+        for j in 0..4 {
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_mul_ps(v[j], mul),
+            );
+            qi[j] = _mm256_cvtps_epi32(r);
+            sum = _mm256_add_epi32(sum, qi[j]);
+        }
+        let p0 = _mm256_packs_epi32(qi[0], qi[1]);
+        let p1 = _mm256_packs_epi32(qi[2], qi[3]);
+        let p = _mm256_packs_epi16(p0, p1);
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: qs is 32 writable bytes; the store is unaligned.
+        unsafe { _mm256_storeu_si256(o.qs.as_mut_ptr().cast(), p) };
+        let dh = round_f16(d);
+        o.d = dh;
+        o.s = round_f16(d * hsum_i32(sum) as f32);
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn round_f16(x: f32) -> f32 {
+    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x));
+    _mm_cvtss_f32(_mm_cvtph_ps(h))
+}
+
+/// A row of f16 weights dotted with f16-valued activations, in [`dot_lanes`] order.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_f16_row(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let whole = n / 32 * 32;
+    for i in (0..whole).step_by(32) {
+        for j in 0..4 {
+            let va = _mm256_cvtph_ps(load16(arr(w, 2 * (i + 8 * j))));
+            let vb = loadf8(x[i + 8 * j..i + 8 * j + 8].try_into().expect("8 floats"));
+            acc[j] = _mm256_fmadd_ps(va, vb, acc[j]);
+        }
+    }
+    if whole < n {
+        let (mut pa, mut pb) = ([0f32; 32], [0f32; 32]);
+        for k in 0..n - whole {
+            pa[k] = f16_at(w, 2 * (whole + k));
+            pb[k] = x[whole + k];
+        }
+        for j in 0..4 {
+            let va = loadf8(pa[8 * j..8 * j + 8].try_into().expect("8 floats"));
+            let vb = loadf8(pb[8 * j..8 * j + 8].try_into().expect("8 floats"));
+            acc[j] = _mm256_fmadd_ps(va, vb, acc[j]);
+        }
+    }
+    reduce4(acc)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce4(mut x: [__m256; 4]) -> f32 {
+    x[0] = _mm256_add_ps(x[0], x[2]);
+    x[1] = _mm256_add_ps(x[1], x[3]);
+    x[0] = _mm256_add_ps(x[0], x[1]);
+    let t = _mm_add_ps(
+        _mm256_extractf128_ps::<1>(x[0]),
+        _mm256_castps256_ps128(x[0]),
+    );
+    let t = _mm_hadd_ps(t, t);
+    _mm_cvtss_f32(_mm_hadd_ps(t, t))
+}

@@ -1,0 +1,253 @@
+//! The kernels' thread pool: N - 1 workers plus the calling thread, which takes part in
+//! every job. A decode step runs hundreds of parallel sections of a few microseconds each,
+//! so workers spin on a generation counter between jobs (and sleep only after a while with
+//! nothing to do), and tasks are claimed from one atomic counter. Measured against rayon on
+//! SmolLM2 decoding (see BENCHMARKS.md): rayon parks its workers and makes the caller wait
+//! for them, which costs a context switch per section.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long an idle worker spins before it sleeps.
+const SPIN: Duration = Duration::from_millis(5);
+
+type Job = &'static (dyn Fn(usize) + Sync);
+
+struct Shared {
+    generation: AtomicUsize,
+    /// The job, its task count, how many threads (caller included) take part, and its
+    /// generation.
+    job: Mutex<Option<(Job, usize, usize, usize)>>,
+    next: AtomicUsize,
+    pending: AtomicUsize,
+    panicked: AtomicBool,
+    sleep: Mutex<usize>,
+    wake: Condvar,
+}
+
+struct Pool {
+    /// Threads that take part in jobs now (at most `spawned` + 1).
+    threads: AtomicUsize,
+    spawned: usize,
+    shared: Arc<Shared>,
+    run: Mutex<()>,
+}
+
+static POOL: OnceLock<Pool> = OnceLock::new();
+
+thread_local! {
+    static IN_JOB: Cell<bool> = const { Cell::new(false) };
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |v| v.get())
+}
+
+/// Sets the number of threads that run each job (0 = all cores). The pool is made on first
+/// use with enough workers for max(n, cores); later calls change how many take part, up to
+/// that.
+pub fn init(n: usize) {
+    let n = if n == 0 { cores() } else { n };
+    let p = POOL.get_or_init(|| Pool::new(n.max(cores())));
+    p.threads.store(n.min(p.spawned + 1), Ordering::Relaxed);
+}
+
+/// Threads that run each job (workers + the caller).
+pub fn threads() -> usize {
+    pool().threads.load(Ordering::Relaxed)
+}
+
+fn pool() -> &'static Pool {
+    POOL.get_or_init(|| Pool::new(cores()))
+}
+
+impl Pool {
+    fn new(threads: usize) -> Pool {
+        let shared = Arc::new(Shared {
+            generation: AtomicUsize::new(0),
+            job: Mutex::new(None),
+            next: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            sleep: Mutex::new(0),
+            wake: Condvar::new(),
+        });
+        for i in 1..threads {
+            let s = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("llmos-worker-{i}"))
+                .spawn(move || worker(s, i))
+                .expect("spawning a worker thread");
+        }
+        Pool {
+            threads: AtomicUsize::new(threads),
+            spawned: threads - 1,
+            shared,
+            run: Mutex::new(()),
+        }
+    }
+}
+
+fn claim_all(s: &Shared, job: Job, n: usize) {
+    loop {
+        let i = s.next.fetch_add(1, Ordering::Relaxed);
+        if i >= n {
+            break;
+        }
+        job(i);
+    }
+}
+
+fn worker(s: Arc<Shared>, index: usize) {
+    IN_JOB.with(|f| f.set(true));
+    let mut seen = 0usize;
+    loop {
+        let start = Instant::now();
+        let mut spins = 0u32;
+        while s.generation.load(Ordering::Acquire) == seen {
+            std::hint::spin_loop();
+            spins += 1;
+            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
+                let mut sleepers = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                *sleepers += 1;
+                while s.generation.load(Ordering::Acquire) == seen {
+                    sleepers = s.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
+                }
+                *sleepers -= 1;
+            }
+        }
+        // The slot is filled before the generation moves, and a job stays in it until every
+        // thread that takes part has finished, so a job of this generation is either there
+        // or was not ours (this worker sat it out).
+        seen = s.generation.load(Ordering::Acquire);
+        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((job, n, active, g)) = job
+            && g == seen
+            && index < active
+        {
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_all(&s, job, n)));
+            if r.is_err() {
+                s.panicked.store(true, Ordering::Relaxed);
+            }
+            s.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Runs `f(i)` for every i in 0..n on the pool, the caller included, and returns when all
+/// are done. Calls from inside a job run inline.
+pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    let p = pool();
+    if n == 0 {
+        return;
+    }
+    let active = p.threads.load(Ordering::Relaxed);
+    if n == 1 || active <= 1 || IN_JOB.with(|c| c.get()) {
+        (0..n).for_each(f);
+        return;
+    }
+    let _run = p.run.lock().unwrap_or_else(|e| e.into_inner());
+    let s = &*p.shared;
+    // SAFETY: the job is only called while this function waits below for every worker to
+    // report it finished (`pending` back to 0), and the slot is cleared before returning, so
+    // no use of the reference outlives the borrow it was made from.
+    let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
+    let g = s.generation.load(Ordering::Relaxed) + 1;
+    s.next.store(0, Ordering::Relaxed);
+    s.panicked.store(false, Ordering::Relaxed);
+    s.pending.store(active - 1, Ordering::Release);
+    *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((job, n, active, g));
+    s.generation.store(g, Ordering::Release);
+    if *s.sleep.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
+        s.wake.notify_all();
+    }
+    IN_JOB.with(|c| c.set(true));
+    let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| claim_all(s, job, n)));
+    IN_JOB.with(|c| c.set(false));
+    while s.pending.load(Ordering::Acquire) != 0 {
+        std::hint::spin_loop();
+    }
+    *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    if let Err(e) = mine {
+        std::panic::resume_unwind(e);
+    }
+    if s.panicked.load(Ordering::Relaxed) {
+        panic!("a worker thread panicked in a parallel kernel");
+    }
+}
+
+/// Runs `f(i, chunk)` for every `chunk`-sized piece of `data` (the last may be shorter), in
+/// parallel.
+pub fn for_each_chunk_mut<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    let chunk = chunk.max(1);
+    let len = data.len();
+    let n = len.div_ceil(chunk);
+    let base = SendPtr(data.as_mut_ptr());
+    parallel_for(n, &|i| {
+        let start = i * chunk;
+        let end = (start + chunk).min(len);
+        let p = &base;
+        // SAFETY: task i gets elements start..end, and the ranges of different tasks are
+        // disjoint and inside `data`, which stays mutably borrowed until parallel_for
+        // returns; each index i is handed out exactly once.
+        let part = unsafe { std::slice::from_raw_parts_mut(p.0.add(start), end - start) };
+        f(i, part)
+    });
+}
+
+struct SendPtr<T>(*mut T);
+// SAFETY: the pointer is only used to build disjoint sub-slices (see for_each_chunk_mut).
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_index_runs_once_and_chunks_are_disjoint() {
+        init(2);
+        for n in [0usize, 1, 2, 7, 100, 1000] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            parallel_for(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n={n}");
+        }
+        let mut v = vec![0usize; 1003];
+        for_each_chunk_mut(&mut v, 10, |ci, part| {
+            for (j, x) in part.iter_mut().enumerate() {
+                *x += ci * 10 + j + 1;
+            }
+        });
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller() {
+        init(2);
+        let r = std::panic::catch_unwind(|| {
+            parallel_for(64, &|i| {
+                if i == 40 {
+                    panic!("task 40");
+                }
+            })
+        });
+        assert!(r.is_err());
+        // the pool still works afterwards, with fewer threads too
+        init(1);
+        parallel_for(3, &|_| {});
+        init(2);
+        let count = AtomicUsize::new(0);
+        parallel_for(10, &|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 10);
+    }
+}
