@@ -1,6 +1,7 @@
 //! The `llmos` binary: argument parsing and wiring of the library crates. Errors are
 //! printed here, as one line, with a non-zero exit.
 
+mod perf;
 mod pull;
 
 use anyhow::{Context, Result, bail};
@@ -49,6 +50,56 @@ enum Cmd {
     /// Tokenizer tools: `train`.
     #[command(subcommand)]
     Tokenizer(TokenizerCmd),
+    /// Measure prompt processing (pp) and generation (tg) speed, like llama-bench, with the
+    /// effective memory bandwidth of generation.
+    Bench(BenchCmd),
+    /// Perplexity of a text file under a model (llama.cpp's chunked method).
+    Perplexity(PerplexityCmd),
+    /// Write a GGUF with its weights quantized to another type.
+    Quantize {
+        /// Input GGUF (F32/F16/BF16 weights; quantized ones are requantized with a warning).
+        input: PathBuf,
+        /// Output GGUF (written atomically).
+        output: PathBuf,
+        /// Target type: Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16, BF16, F32.
+        #[arg(long = "type")]
+        ty: String,
+    },
+}
+
+#[derive(Args)]
+struct BenchCmd {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens per pp test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pp: usize,
+    /// Generated tokens per tg test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    tg: usize,
+    /// Thread counts to test, comma separated (default: all cores).
+    #[arg(long = "threads-list", short = 'T', value_delimiter = ',')]
+    threads_list: Vec<usize>,
+    /// Repetitions of each test (after one untimed warm-up).
+    #[arg(short, long, default_value_t = 5)]
+    reps: usize,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct PerplexityCmd {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text file to score.
+    file: PathBuf,
+    /// Tokens per chunk.
+    #[arg(short = 'c', long = "chunk", default_value_t = 512)]
+    chunk: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -229,6 +280,11 @@ fn main() {
             out,
             files,
         }) => cmd_tokenizer_train(vocab_size, &pattern, specials, &out, &files),
+        Cmd::Bench(b) => cmd_bench(b),
+        Cmd::Perplexity(p) => cmd_perplexity(p),
+        Cmd::Quantize { input, output, ty } => {
+            perf::parse_type(&ty).and_then(|t| perf::quantize(&input, &output, t))
+        }
     };
     if let Err(e) = res {
         // one line: the context chain joined, newlines flattened
@@ -448,6 +504,39 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
         timings_line(l.load_s, &g);
         messages.push(Message::new("assistant", g.text.trim()));
     }
+}
+
+fn cmd_bench(b: BenchCmd) -> Result<()> {
+    let threads = if b.threads_list.is_empty() {
+        vec![if b.model.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |v| v.get())
+        } else {
+            b.model.threads
+        }]
+    } else {
+        b.threads_list.clone()
+    };
+    if threads.contains(&0) || b.reps == 0 {
+        bail!("thread counts and --reps must be at least 1");
+    }
+    let l = load(&b.model)?;
+    let path = resolve(&b.model.model)?;
+    perf::bench(perf::BenchArgs {
+        model: &l.model,
+        path: &path,
+        pp: b.pp,
+        tg: b.tg,
+        threads: &threads,
+        reps: b.reps,
+        json: b.json,
+    })
+}
+
+fn cmd_perplexity(p: PerplexityCmd) -> Result<()> {
+    let text = std::fs::read_to_string(&p.file)
+        .with_context(|| format!("{}: cannot read as UTF-8 text", p.file.display()))?;
+    let l = load(&p.model)?;
+    perf::perplexity(&l.model, &l.tok, &text, p.chunk, p.json)
 }
 
 fn cmd_info(spec: &str, all_tensors: bool) -> Result<()> {

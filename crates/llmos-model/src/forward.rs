@@ -8,6 +8,7 @@ use crate::{Arch, Model, ModelError};
 use llmos_tensor::ops::{dot_f32, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu, softmax};
 use llmos_tensor::q8::{
     dot_f16_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16, softmax_scaled_lanes,
+    weighted_rows_lanes,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
 
@@ -233,13 +234,7 @@ impl Model {
                         .collect();
                     softmax_scaled_lanes(&mut s, c.attn_scale);
                     s.iter_mut().for_each(|x| *x = round_f16(*x));
-                    let mut col = vec![0f32; qp + 1];
-                    for (i, o) in out.iter_mut().enumerate() {
-                        for (p, cv) in col.iter_mut().enumerate() {
-                            *cv = vc[(p * nkv + kvh) * dv + i];
-                        }
-                        *o = dot_f16_lanes(&s, &col);
-                    }
+                    weighted_rows_lanes(&s, &vc[kvh * dv..], nkv * dv, out);
                     return;
                 }
                 let mut s: Vec<f32> = (start..=qp)

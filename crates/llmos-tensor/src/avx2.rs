@@ -552,3 +552,55 @@ fn reduce4(mut x: [__m256; 4]) -> f32 {
     let t = _mm_hadd_ps(t, t);
     _mm_cvtss_f32(_mm_hadd_ps(t, t))
 }
+
+/// See [`crate::q8::weighted_rows_lanes`]: 32 partial sums per output (one per lane slot of
+/// the f16 dot), accumulated row by row, then reduced in the dot's order. `out.len()` is a
+/// multiple of 8, at most 256.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn weighted_rows_lanes(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    if out.len() <= 64 {
+        weighted_rows_g::<8>(w, v, stride, out)
+    } else {
+        weighted_rows_g::<32>(w, v, stride, out)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_rows_g<const G: usize>(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    let dv = out.len();
+    let groups = dv / 8;
+    assert!(groups <= G);
+    // acc[slot][g]: slot = p % 32 (the lane slot of the f16 dot), g = output group of 8
+    let mut acc = [[_mm256_setzero_ps(); G]; 32];
+    for (p, &wp) in w.iter().enumerate() {
+        let row = &v[p * stride..p * stride + dv];
+        let b = _mm256_set1_ps(wp);
+        let a = &mut acc[p % 32];
+        for g in 0..groups {
+            let x = loadf8(row[8 * g..8 * g + 8].try_into().expect("8 floats"));
+            a[g] = _mm256_fmadd_ps(b, x, a[g]);
+        }
+    }
+    // per output: x[j][l] of the dot is slot 8j + l; reduce x0 += x2, x1 += x3, x0 += x1,
+    // then halves, then pairs (as `reduce4`), done 8 outputs at a time, lane-wise
+    for g in 0..groups {
+        let x = |j: usize, l: usize| acc[8 * j + l][g];
+        let mut t = [_mm256_setzero_ps(); 8];
+        for l in 0..8 {
+            let x0 = _mm256_add_ps(x(0, l), x(2, l));
+            let x1 = _mm256_add_ps(x(1, l), x(3, l));
+            t[l] = _mm256_add_ps(x0, x1);
+        }
+        let h = [
+            _mm256_add_ps(t[0], t[4]),
+            _mm256_add_ps(t[1], t[5]),
+            _mm256_add_ps(t[2], t[6]),
+            _mm256_add_ps(t[3], t[7]),
+        ];
+        let r = _mm256_add_ps(_mm256_add_ps(h[0], h[1]), _mm256_add_ps(h[2], h[3]));
+        storef8(
+            (&mut out[8 * g..8 * g + 8]).try_into().expect("8 floats"),
+            r,
+        );
+    }
+}

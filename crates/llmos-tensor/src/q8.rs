@@ -526,6 +526,29 @@ fn dot_f16_lanes_body(a: &[f32], b: &[f32]) -> f32 {
     (t0[0] + t0[1]) + (t0[2] + t0[3])
 }
 
+/// out[i] = dot_f16_lanes(w, column i of V) for every i < out.len(), where row p of V is
+/// `v[p * stride..][..out.len()]`: the attention-weighted sum of values, with each output
+/// summed in exactly the lane order [`dot_f16_lanes`] uses, but reading V row by row.
+pub fn weighted_rows_lanes(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() && out.len().is_multiple_of(8) && out.len() <= 256 {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::weighted_rows_lanes(w, v, stride, out) };
+    }
+    weighted_rows_lanes_ref(w, v, stride, out)
+}
+
+/// Scalar reference of [`weighted_rows_lanes`].
+pub fn weighted_rows_lanes_ref(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    let mut col = vec![0f32; w.len()];
+    for (i, o) in out.iter_mut().enumerate() {
+        for (p, c) in col.iter_mut().enumerate() {
+            *c = v[p * stride + i];
+        }
+        *o = dot_f16_lanes_body(w, &col);
+    }
+}
+
 /// Softmax of `x * scale` the way llama.cpp's CPU backend computes it: exponentials summed
 /// per 8-lane chunk (reduced like [`hsum8`]) into a double, then multiplied by the f32
 /// reciprocal of the sum.
@@ -890,6 +913,24 @@ mod tests {
                 dot_f16_lanes_body(&a, &b).to_bits(),
                 "n={n}"
             );
+        }
+    }
+
+    #[test]
+    fn weighted_rows_equal_column_dots() {
+        let mut r = rng(21);
+        for (n, dv) in [(1usize, 64usize), (7, 64), (33, 64), (100, 256), (64, 8)] {
+            let stride = dv * 3;
+            let w: Vec<f32> = (0..n).map(|_| (r() % 1001) as f32 / 1000.0).collect();
+            let v: Vec<f32> = (0..n * stride)
+                .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let (mut fast, mut slow) = (vec![0f32; dv], vec![0f32; dv]);
+            weighted_rows_lanes(&w, &v[dv..], stride, &mut fast);
+            weighted_rows_lanes_ref(&w, &v[dv..], stride, &mut slow);
+            for i in 0..dv {
+                assert_eq!(fast[i].to_bits(), slow[i].to_bits(), "n={n} dv={dv} i={i}");
+            }
         }
     }
 }
