@@ -86,6 +86,9 @@ struct BenchCmd {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Skip the memory bandwidth sweep (bandwidth figures read 0).
+    #[arg(long)]
+    no_bandwidth: bool,
 }
 
 #[derive(Args)]
@@ -529,6 +532,7 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
         threads: &threads,
         reps: b.reps,
         json: b.json,
+        bandwidth: !b.no_bandwidth,
     })
 }
 

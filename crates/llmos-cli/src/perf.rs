@@ -101,6 +101,7 @@ pub struct BenchArgs<'a> {
     pub threads: &'a [usize],
     pub reps: usize,
     pub json: bool,
+    pub bandwidth: bool,
 }
 
 /// Prompt processing of `pp` random tokens and generation of `tg` tokens, `reps` times per
@@ -112,7 +113,11 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     let size = g.file_len();
     let wbytes = m.weight_bytes() as f64;
     let max_t = a.threads.iter().copied().max().unwrap_or(1);
-    let bw = measure_bandwidth(max_t);
+    let bw = if a.bandwidth {
+        measure_bandwidth(max_t)
+    } else {
+        0.0
+    };
     let name = a
         .path
         .file_name()
