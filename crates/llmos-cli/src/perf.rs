@@ -193,10 +193,14 @@ pub fn bench(a: BenchArgs) -> Result<()> {
                 );
             }
             if a.tg > 0 {
+                let share = if bw > 0.0 {
+                    format!(" ({:.0}% of {bw:.1})", 100.0 * tg_bw / bw)
+                } else {
+                    String::new()
+                };
                 println!(
-                    "| {name} | {mib:.1} MiB | {ty} | {t} | tg{} | {tg:.2} ± {tg_sd:.2} | {tg_bw:.2} ({:.0}% of {bw:.1}) |",
-                    a.tg,
-                    100.0 * tg_bw / bw
+                    "| {name} | {mib:.1} MiB | {ty} | {t} | tg{} | {tg:.2} ± {tg_sd:.2} | {tg_bw:.2}{share} |",
+                    a.tg
                 );
             }
         }
@@ -212,7 +216,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
             "results": results,
         });
         println!("{out}");
-    } else {
+    } else if a.bandwidth {
         println!(
             "\nmachine read bandwidth: {bw:.1} GB/s ({max_t} threads); weights read per token: {:.1} MB",
             wbytes / 1e6

@@ -73,7 +73,7 @@ impl<'a> Weight<'a> {
 /// scheduling dominates.
 fn chunk_rows(rows: usize) -> usize {
     let threads = threads().max(1);
-    (rows / (threads * 8)).clamp(4, 512)
+    (rows / (threads * 8)).next_multiple_of(4).clamp(4, 4096)
 }
 
 /// Checks x [T, cols] and y [T, rows] against the weight and returns T.
