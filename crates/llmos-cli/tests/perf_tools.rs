@@ -103,7 +103,7 @@ fn perplexity_of_a_text_and_too_short_text() {
     ]));
     let ppl = r["ppl"].as_f64().unwrap();
     // a repeated sentence becomes nearly certain once seen
-    assert!(ppl.is_finite() && ppl >= 1.0 && ppl < 3.0, "ppl {ppl}");
+    assert!(ppl.is_finite() && (1.0..3.0).contains(&ppl), "ppl {ppl}");
     assert_eq!(r["ctx"], 128);
     std::fs::write(&f, "too short").unwrap();
     let e = one_line_error(&run(&[
