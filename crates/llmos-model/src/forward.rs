@@ -7,7 +7,7 @@
 use crate::{Arch, Model, ModelError};
 use llmos_tensor::ops::{dot_f32, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu, softmax};
 use llmos_tensor::q8::{
-    dot_f16_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16, softmax_scaled_lanes,
+    dot_f16_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
     weighted_rows_lanes,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
@@ -104,7 +104,7 @@ impl Model {
         let q8 = act == ActMode::Q8;
         let r16 = |v: &mut [f32]| {
             if q8 {
-                v.iter_mut().for_each(|x| *x = round_f16(*x));
+                round_f16_slice(v);
             }
         };
 
@@ -233,7 +233,7 @@ impl Model {
                         })
                         .collect();
                     softmax_scaled_lanes(&mut s, c.attn_scale);
-                    s.iter_mut().for_each(|x| *x = round_f16(*x));
+                    round_f16_slice(&mut s);
                     weighted_rows_lanes(&s, &vc[kvh * dv..], nkv * dv, out);
                     return;
                 }

@@ -596,3 +596,17 @@ fn weighted_rows_g<const G: usize>(w: &[f32], v: &[f32], stride: usize, out: &mu
         );
     }
 }
+
+/// Rounds every value to the nearest f16 (round half to even), 8 at a time.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn round_f16_slice(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(8);
+    for c in chunks.by_ref() {
+        let c: &mut [f32; 8] = c.try_into().expect("8 floats");
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(loadf8(c));
+        storef8(c, _mm256_cvtph_ps(h));
+    }
+    for x in chunks.into_remainder() {
+        *x = round_f16(*x);
+    }
+}

@@ -215,14 +215,23 @@ impl QuantActs {
                 }
             }
             ActFmt::Q8K => {
-                self.q8k.clear();
-                for r in x.chunks_exact(cols) {
-                    self.q8k.extend(quantize_q8k(r));
+                let per = cols / 256;
+                self.q8k.resize(x.len() / 256, crate::q8::BlockQ8K::ZERO);
+                let fill = |i: usize, o: &mut [BlockQ8K]| {
+                    o.copy_from_slice(&quantize_q8k(&x[i * cols..(i + 1) * cols]))
+                };
+                if rows >= 8 {
+                    for_each_chunk_mut(&mut self.q8k, per, fill);
+                } else {
+                    for (i, o) in self.q8k.chunks_mut(per).enumerate() {
+                        fill(i, o);
+                    }
                 }
             }
             ActFmt::F16 => {
                 self.f.clear();
-                self.f.extend(x.iter().map(|&v| crate::q8::round_f16(v)));
+                self.f.extend_from_slice(x);
+                crate::q8::round_f16_slice(&mut self.f);
             }
             ActFmt::BF16 => {
                 self.f.clear();

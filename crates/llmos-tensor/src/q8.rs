@@ -29,6 +29,16 @@ pub fn round_f16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
+/// Rounds every value to the nearest f16 (F16C instructions where the CPU has them).
+pub fn round_f16_slice(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::round_f16_slice(v) };
+    }
+    v.iter_mut().for_each(|x| *x = round_f16(*x));
+}
+
 /// GELU as llama.cpp's CPU backend computes it: looked up by the f16 value of the input in
 /// a table of f16 results (inputs beyond +-10 short-cut).
 #[inline]
@@ -38,8 +48,27 @@ pub fn gelu_f16_table(x: f32) -> f32 {
     } else if x >= 10.0 {
         x
     } else {
-        round_f16(crate::ops::gelu_tanh(round_f16(x)))
+        gelu_table()[f16::from_f32(x).to_bits() as usize]
     }
+}
+
+/// GELU of every f16 value, rounded to f16, indexed by the f16's bits (built once).
+fn gelu_table() -> &'static [f32] {
+    use std::sync::OnceLock;
+    static T: OnceLock<Vec<f32>> = OnceLock::new();
+    T.get_or_init(|| {
+        (0..=u16::MAX)
+            .map(|b| round_f16(crate::ops::gelu_tanh(f16::from_bits(b).to_f32())))
+            .collect()
+    })
+}
+
+/// Rounds to the nearest integer, ties to even, for |x| < 2^22 (every quantizer input here
+/// is within +-128): adding 1.5 * 2^23 makes the float unit round away the fraction.
+#[inline(always)]
+pub fn nearest_int(x: f32) -> i32 {
+    let v = x + 12_582_912.0;
+    (v.to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
 #[inline(always)]
@@ -72,6 +101,14 @@ pub struct BlockQ8K {
     pub d: f32,
     pub qs: [i8; 256],
     pub bsums: [i16; 16],
+}
+
+impl BlockQ8K {
+    pub const ZERO: BlockQ8K = BlockQ8K {
+        d: 0.0,
+        qs: [0; 256],
+        bsums: [0; 16],
+    };
 }
 
 /// One activation row in the format its weight type needs.
@@ -132,7 +169,7 @@ fn quantize_q8_blocks(x: &[f32]) -> impl Iterator<Item = BlockQ8> + '_ {
         let mut qs = [0i8; 32];
         let mut sum = 0i32;
         for (q, &v) in qs.iter_mut().zip(c) {
-            *q = (v * id).round_ties_even() as i8;
+            *q = nearest_int(v * id) as i8;
             sum += *q as i32;
         }
         BlockQ8 {
@@ -165,7 +202,7 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
             }
             let iscale = -127.0 / max;
             for (q, &v) in b.qs.iter_mut().zip(c) {
-                *q = ((iscale * v).round_ties_even() as i32).min(127) as i8;
+                *q = nearest_int(iscale * v).min(127) as i8;
             }
             for (j, s) in b.bsums.iter_mut().enumerate() {
                 *s = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
@@ -932,5 +969,31 @@ mod tests {
                 assert_eq!(fast[i].to_bits(), slow[i].to_bits(), "n={n} dv={dv} i={i}");
             }
         }
+    }
+
+    #[test]
+    fn nearest_int_rounds_half_to_even() {
+        for x in [-128.0f32, -2.5, -1.5, -0.5, 0.0, 0.49999997, 0.5, 1.5, 2.5, 126.5, 127.0] {
+            assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
+        }
+        let mut r = rng(3);
+        for _ in 0..10000 {
+            let x = (r() % 2_000_001) as f32 / 7777.0 - 128.0;
+            assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
+        }
+    }
+
+    #[test]
+    fn fast_f16_rounding_equals_half_crate() {
+        let mut r = rng(8);
+        let mut v: Vec<f32> = (0..1003)
+            .map(|_| f32::from_bits(r() as u32 & 0x7fff_ffff) * if r() % 2 == 0 { 1.0 } else { -1.0 })
+            .filter(|x| !x.is_nan())
+            .collect();
+        v.extend([0.0, -0.0, 65504.0, 65520.0, 1e-8, 6.1e-5, f32::INFINITY]);
+        let want: Vec<u32> = v.iter().map(|&x| round_f16(x).to_bits()).collect();
+        round_f16_slice(&mut v);
+        let got: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
+        assert_eq!(got, want);
     }
 }
