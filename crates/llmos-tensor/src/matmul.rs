@@ -361,6 +361,11 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
         let threads = threads().max(1);
         let group = (t.div_ceil(threads * 2)).next_multiple_of(4).clamp(4, 64);
         let rows = w.rows;
+        // 2 rows x 4 tokens per call for the 32-value block types (8 accumulators)
+        let pairs = matches!(
+            dt,
+            DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::Q8_0
+        );
         for_each_chunk_mut(y, group * rows, |gi, ys| {
             let t0 = gi * group;
             let n = ys.len() / rows;
@@ -369,7 +374,18 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
                 let mut ti = 0;
                 while ti + 4 <= n {
                     let a: [ActRow; 4] = std::array::from_fn(|k| acts.row(t0 + ti + k));
-                    for r in r0..r1 {
+                    let mut r = r0;
+                    if pairs {
+                        while r + 2 <= r1 {
+                            let o = vec_dot_rn::<2, 4>(dt, [w.row(r), w.row(r + 1)], a);
+                            for k in 0..4 {
+                                ys[(ti + k) * rows + r] = o[0][k];
+                                ys[(ti + k) * rows + r + 1] = o[1][k];
+                            }
+                            r += 2;
+                        }
+                    }
+                    for r in r..r1 {
                         let o = vec_dot_n(dt, w.row(r), a);
                         for k in 0..4 {
                             ys[(ti + k) * rows + r] = o[k];
