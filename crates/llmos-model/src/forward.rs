@@ -7,7 +7,7 @@
 use crate::{Arch, Model, ModelError};
 use llmos_tensor::ops::{dot_f32, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu, softmax};
 use llmos_tensor::q8::{
-    dot_f16_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
+    dot_rows_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
     weighted_rows_lanes,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
@@ -219,19 +219,14 @@ impl Model {
                 if q8 {
                     // llama.cpp order: f16 dots over every cache cell from 0 (masked cells
                     // score -inf and weigh 0), softmax in 8-lane chunks, f16 weights
-                    let mut s: Vec<f32> = (0..=qp)
-                        .map(|p| {
-                            if p < start {
-                                return f32::NEG_INFINITY;
-                            }
-                            let kv = &kc[(p * nkv + kvh) * d..(p * nkv + kvh + 1) * d];
-                            let x = dot_f16_lanes(qv, kv);
-                            match c.attn_softcap {
-                                Some(cap) => cap * (x * c.attn_scale / cap).tanh() / c.attn_scale,
-                                None => x,
-                            }
-                        })
-                        .collect();
+                    let mut s = vec![f32::NEG_INFINITY; qp + 1];
+                    let ks = &kc[(start * nkv + kvh) * d..];
+                    dot_rows_lanes(qv, ks, nkv * d, &mut s[start..]);
+                    if let Some(cap) = c.attn_softcap {
+                        for x in &mut s[start..] {
+                            *x = cap * (*x * c.attn_scale / cap).tanh() / c.attn_scale;
+                        }
+                    }
                     softmax_scaled_lanes(&mut s, c.attn_scale);
                     round_f16_slice(&mut s);
                     weighted_rows_lanes(&s, &vc[kvh * dv..], nkv * dv, out);

@@ -131,12 +131,6 @@ fn mul_sum_u8(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
-/// Signed bytes x signed bytes (through the sign trick), as [`mul_sum_u8`].
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn mul_sum_i8(x: __m256i, y: __m256i) -> __m256i {
-    mul_sum_u8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
-}
 
 /// R weight rows of 32-value blocks (type `T`) dotted with N rows of Q8 activations: out[r][n].
 /// With R > 1 the rows advance side by side (independent accumulator chains); each
@@ -168,6 +162,7 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
         // those blocks.
         unsafe {
             let mut qx = [_mm256_setzero_si256(); R];
+            let mut ax = [_mm256_setzero_si256(); R];
             let mut dw = [0f32; R];
             let mut mw = [0f32; R];
             for r in 0..R {
@@ -197,6 +192,9 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                 };
                 if T == Q4_1 || T == Q5_1 {
                     mw[r] = f16_ptr(b.add(2));
+                } else {
+                    // signed weights: |x| once per block; the sign moves to the activations
+                    ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
                 }
             }
             for n in 0..N {
@@ -206,7 +204,7 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                     let d = dw[r] * y.d;
                     match T {
                         Q4_0 => {
-                            let s = hsum_i32(mul_sum_i8(qx[r], qy));
+                            let s = hsum_i32(mul_sum_u8(ax[r], _mm256_sign_epi8(qy, qx[r])));
                             accs[r][n] = (s as f32).mul_add(d, accs[r][n]);
                         }
                         Q4_1 | Q5_1 => {
@@ -215,7 +213,8 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                             accs[r][n] += mw[r] * y.s;
                         }
                         _ => {
-                            let p = _mm256_cvtepi32_ps(mul_sum_i8(qx[r], qy));
+                            let sy = _mm256_sign_epi8(qy, qx[r]);
+                            let p = _mm256_cvtepi32_ps(mul_sum_u8(ax[r], sy));
                             acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(d), p, acc[r][n]);
                         }
                     }
@@ -608,5 +607,30 @@ pub fn round_f16_slice(v: &mut [f32]) {
     }
     for x in chunks.into_remainder() {
         *x = round_f16(*x);
+    }
+}
+
+/// See [`crate::q8::dot_rows_lanes`]: one query against many keys, each in [`dot_lanes`]
+/// order.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    let d = q.len();
+    if !d.is_multiple_of(32) {
+        for (p, o) in out.iter_mut().enumerate() {
+            *o = dot_lanes(q, &k[p * stride..p * stride + d]);
+        }
+        return;
+    }
+    for (p, o) in out.iter_mut().enumerate() {
+        let row = &k[p * stride..p * stride + d];
+        let mut x = [_mm256_setzero_ps(); 4];
+        for i in (0..d).step_by(32) {
+            for j in 0..4 {
+                let va = loadf8(q[i + 8 * j..i + 8 * j + 8].try_into().expect("8 floats"));
+                let vb = loadf8(row[i + 8 * j..i + 8 * j + 8].try_into().expect("8 floats"));
+                x[j] = _mm256_fmadd_ps(va, vb, x[j]);
+            }
+        }
+        *o = reduce4(x);
     }
 }

@@ -563,6 +563,19 @@ fn dot_f16_lanes_body(a: &[f32], b: &[f32]) -> f32 {
     (t0[0] + t0[1]) + (t0[2] + t0[3])
 }
 
+/// out[p] = dot_f16_lanes(q, row p of K) for every p < out.len(), where row p of K is
+/// `k[p * stride..][..q.len()]` (attention scores of one query against many keys).
+pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::dot_rows_lanes(q, k, stride, out) };
+    }
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = dot_f16_lanes_body(q, &k[p * stride..p * stride + q.len()]);
+    }
+}
+
 /// out[i] = dot_f16_lanes(w, column i of V) for every i < out.len(), where row p of V is
 /// `v[p * stride..][..out.len()]`: the attention-weighted sum of values, with each output
 /// summed in exactly the lane order [`dot_f16_lanes`] uses, but reading V row by row.
@@ -995,5 +1008,21 @@ mod tests {
         round_f16_slice(&mut v);
         let got: Vec<u32> = v.iter().map(|x| x.to_bits()).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn dot_rows_equal_single_dots() {
+        let mut r = rng(31);
+        for (n, d) in [(1usize, 64usize), (9, 64), (40, 256), (5, 40)] {
+            let stride = d * 2 + 3;
+            let q: Vec<f32> = (0..d).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let k: Vec<f32> = (0..n * stride).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let mut out = vec![0f32; n];
+            dot_rows_lanes(&q, &k, stride, &mut out);
+            for p in 0..n {
+                let want = dot_f16_lanes_body(&q, &k[p * stride..p * stride + d]);
+                assert_eq!(out[p].to_bits(), want.to_bits(), "n={n} d={d} p={p}");
+            }
+        }
     }
 }
