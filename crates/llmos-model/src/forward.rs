@@ -6,6 +6,7 @@
 
 use crate::{Arch, Model, ModelError};
 use llmos_tensor::ops::{dot_f32, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu, softmax};
+use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
     dot_rows_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
     weighted_rows_lanes,
@@ -122,10 +123,22 @@ impl Model {
         // norms: in Q8 mode with llama.cpp's summation order
         let eps = c.norm_eps;
         let norm = |y: &mut [f32], x: &[f32], w: &[f32]| {
-            if q8 {
-                rmsnorm_lanes(y, x, w, eps)
+            let c = w.len();
+            let one = |y: &mut [f32], x: &[f32]| {
+                if q8 {
+                    rmsnorm_lanes(y, x, w, eps)
+                } else {
+                    rmsnorm(y, x, w, eps)
+                }
+            };
+            // rows in parallel for prompts (each row's arithmetic is unchanged)
+            if y.len() / c >= 16 {
+                let rows = 8;
+                for_each_chunk_mut(y, rows * c, |i, ys| {
+                    one(ys, &x[i * rows * c..i * rows * c + ys.len()])
+                });
             } else {
-                rmsnorm(y, x, w, eps)
+                one(y, x)
             }
         };
         let norm_inplace = |x: &mut [f32], w: &[f32]| {
@@ -186,20 +199,10 @@ impl Model {
             }
             let swa = c.is_swa_layer(l);
             let cs = if swa { &cs_swa } else { &cs_global };
-            for t in 0..t_n {
-                rope_cs(
-                    &mut q[t * nh * d..(t + 1) * nh * d],
-                    d,
-                    &cs[t],
-                    c.rope_style,
-                );
-                rope_cs(
-                    &mut k[t * nkv * d..(t + 1) * nkv * d],
-                    d,
-                    &cs[t],
-                    c.rope_style,
-                );
-            }
+            for_each_chunk_mut(&mut q, nh * d, |t, qt| rope_cs(qt, d, &cs[t], c.rope_style));
+            for_each_chunk_mut(&mut k, nkv * d, |t, kt| {
+                rope_cs(kt, d, &cs[t], c.rope_style)
+            });
             r16(&mut k);
             r16(&mut v);
             r16(&mut q);
@@ -210,7 +213,7 @@ impl Model {
             let (kc, vc) = (&cache.k[l], &cache.v[l]);
             let window = if swa { c.sliding_window } else { None };
             let group = nh / nkv;
-            llmos_tensor::pool::for_each_chunk_mut(&mut att, dv, |i, out| {
+            for_each_chunk_mut(&mut att, dv, |i, out| {
                 let (t, head) = (i / nh, i % nh);
                 let kvh = head / group;
                 let qp = pos0 + t;
@@ -267,7 +270,11 @@ impl Model {
                 (Arch::Gemma3, true) => llmos_tensor::q8::gelu_f16_table,
                 _ => silu,
             };
-            g.iter_mut().zip(&u).for_each(|(a, b)| *a = act(*a) * b);
+            let ff = c.n_ff;
+            for_each_chunk_mut(&mut g, ff * 4, |i, gs| {
+                let us = &u[i * ff * 4..i * ff * 4 + gs.len()];
+                gs.iter_mut().zip(us).for_each(|(a, b)| *a = act(*a) * b);
+            });
             c_g.set();
             mm(&self.w(&lw.down), &g, &mut o, &mut c_g);
             if let Some(w) = &lw.post_ffn_norm {

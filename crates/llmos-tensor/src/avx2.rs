@@ -131,7 +131,6 @@ fn mul_sum_u8(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
-
 /// R weight rows of 32-value blocks (type `T`) dotted with N rows of Q8 activations: out[r][n].
 /// With R > 1 the rows advance side by side (independent accumulator chains); each
 /// activation block is loaded once for all R rows and each weight block once for all N.

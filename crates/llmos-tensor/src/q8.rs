@@ -986,7 +986,9 @@ mod tests {
 
     #[test]
     fn nearest_int_rounds_half_to_even() {
-        for x in [-128.0f32, -2.5, -1.5, -0.5, 0.0, 0.49999997, 0.5, 1.5, 2.5, 126.5, 127.0] {
+        for x in [
+            -128.0f32, -2.5, -1.5, -0.5, 0.0, 0.49999997, 0.5, 1.5, 2.5, 126.5, 127.0,
+        ] {
             assert_eq!(nearest_int(x), x.round_ties_even() as i32, "{x}");
         }
         let mut r = rng(3);
@@ -1000,7 +1002,9 @@ mod tests {
     fn fast_f16_rounding_equals_half_crate() {
         let mut r = rng(8);
         let mut v: Vec<f32> = (0..1003)
-            .map(|_| f32::from_bits(r() as u32 & 0x7fff_ffff) * if r() % 2 == 0 { 1.0 } else { -1.0 })
+            .map(|_| {
+                f32::from_bits(r() as u32 & 0x7fff_ffff) * if r() % 2 == 0 { 1.0 } else { -1.0 }
+            })
             .filter(|x| !x.is_nan())
             .collect();
         v.extend([0.0, -0.0, 65504.0, 65520.0, 1e-8, 6.1e-5, f32::INFINITY]);
@@ -1016,7 +1020,9 @@ mod tests {
         for (n, d) in [(1usize, 64usize), (9, 64), (40, 256), (5, 40)] {
             let stride = d * 2 + 3;
             let q: Vec<f32> = (0..d).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
-            let k: Vec<f32> = (0..n * stride).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let k: Vec<f32> = (0..n * stride)
+                .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
             let mut out = vec![0f32; n];
             dot_rows_lanes(&q, &k, stride, &mut out);
             for p in 0..n {
