@@ -1003,7 +1003,7 @@ mod tests {
         let mut r = rng(8);
         let mut v: Vec<f32> = (0..1003)
             .map(|_| {
-                f32::from_bits(r() as u32 & 0x7fff_ffff) * if r() % 2 == 0 { 1.0 } else { -1.0 }
+                f32::from_bits(r() as u32 & 0x7fff_ffff) * if r().is_multiple_of(2) { 1.0 } else { -1.0 }
             })
             .filter(|x| !x.is_nan())
             .collect();
