@@ -633,3 +633,58 @@ pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
         *o = reduce4(x);
     }
 }
+
+/// 8 lanes of [`crate::q8::exp_poly`], the same operations in the same order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8(x: __m256) -> __m256 {
+    use crate::q8::{EXP_C, EXP_LN2_HI, EXP_LN2_LO, EXP_LOG2E};
+    let zero_mask = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
+    let x = _mm256_min_ps(x, _mm256_set1_ps(88.0));
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(EXP_LOG2E),
+    ));
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_HI), x);
+    let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-EXP_LN2_LO), r);
+    let mut p = _mm256_set1_ps(EXP_C[0]);
+    for &c in &EXP_C[1..] {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0));
+    let e = _mm256_slli_epi32::<23>(_mm256_cvtps_epi32(n));
+    let v = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+    _mm256_andnot_ps(zero_mask, v)
+}
+
+/// See [`crate::q8::softmax_scaled_lanes`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
+    for v in x.iter_mut() {
+        *v *= scale;
+    }
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let vmax = _mm256_set1_ps(max);
+    let mut sum = 0f64;
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in chunks.by_ref() {
+        let c: &mut [f32; 8] = c.try_into().expect("8 floats");
+        let e = exp8(_mm256_sub_ps(loadf8(c), vmax));
+        storef8(c, e);
+        sum += hsum8(e) as f64;
+    }
+    let rest = chunks.into_remainder();
+    if !rest.is_empty() {
+        let mut lanes = [0f32; 8];
+        for (l, v) in rest.iter_mut().enumerate() {
+            *v = crate::q8::exp_poly(*v - max);
+            lanes[l] = *v;
+        }
+        sum += crate::q8::hsum8(&lanes) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}

@@ -305,6 +305,52 @@ impl ActCache {
     }
 }
 
+const TILE_R: usize = 2;
+const TILE_N: usize = 4;
+
+/// One task of the prompt path: tokens t0.. (as many as `ys` holds) against every weight
+/// row, in blocks of 16 rows (they stay in L1), R rows x N tokens per kernel call.
+fn group_tiles<const R: usize, const N: usize>(
+    dt: DType,
+    w: &Weight,
+    acts: &QuantActs,
+    t0: usize,
+    ys: &mut [f32],
+) {
+    let rows = w.rows;
+    let n = ys.len() / rows;
+    for r0 in (0..rows).step_by(16) {
+        let r1 = (r0 + 16).min(rows);
+        let mut ti = 0;
+        while ti + N <= n {
+            let a: [ActRow; N] = std::array::from_fn(|k| acts.row(t0 + ti + k));
+            let mut r = r0;
+            while r + R <= r1 {
+                let o = vec_dot_rn::<R, N>(dt, std::array::from_fn(|j| w.row(r + j)), a);
+                for j in 0..R {
+                    for k in 0..N {
+                        ys[(ti + k) * rows + r + j] = o[j][k];
+                    }
+                }
+                r += R;
+            }
+            for r in r..r1 {
+                let o = vec_dot_n(dt, w.row(r), a);
+                for k in 0..N {
+                    ys[(ti + k) * rows + r] = o[k];
+                }
+            }
+            ti += N;
+        }
+        for tj in ti..n {
+            let a = acts.row(t0 + tj);
+            for r in r0..r1 {
+                ys[tj * rows + r] = vec_dot_n(dt, w.row(r), [a])[0];
+            }
+        }
+    }
+}
+
 /// Like [`matmul`], with activations meeting the weights as `mode` says. In
 /// [`ActMode::Q8`] each activation row is quantized once, then every weight row is dotted
 /// with it in integer arithmetic.
@@ -368,37 +414,10 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
         );
         for_each_chunk_mut(y, group * rows, |gi, ys| {
             let t0 = gi * group;
-            let n = ys.len() / rows;
-            for r0 in (0..rows).step_by(16) {
-                let r1 = (r0 + 16).min(rows);
-                let mut ti = 0;
-                while ti + 4 <= n {
-                    let a: [ActRow; 4] = std::array::from_fn(|k| acts.row(t0 + ti + k));
-                    let mut r = r0;
-                    if pairs {
-                        while r + 2 <= r1 {
-                            let o = vec_dot_rn::<2, 4>(dt, [w.row(r), w.row(r + 1)], a);
-                            for k in 0..4 {
-                                ys[(ti + k) * rows + r] = o[0][k];
-                                ys[(ti + k) * rows + r + 1] = o[1][k];
-                            }
-                            r += 2;
-                        }
-                    }
-                    for r in r..r1 {
-                        let o = vec_dot_n(dt, w.row(r), a);
-                        for k in 0..4 {
-                            ys[(ti + k) * rows + r] = o[k];
-                        }
-                    }
-                    ti += 4;
-                }
-                for tj in ti..n {
-                    let a = acts.row(t0 + tj);
-                    for r in r0..r1 {
-                        ys[tj * rows + r] = vec_dot_n(dt, w.row(r), [a])[0];
-                    }
-                }
+            if pairs {
+                group_tiles::<TILE_R, TILE_N>(dt, w, acts, t0, ys);
+            } else {
+                group_tiles::<1, 4>(dt, w, acts, t0, ys);
             }
         });
         return;

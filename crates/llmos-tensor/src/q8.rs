@@ -603,6 +603,16 @@ pub fn weighted_rows_lanes_ref(w: &[f32], v: &[f32], stride: usize, out: &mut [f
 /// per 8-lane chunk (reduced like [`hsum8`]) into a double, then multiplied by the f32
 /// reciprocal of the sum.
 pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::softmax_scaled_lanes(x, scale) };
+    }
+    softmax_scaled_lanes_ref(x, scale)
+}
+
+/// Scalar reference of [`softmax_scaled_lanes`].
+pub fn softmax_scaled_lanes_ref(x: &mut [f32], scale: f32) {
     for v in x.iter_mut() {
         *v *= scale;
     }
@@ -611,7 +621,7 @@ pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
     for chunk in x.chunks_mut(8) {
         let mut lanes = [0f32; 8];
         for (l, v) in chunk.iter_mut().enumerate() {
-            *v = (*v - max).exp();
+            *v = exp_poly(*v - max);
             lanes[l] = *v;
         }
         sum += hsum8(&lanes) as f64;
@@ -620,6 +630,35 @@ pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
     for v in x.iter_mut() {
         *v *= inv;
     }
+}
+
+/// Constants of [`exp_poly`]: ln 2 split in a high part exact in f32 and the rest, then the
+/// Taylor coefficients 1/k! for k = 2..6.
+pub(crate) const EXP_LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const EXP_LN2_HI: f32 = 0.693_145_75;
+pub(crate) const EXP_LN2_LO: f32 = 1.428_606_8e-6;
+pub(crate) const EXP_C: [f32; 5] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
+
+/// e^x for x <= 0 (softmax inputs, after the max is subtracted), to about 2 ulp: x = n ln 2
+/// + r with |r| <= ln 2 / 2, e^r by its degree-6 Taylor polynomial (Horner, fused
+/// multiply-adds), then scaled by 2^n through the exponent bits. Below -87 it returns 0.
+/// Written so the 8-lane version in `avx2` computes the same bits.
+#[inline]
+pub fn exp_poly(x: f32) -> f32 {
+    if x < -87.0 || x.is_nan() {
+        return if x.is_nan() { x } else { 0.0 };
+    }
+    let x = x.min(88.0);
+    let n = (x * EXP_LOG2E).round_ties_even();
+    let r = n.mul_add(-EXP_LN2_HI, x);
+    let r = n.mul_add(-EXP_LN2_LO, r);
+    let mut p = EXP_C[0];
+    for &c in &EXP_C[1..] {
+        p = p.mul_add(r, c);
+    }
+    let p = p.mul_add(r, 1.0);
+    let p = p.mul_add(r, 1.0);
+    f32::from_bits(p.to_bits().wrapping_add(((n as i32) << 23) as u32))
 }
 
 /// RMSNorm as llama.cpp computes it: squares in f32 summed in a double, mean and scale in
@@ -1003,7 +1042,8 @@ mod tests {
         let mut r = rng(8);
         let mut v: Vec<f32> = (0..1003)
             .map(|_| {
-                f32::from_bits(r() as u32 & 0x7fff_ffff) * if r().is_multiple_of(2) { 1.0 } else { -1.0 }
+                f32::from_bits(r() as u32 & 0x7fff_ffff)
+                    * if r().is_multiple_of(2) { 1.0 } else { -1.0 }
             })
             .filter(|x| !x.is_nan())
             .collect();
@@ -1029,6 +1069,37 @@ mod tests {
                 let want = dot_f16_lanes_body(&q, &k[p * stride..p * stride + d]);
                 assert_eq!(out[p].to_bits(), want.to_bits(), "n={n} d={d} p={p}");
             }
+        }
+    }
+
+    #[test]
+    fn exp_poly_is_accurate_and_the_fast_softmax_is_bit_identical() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let want = (x as f64).exp();
+            let rel = ((exp_poly(x) as f64 - want) / want).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 4e-7, "worst relative error {worst}");
+        assert_eq!(exp_poly(0.0), 1.0);
+        assert_eq!(exp_poly(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_poly(-100.0), 0.0);
+        let mut r = rng(17);
+        for n in [1usize, 5, 8, 9, 33, 300] {
+            let mut a: Vec<f32> = (0..n).map(|_| (r() % 4001) as f32 / 100.0 - 20.0).collect();
+            if n > 3 {
+                a[2] = f32::NEG_INFINITY; // a masked cell
+            }
+            let mut b = a.clone();
+            softmax_scaled_lanes(&mut a, 0.125);
+            softmax_scaled_lanes_ref(&mut b, 0.125);
+            let (ab, bb): (Vec<u32>, Vec<u32>) = (
+                a.iter().map(|v| v.to_bits()).collect(),
+                b.iter().map(|v| v.to_bits()).collect(),
+            );
+            assert_eq!(ab, bb, "n={n}");
         }
     }
 }
