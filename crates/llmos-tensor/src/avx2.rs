@@ -196,11 +196,15 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                     ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
                 }
             }
+            let dwv: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(dw[r]));
             for n in 0..N {
                 let y = &*yp[n].add(i);
                 let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
+                let ydv = _mm256_set1_ps(y.d);
                 for r in 0..R {
                     let d = dw[r] * y.d;
+                    // the same product, already in all lanes
+                    let dv = _mm256_mul_ps(dwv[r], ydv);
                     match T {
                         Q4_0 => {
                             let s = hsum_i32(mul_sum_u8(ax[r], _mm256_sign_epi8(qy, qx[r])));
@@ -208,13 +212,13 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                         }
                         Q4_1 | Q5_1 => {
                             let p = _mm256_cvtepi32_ps(mul_sum_u8(qx[r], qy));
-                            acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(d), p, acc[r][n]);
+                            acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
                             accs[r][n] += mw[r] * y.s;
                         }
                         _ => {
                             let sy = _mm256_sign_epi8(qy, qx[r]);
                             let p = _mm256_cvtepi32_ps(mul_sum_u8(ax[r], sy));
-                            acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(d), p, acc[r][n]);
+                            acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
                         }
                     }
                 }

@@ -639,9 +639,10 @@ pub(crate) const EXP_LN2_HI: f32 = 0.693_145_75;
 pub(crate) const EXP_LN2_LO: f32 = 1.428_606_8e-6;
 pub(crate) const EXP_C: [f32; 5] = [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5];
 
-/// e^x for x <= 0 (softmax inputs, after the max is subtracted), to about 2 ulp: x = n ln 2
-/// + r with |r| <= ln 2 / 2, e^r by its degree-6 Taylor polynomial (Horner, fused
-/// multiply-adds), then scaled by 2^n through the exponent bits. Below -87 it returns 0.
+/// e^x for x <= 0 (softmax inputs, after the max is subtracted), to about 2 ulp: x is split
+/// as n ln 2 + r with |r| <= ln 2 / 2, e^r comes from its degree-6 Taylor polynomial
+/// (Horner, fused multiply-adds) and is scaled by 2^n through the exponent bits. Below -87
+/// it returns 0.
 /// Written so the 8-lane version in `avx2` computes the same bits.
 #[inline]
 pub fn exp_poly(x: f32) -> f32 {
