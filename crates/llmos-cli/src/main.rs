@@ -320,9 +320,13 @@ fn load(a: &ModelArgs) -> Result<Loaded> {
     llmos_tensor::init_threads(a.threads);
     let path = resolve(&a.model)?;
     let t0 = Instant::now();
-    let g = Arc::new(Gguf::open(&path)?);
+    let mut g = Gguf::open(&path)?;
     let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
-    let mut model = Model::load(g).with_context(|| format!("{}", path.display()))?;
+    // the vocabulary arrays now live in the tokenizer; a second parsed copy would cost tens
+    // of MB for a 256K vocabulary (the model itself reads no tokenizer keys)
+    g.metadata
+        .retain(|k, v| !(k.starts_with("tokenizer.") && v.as_array().is_some()));
+    let mut model = Model::load(Arc::new(g)).with_context(|| format!("{}", path.display()))?;
     model.act = match a.activations {
         Activations::F32 => llmos_tensor::ActMode::F32,
         Activations::Q8 => llmos_tensor::ActMode::Q8,
