@@ -134,6 +134,7 @@ fn mul_sum_u8(x: __m256i, y: __m256i) -> __m256i {
 /// R weight rows of 32-value blocks (type `T`) dotted with N rows of Q8 activations: out[r][n].
 /// With R > 1 the rows advance side by side (independent accumulator chains); each
 /// activation block is loaded once for all R rows and each weight block once for all N.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
     w: [&[u8]; R],
@@ -302,6 +303,7 @@ fn q8k_chunk(y: &BlockQ8K, at: usize) -> __m256i {
 }
 
 /// Q4_K row with N rows of Q8_K activations (block-serial, as llama.cpp's repacked kernel).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q4k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
     let (mut acc, mut accm) = ([0f32; N], [0f32; N]);
@@ -338,6 +340,7 @@ pub fn dot_q4k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
 }
 
 /// Q5_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q5k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
     let mut acc = [_mm256_setzero_ps(); N];
@@ -380,6 +383,7 @@ pub fn dot_q5k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
 }
 
 /// Q6_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_q6k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
     let mut acc = [_mm256_setzero_ps(); N];
@@ -690,5 +694,39 @@ pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
         *v *= inv;
+    }
+}
+
+/// Consecutive weight rows (`row_bytes` each, `out.len()` of them, starting at `w`) against N
+/// activation rows: out[r][n]. One call per block of rows keeps the dispatch out of the
+/// inner loop; each row is computed exactly as [`dot_q8`] / [`dot_q4k`] / ... compute it.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn tile_q8<const T: u8, const N: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    ys: [&[BlockQ8]; N],
+    out: &mut [[f32; N]],
+) {
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = dot_q8::<T, 1, N>([&w[r * row_bytes..(r + 1) * row_bytes]], ys)[0];
+    }
+}
+
+/// The K types' version of [`tile_q8`]; `t` is 4, 5 or 6 (Q4_K, Q5_K, Q6_K).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn tile_k<const N: usize>(
+    t: u8,
+    w: &[u8],
+    row_bytes: usize,
+    ys: [&[BlockQ8K]; N],
+    out: &mut [[f32; N]],
+) {
+    for (r, o) in out.iter_mut().enumerate() {
+        let row = &w[r * row_bytes..(r + 1) * row_bytes];
+        *o = match t {
+            4 => dot_q4k::<N>(row, ys),
+            5 => dot_q5k::<N>(row, ys),
+            _ => dot_q6k::<N>(row, ys),
+        };
     }
 }

@@ -9,6 +9,7 @@ use crate::ops::dot_f32;
 use crate::pool::{for_each_chunk_mut, threads};
 use crate::q8::{
     ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k, vec_dot_n, vec_dot_rn,
+    vec_dot_tile,
 };
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
@@ -305,19 +306,12 @@ impl ActCache {
     }
 }
 
-/// Prompt tiles: rows x tokens per kernel call.
-const TILE_R: usize = 1;
+/// Prompt tiles: tokens per kernel call (one row at a time, 16 rows per call).
 const TILE_N: usize = 8;
 
 /// One task of the prompt path: tokens t0.. (as many as `ys` holds) against every weight
-/// row, in blocks of 16 rows (they stay in L1), R rows x N tokens per kernel call.
-fn group_tiles<const R: usize, const N: usize>(
-    dt: DType,
-    w: &Weight,
-    acts: &QuantActs,
-    t0: usize,
-    ys: &mut [f32],
-) {
+/// row, in blocks of 16 rows (they stay in L1), each row dotted with N tokens at a time.
+fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usize, ys: &mut [f32]) {
     let rows = w.rows;
     let n = ys.len() / rows;
     for r0 in (0..rows).step_by(16) {
@@ -325,20 +319,13 @@ fn group_tiles<const R: usize, const N: usize>(
         let mut ti = 0;
         while ti + N <= n {
             let a: [ActRow; N] = std::array::from_fn(|k| acts.row(t0 + ti + k));
-            let mut r = r0;
-            while r + R <= r1 {
-                let o = vec_dot_rn::<R, N>(dt, std::array::from_fn(|j| w.row(r + j)), a);
-                for j in 0..R {
-                    for k in 0..N {
-                        ys[(ti + k) * rows + r + j] = o[j][k];
-                    }
-                }
-                r += R;
-            }
-            for r in r..r1 {
-                let o = vec_dot_n(dt, w.row(r), a);
+            let mut out = [[0f32; N]; 16];
+            let out = &mut out[..r1 - r0];
+            let rb = w.row_bytes();
+            vec_dot_tile(dt, &w.data[r0 * rb..r1 * rb], rb, a, out);
+            for (j, o) in out.iter().enumerate() {
                 for k in 0..N {
-                    ys[(ti + k) * rows + r] = o[k];
+                    ys[(ti + k) * rows + r0 + j] = o[k];
                 }
             }
             ti += N;
@@ -415,7 +402,7 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
         // one thread: Q8_0 6.2-6.9 s against 7.1-8.2 s for 2 rows x 4 tokens, 8.5-9.3 s for
         // 2 x 3 and 7.9-8.9 s for 3 x 2; Gemma-3's K types 2-5% faster with 8 than with 4)
         for_each_chunk_mut(y, group * rows, |gi, ys| {
-            group_tiles::<TILE_R, TILE_N>(dt, w, acts, gi * group, ys);
+            group_tiles::<TILE_N>(dt, w, acts, gi * group, ys);
         });
         return;
     }

@@ -285,6 +285,51 @@ pub fn vec_dot_rn<const R: usize, const N: usize>(
     w.map(|w| std::array::from_fn(|n| vec_dot_ref(t, w, a[n])))
 }
 
+/// Dots of `out.len()` consecutive weight rows (`row_bytes` each, from `w`) with N
+/// activation rows: out[r][n], each exactly as [`vec_dot`] computes it.
+pub fn vec_dot_tile<const N: usize>(
+    t: DType,
+    w: &[u8],
+    row_bytes: usize,
+    a: [ActRow; N],
+    out: &mut [[f32; N]],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        use crate::avx2 as k;
+        let q8 = || -> [&[BlockQ8]; N] {
+            std::array::from_fn(|n| match a[n] {
+                ActRow::Q8(y) => y,
+                _ => panic!("activation format does not pair with weight type {t}"),
+            })
+        };
+        let q8k = || -> [&[BlockQ8K]; N] {
+            std::array::from_fn(|n| match a[n] {
+                ActRow::Q8K(y) => y,
+                _ => panic!("activation format does not pair with weight type {t}"),
+            })
+        };
+        // SAFETY (each call below): the CPU reported AVX2, FMA and F16C, all these kernels
+        // enable; row geometry was checked when the weight was made.
+        unsafe {
+            match t {
+                DType::Q4_0 => return k::tile_q8::<{ k::Q4_0 }, N>(w, row_bytes, q8(), out),
+                DType::Q4_1 => return k::tile_q8::<{ k::Q4_1 }, N>(w, row_bytes, q8(), out),
+                DType::Q5_0 => return k::tile_q8::<{ k::Q5_0 }, N>(w, row_bytes, q8(), out),
+                DType::Q5_1 => return k::tile_q8::<{ k::Q5_1 }, N>(w, row_bytes, q8(), out),
+                DType::Q8_0 => return k::tile_q8::<{ k::Q8_0 }, N>(w, row_bytes, q8(), out),
+                DType::Q4K => return k::tile_k::<N>(4, w, row_bytes, q8k(), out),
+                DType::Q5K => return k::tile_k::<N>(5, w, row_bytes, q8k(), out),
+                DType::Q6K => return k::tile_k::<N>(6, w, row_bytes, q8k(), out),
+                _ => {}
+            }
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = vec_dot_n(t, &w[r * row_bytes..(r + 1) * row_bytes], a);
+    }
+}
+
 fn vec_dot_ref(t: DType, w: &[u8], a: ActRow) -> f32 {
     match (t, a) {
         (DType::Q4_0, ActRow::Q8(y)) => {
