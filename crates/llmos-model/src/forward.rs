@@ -5,7 +5,7 @@
 //! `llmos_tensor::matmul`.
 
 use crate::{Arch, Model, ModelError};
-use llmos_tensor::ops::{dot_f32, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu, softmax};
+use llmos_tensor::ops::{attend_online, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu};
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
     dot_rows_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
@@ -235,22 +235,18 @@ impl Model {
                     weighted_rows_lanes(&s, &vc[kvh * dv..], nkv * dv, out);
                     return;
                 }
-                let mut s: Vec<f32> = (start..=qp)
-                    .map(|p| {
-                        let kv = &kc[(p * nkv + kvh) * d..(p * nkv + kvh + 1) * d];
-                        let mut x = dot_f32(qv, kv) * c.attn_scale;
-                        if let Some(cap) = c.attn_softcap {
-                            x = cap * (x / cap).tanh();
-                        }
-                        x
-                    })
-                    .collect();
-                softmax(&mut s);
-                out.fill(0.0);
-                for (p, &w) in (start..=qp).zip(&s) {
-                    let vv = &vc[(p * nkv + kvh) * dv..(p * nkv + kvh + 1) * dv];
-                    out.iter_mut().zip(vv).for_each(|(a, b)| *a += w * b);
-                }
+                // f32 path: flash-style blocks of keys with an online softmax
+                attend_online(
+                    qv,
+                    &kc[kvh * d..],
+                    nkv * d,
+                    &vc[kvh * dv..],
+                    nkv * dv,
+                    start..=qp,
+                    c.attn_scale,
+                    c.attn_softcap,
+                    out,
+                );
             });
             c_att.set();
             mm(&self.w(&lw.wo), &att, &mut o, &mut c_att);

@@ -183,3 +183,108 @@ mod tests {
         assert!(gelu_tanh(-10.0).abs() < 1e-6);
     }
 }
+
+/// Attention of one query over keys/values `first..=last` of a cache, flash-style: keys are
+/// scored in blocks of 64 with a running maximum and normaliser (online softmax), so memory
+/// stays one block whatever the context length. Row p of K is `k[p * k_stride..][..q.len()]`,
+/// row p of V is `v[p * v_stride..][..out.len()]`; scores are `q.k * scale`, optionally
+/// soft-capped as `cap * tanh(x / cap)`.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_online(
+    q: &[f32],
+    k: &[f32],
+    k_stride: usize,
+    v: &[f32],
+    v_stride: usize,
+    keys: std::ops::RangeInclusive<usize>,
+    scale: f32,
+    softcap: Option<f32>,
+    out: &mut [f32],
+) {
+    const BLOCK: usize = 64;
+    let d = q.len();
+    out.fill(0.0);
+    let (mut m, mut l) = (f32::NEG_INFINITY, 0f32);
+    let mut s = [0f32; BLOCK];
+    let (first, last) = (*keys.start(), *keys.end());
+    let mut b0 = first;
+    while b0 <= last {
+        let b1 = (b0 + BLOCK - 1).min(last);
+        let mut bm = f32::NEG_INFINITY;
+        for (i, p) in (b0..=b1).enumerate() {
+            let mut x = dot_f32(q, &k[p * k_stride..p * k_stride + d]) * scale;
+            if let Some(cap) = softcap {
+                x = cap * (x / cap).tanh();
+            }
+            s[i] = x;
+            bm = bm.max(x);
+        }
+        let m_new = m.max(bm);
+        let correction = (m - m_new).exp();
+        l *= correction;
+        out.iter_mut().for_each(|o| *o *= correction);
+        for (i, p) in (b0..=b1).enumerate() {
+            let w = (s[i] - m_new).exp();
+            l += w;
+            let vv = &v[p * v_stride..p * v_stride + out.len()];
+            out.iter_mut().zip(vv).for_each(|(a, b)| *a += w * b);
+        }
+        m = m_new;
+        b0 = b1 + 1;
+    }
+    let inv = 1.0 / l;
+    out.iter_mut().for_each(|o| *o *= inv);
+}
+
+#[cfg(test)]
+mod attention_tests {
+    use super::*;
+
+    /// The blocked online softmax equals scoring every key, softmax, then the weighted sum.
+    #[test]
+    fn online_attention_equals_full_softmax() {
+        let mut st = 7u64;
+        let mut f = || {
+            st ^= st << 13;
+            st ^= st >> 7;
+            st ^= st << 17;
+            (st % 20001) as f32 / 10000.0 - 1.0
+        };
+        let (d, dv, n, ks, vs) = (16usize, 8usize, 300usize, 40usize, 24usize);
+        let q: Vec<f32> = (0..d).map(|_| f() * 3.0).collect();
+        let k: Vec<f32> = (0..n * ks).map(|_| f()).collect();
+        let v: Vec<f32> = (0..n * vs).map(|_| f()).collect();
+        for (first, last, cap) in [
+            (0usize, 0usize, None),
+            (0, 299, None),
+            (37, 250, Some(5.0f32)),
+        ] {
+            let mut want_s: Vec<f32> = (first..=last)
+                .map(|p| {
+                    let mut x = dot_f32(&q, &k[p * ks..p * ks + d]) * 0.25;
+                    if let Some(c) = cap {
+                        x = c * (x / c).tanh();
+                    }
+                    x
+                })
+                .collect();
+            softmax(&mut want_s);
+            let mut want = vec![0f32; dv];
+            for (p, &w) in (first..=last).zip(&want_s) {
+                for i in 0..dv {
+                    want[i] += w * v[p * vs + i];
+                }
+            }
+            let mut got = vec![0f32; dv];
+            attend_online(&q, &k, ks, &v, vs, first..=last, 0.25, cap, &mut got);
+            for i in 0..dv {
+                assert!(
+                    (got[i] - want[i]).abs() < 1e-5,
+                    "{first}..={last} {i}: {} vs {}",
+                    got[i],
+                    want[i]
+                );
+            }
+        }
+    }
+}
