@@ -568,16 +568,24 @@ fn weighted_rows_g<const G: usize>(w: &[f32], v: &[f32], stride: usize, out: &mu
     let dv = out.len();
     let groups = dv / 8;
     assert!(groups <= G);
-    // acc[slot][g]: slot = p % 32 (the lane slot of the f16 dot), g = output group of 8
+    // acc[slot][g]: slot = p % 32 (the lane slot of the f16 dot), g = output group of 8.
+    // Slot by slot, so the G accumulators of a slot stay in registers while its rows
+    // p = slot, slot + 32, ... stream by (the same order of additions per slot).
     let mut acc = [[_mm256_setzero_ps(); G]; 32];
-    for (p, &wp) in w.iter().enumerate() {
-        let row = &v[p * stride..p * stride + dv];
-        let b = _mm256_set1_ps(wp);
-        let a = &mut acc[p % 32];
-        for g in 0..groups {
-            let x = loadf8(row[8 * g..8 * g + 8].try_into().expect("8 floats"));
-            a[g] = _mm256_fmadd_ps(b, x, a[g]);
+    let n = w.len();
+    for (slot, acc_slot) in acc.iter_mut().enumerate() {
+        let mut a = [_mm256_setzero_ps(); G];
+        let mut p = slot;
+        while p < n {
+            let row = &v[p * stride..p * stride + dv];
+            let b = _mm256_set1_ps(w[p]);
+            for g in 0..groups {
+                let x = loadf8(row[8 * g..8 * g + 8].try_into().expect("8 floats"));
+                a[g] = _mm256_fmadd_ps(b, x, a[g]);
+            }
+            p += 32;
         }
+        *acc_slot = a;
     }
     // per output: x[j][l] of the dot is slot 8j + l; reduce x0 += x2, x1 += x3, x0 += x1,
     // then halves, then pairs (as `reduce4`), done 8 outputs at a time, lane-wise
@@ -625,6 +633,24 @@ pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
     if !d.is_multiple_of(32) {
         for (p, o) in out.iter_mut().enumerate() {
             *o = dot_lanes(q, &k[p * stride..p * stride + d]);
+        }
+        return;
+    }
+    if d == 64 {
+        // the query stays in 8 registers
+        let qv: [__m256; 8] =
+            std::array::from_fn(|j| loadf8(q[8 * j..8 * j + 8].try_into().expect("8 floats")));
+        for (p, o) in out.iter_mut().enumerate() {
+            let row = &k[p * stride..p * stride + 64];
+            let mut x = [_mm256_setzero_ps(); 4];
+            for h in 0..2 {
+                for j in 0..4 {
+                    let c = 32 * h + 8 * j;
+                    let vb = loadf8(row[c..c + 8].try_into().expect("8 floats"));
+                    x[j] = _mm256_fmadd_ps(qv[4 * h + j], vb, x[j]);
+                }
+            }
+            *o = reduce4(x);
         }
         return;
     }
