@@ -19,6 +19,37 @@ pub struct KvCache {
     v: Vec<Vec<f32>>, // (L, len, Hkv*Dv)
     len: usize,
     ctx: usize,
+    /// Activation buffers reused from call to call, so a decode step allocates none.
+    scratch: Scratch,
+}
+
+/// The forward pass's working buffers and quantized-activation caches.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    c_h: ActCache,
+    c_att: ActCache,
+    c_g: ActCache,
+}
+
+thread_local! {
+    /// One query's attention scores, reused by each thread from task to task.
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// `buf` resized to `n` zeros, keeping its allocation.
+fn sized(buf: &mut Vec<f32>, n: usize) -> &mut Vec<f32> {
+    buf.clear();
+    buf.resize(n, 0.0);
+    buf
 }
 
 impl KvCache {
@@ -58,6 +89,7 @@ impl Model {
             v: vec![Vec::new(); c.n_layer],
             len: 0,
             ctx: ctx.min(c.ctx_train).max(1),
+            scratch: Scratch::default(),
         }
     }
 
@@ -100,7 +132,21 @@ impl Model {
         let act = self.act;
         let mm =
             |w: &Weight, x: &[f32], y: &mut [f32], c: &mut ActCache| matmul_cached(w, x, y, act, c);
-        let (mut c_h, mut c_att, mut c_g) = (ActCache::new(), ActCache::new(), ActCache::new());
+        let mut sc = std::mem::take(&mut cache.scratch);
+        let Scratch {
+            x,
+            h,
+            q,
+            k,
+            v,
+            att,
+            o,
+            g,
+            u,
+            c_h,
+            c_att,
+            c_g,
+        } = &mut sc;
         // llama.cpp's default KV cache and attention operands are f16; Q8 mode follows it
         let q8 = act == ActMode::Q8;
         let r16 = |v: &mut [f32]| {
@@ -110,7 +156,7 @@ impl Model {
         };
 
         // x = embeddings (T, C); gemma scales them by sqrt(C)
-        let mut x = vec![0f32; t_n * e];
+        let x: &mut [f32] = sized(x, t_n * e);
         let emb = self.w(&self.tok_embd);
         for (t, &id) in tokens.iter().enumerate() {
             emb.dequantize_row(id as usize, &mut x[t * e..(t + 1) * e]);
@@ -168,23 +214,23 @@ impl Model {
         let cs_global = rope_table(c.rope_base, c.rope_scale);
         let cs_swa = rope_table(c.rope_base_swa, 1.0);
 
-        let mut h = vec![0f32; t_n * e];
-        let mut q = vec![0f32; t_n * nh * d];
-        let mut k = vec![0f32; t_n * nkv * d];
-        let mut v = vec![0f32; t_n * nkv * dv];
-        let mut att = vec![0f32; t_n * nh * dv];
-        let mut o = vec![0f32; t_n * e];
-        let mut g = vec![0f32; t_n * c.n_ff];
-        let mut u = vec![0f32; t_n * c.n_ff];
+        let h: &mut [f32] = sized(h, t_n * e);
+        let q: &mut [f32] = sized(q, t_n * nh * d);
+        let k: &mut [f32] = sized(k, t_n * nkv * d);
+        let v: &mut [f32] = sized(v, t_n * nkv * dv);
+        let att: &mut [f32] = sized(att, t_n * nh * dv);
+        let o: &mut [f32] = sized(o, t_n * e);
+        let g: &mut [f32] = sized(g, t_n * c.n_ff);
+        let u: &mut [f32] = sized(u, t_n * c.n_ff);
 
         for (l, lw) in self.layers.iter().enumerate() {
             // attention block: h = norm(x); q, k, v = h Wq, h Wk, h Wv
-            norm(&mut h, &x, &lw.attn_norm);
+            norm(h, x, &lw.attn_norm);
             c_h.set();
-            mm(&self.w(&lw.wq), &h, &mut q, &mut c_h);
-            mm(&self.w(&lw.wk), &h, &mut k, &mut c_h);
-            mm(&self.w(&lw.wv), &h, &mut v, &mut c_h);
-            for (buf, bias) in [(&mut q, &lw.bq), (&mut k, &lw.bk), (&mut v, &lw.bv)] {
+            mm(&self.w(&lw.wq), h, q, c_h);
+            mm(&self.w(&lw.wk), h, k, c_h);
+            mm(&self.w(&lw.wv), h, v, c_h);
+            for (buf, bias) in [(&mut *q, &lw.bq), (&mut *k, &lw.bk), (&mut *v, &lw.bv)] {
                 if let Some(b) = bias {
                     for row in buf.chunks_exact_mut(b.len()) {
                         row.iter_mut().zip(b).for_each(|(a, b)| *a += b);
@@ -192,20 +238,18 @@ impl Model {
                 }
             }
             if let Some(w) = &lw.q_norm {
-                norm_inplace(&mut q, w);
+                norm_inplace(q, w);
             }
             if let Some(w) = &lw.k_norm {
-                norm_inplace(&mut k, w);
+                norm_inplace(k, w);
             }
             let swa = c.is_swa_layer(l);
             let cs = if swa { &cs_swa } else { &cs_global };
-            for_each_chunk_mut(&mut q, nh * d, |t, qt| rope_cs(qt, d, &cs[t], c.rope_style));
-            for_each_chunk_mut(&mut k, nkv * d, |t, kt| {
-                rope_cs(kt, d, &cs[t], c.rope_style)
-            });
-            r16(&mut k);
-            r16(&mut v);
-            r16(&mut q);
+            for_each_chunk_mut(q, nh * d, |t, qt| rope_cs(qt, d, &cs[t], c.rope_style));
+            for_each_chunk_mut(k, nkv * d, |t, kt| rope_cs(kt, d, &cs[t], c.rope_style));
+            r16(k);
+            r16(v);
+            r16(q);
             cache.k[l].extend_from_slice(&k);
             cache.v[l].extend_from_slice(&v);
 
@@ -213,7 +257,7 @@ impl Model {
             let (kc, vc) = (&cache.k[l], &cache.v[l]);
             let window = if swa { c.sliding_window } else { None };
             let group = nh / nkv;
-            for_each_chunk_mut(&mut att, dv, |i, out| {
+            for_each_chunk_mut(att, dv, |i, out| {
                 let (t, head) = (i / nh, i % nh);
                 let kvh = head / group;
                 let qp = pos0 + t;
@@ -222,17 +266,20 @@ impl Model {
                 if q8 {
                     // llama.cpp order: f16 dots over every cache cell from 0 (masked cells
                     // score -inf and weigh 0), softmax in 8-lane chunks, f16 weights
-                    let mut s = vec![f32::NEG_INFINITY; qp + 1];
-                    let ks = &kc[(start * nkv + kvh) * d..];
-                    dot_rows_lanes(qv, ks, nkv * d, &mut s[start..]);
-                    if let Some(cap) = c.attn_softcap {
-                        for x in &mut s[start..] {
-                            *x = cap * (*x * c.attn_scale / cap).tanh() / c.attn_scale;
+                    SCORES.with_borrow_mut(|s| {
+                        s.clear();
+                        s.resize(qp + 1, f32::NEG_INFINITY);
+                        let ks = &kc[(start * nkv + kvh) * d..];
+                        dot_rows_lanes(qv, ks, nkv * d, &mut s[start..]);
+                        if let Some(cap) = c.attn_softcap {
+                            for x in &mut s[start..] {
+                                *x = cap * (*x * c.attn_scale / cap).tanh() / c.attn_scale;
+                            }
                         }
-                    }
-                    softmax_scaled_lanes(&mut s, c.attn_scale);
-                    round_f16_slice(&mut s);
-                    weighted_rows_lanes(&s, &vc[kvh * dv..], nkv * dv, out);
+                        softmax_scaled_lanes(s, c.attn_scale);
+                        round_f16_slice(s);
+                        weighted_rows_lanes(s, &vc[kvh * dv..], nkv * dv, out);
+                    });
                     return;
                 }
                 // f32 path: flash-style blocks of keys with an online softmax
@@ -249,17 +296,17 @@ impl Model {
                 );
             });
             c_att.set();
-            mm(&self.w(&lw.wo), &att, &mut o, &mut c_att);
+            mm(&self.w(&lw.wo), att, o, c_att);
             if let Some(w) = &lw.post_attn_norm {
-                norm_inplace(&mut o, w);
+                norm_inplace(o, w);
             }
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
 
             // feed-forward block: x += down(act(h Wgate) * (h Wup))
-            norm(&mut h, &x, &lw.ffn_norm);
+            norm(h, x, &lw.ffn_norm);
             c_h.set();
-            mm(&self.w(&lw.gate), &h, &mut g, &mut c_h);
-            mm(&self.w(&lw.up), &h, &mut u, &mut c_h);
+            mm(&self.w(&lw.gate), h, g, c_h);
+            mm(&self.w(&lw.up), h, u, c_h);
             let act: fn(f32) -> f32 = match (c.arch, q8) {
                 (Arch::Gemma3, false) => gelu_tanh,
                 // llama.cpp's CPU GELU is an f16 lookup table
@@ -267,16 +314,16 @@ impl Model {
                 _ => silu,
             };
             let ff = c.n_ff;
-            for_each_chunk_mut(&mut g, ff * 4, |i, gs| {
+            for_each_chunk_mut(g, ff * 4, |i, gs| {
                 let us = &u[i * ff * 4..i * ff * 4 + gs.len()];
                 gs.iter_mut().zip(us).for_each(|(a, b)| *a = act(*a) * b);
             });
             c_g.set();
-            mm(&self.w(&lw.down), &g, &mut o, &mut c_g);
+            mm(&self.w(&lw.down), g, o, c_g);
             if let Some(w) = &lw.post_ffn_norm {
-                norm_inplace(&mut o, w);
+                norm_inplace(o, w);
             }
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         }
         cache.len += t_n;
 
@@ -286,14 +333,17 @@ impl Model {
         } else {
             &x[(t_n - 1) * e..]
         };
-        let mut hn = vec![0f32; rows.len()];
-        norm(&mut hn, rows, &self.output_norm);
-        let mut logits = vec![0f32; rows.len() / e * c.n_vocab];
+        let n_rows = rows.len() / e;
+        let hn = &mut h[..rows.len()];
+        norm(hn, rows, &self.output_norm);
+        // the logits are the caller's: the one allocation of a decode step
+        let mut logits = vec![0f32; n_rows * c.n_vocab];
         c_h.set();
-        mm(&self.w(&self.output), &hn, &mut logits, &mut c_h);
+        mm(&self.w(&self.output), hn, &mut logits, c_h);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
         }
+        cache.scratch = sc;
         Ok(logits)
     }
 }
