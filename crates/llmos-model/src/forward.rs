@@ -250,8 +250,8 @@ impl Model {
             r16(k);
             r16(v);
             r16(q);
-            cache.k[l].extend_from_slice(&k);
-            cache.v[l].extend_from_slice(&v);
+            cache.k[l].extend_from_slice(k);
+            cache.v[l].extend_from_slice(v);
 
             // scores over cached positions, causal, windowed on sliding-window layers
             let (kc, vc) = (&cache.k[l], &cache.v[l]);
