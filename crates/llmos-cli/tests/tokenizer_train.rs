@@ -5,15 +5,31 @@ mod common;
 use common::*;
 use llmos_tokenizer::Tokenizer;
 
-fn dir() -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("llmos-train-{}", std::process::id()));
+/// A scratch directory per test, removed when the test ends (pass or fail).
+struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir(name: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!("llmos-train-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 #[test]
 fn trained_vocabulary_loads_back_and_compresses() {
-    let d = dir();
+    let d = dir("compress");
     let mut text = String::new();
     for i in 0..400 {
         text.push_str(&format!(
@@ -62,7 +78,7 @@ fn trained_vocabulary_loads_back_and_compresses() {
 
 #[test]
 fn bad_training_input_is_a_one_line_error() {
-    let d = dir();
+    let d = dir("errors");
     std::fs::write(d.join("bin.txt"), [0xffu8, 0xfe, 0x00]).unwrap();
     let out = d.join("x.json");
     let e = one_line_error(&run(&[
