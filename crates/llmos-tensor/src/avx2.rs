@@ -155,6 +155,7 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
     let yp: [*const BlockQ8; N] = ys.map(|y| y.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); N]; R];
     let mut accs = [[0f32; N]; R];
+    let mut summ2 = [_mm_setzero_ps(); N];
     let m4 = _mm256_set1_epi8(0x0f);
     for i in 0..nb {
         // SAFETY: i < nb, every weight row holds nb blocks of `size` bytes and every
@@ -170,7 +171,10 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                 if i % 2 == 0 {
                     _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
                 }
-                dw[r] = f16_ptr(b);
+                let fused_scales = (T == Q4_1 || T == Q5_1) && R == 2;
+                if !fused_scales {
+                    dw[r] = f16_ptr(b);
+                }
                 let nib = |at: usize| {
                     let t = _mm_loadu_si128(b.add(at).cast());
                     _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(t), t), m4)
@@ -191,13 +195,38 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                     _ => _mm256_loadu_si256(b.add(2).cast()),
                 };
                 if T == Q4_1 || T == Q5_1 {
-                    mw[r] = f16_ptr(b.add(2));
+                    if !fused_scales {
+                        mw[r] = f16_ptr(b.add(2));
+                    }
                 } else {
                     // signed weights: |x| once per block; the sign moves to the activations
                     ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
                 }
             }
             let dwv: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(dw[r]));
+            if (T == Q4_1 || T == Q5_1) && R == 2 {
+                // lanes [d0, m0, d1, m1] of the two rows, converted by one instruction; the
+                // min terms of both rows advance together in lanes 1 and 3 (lanes 0 and 2
+                // carry unused products)
+                let dm = _mm_cvtph_ps(_mm_insert_epi32::<1>(
+                    _mm_cvtsi32_si128(wp[0].add(i * size).cast::<i32>().read_unaligned()),
+                    wp[1].add(i * size).cast::<i32>().read_unaligned(),
+                ));
+                let d0 = _mm256_broadcastss_ps(dm);
+                let d1 = _mm256_broadcastss_ps(_mm_movehl_ps(dm, dm));
+                for n in 0..N {
+                    let y = &*yp[n].add(i);
+                    let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
+                    let ydv = _mm256_set1_ps(y.d);
+                    summ2[n] = _mm_add_ps(summ2[n], _mm_mul_ps(dm, _mm_set1_ps(y.s)));
+                    for (r, dr) in [d0, d1].into_iter().enumerate() {
+                        let dv = _mm256_mul_ps(dr, ydv);
+                        let p = _mm256_cvtepi32_ps(mul_sum_u8(qx[r], qy));
+                        acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
+                    }
+                }
+                continue;
+            }
             for n in 0..N {
                 let y = &*yp[n].add(i);
                 let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
@@ -224,6 +253,15 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                     }
                 }
             }
+        }
+    }
+    if (T == Q4_1 || T == Q5_1) && R == 2 {
+        for n in 0..N {
+            let mut lanes = [0f32; 4];
+            // SAFETY: the array holds 4 writable floats; the store is unaligned.
+            unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), summ2[n]) };
+            accs[0][n] = lanes[1];
+            accs[1][n] = lanes[3];
         }
     }
     let mut out = [[0f32; N]; R];

@@ -1010,6 +1010,29 @@ mod tests {
                         assert_eq!(tile[k][j].to_bits(), want.to_bits(), "{t} seed {seed} tile");
                     }
                 }
+                // pairs of rows (the token-generation path), one and three tokens
+                let pair1 = vec_dot_rn::<2, 1>(t, [&rows[1][..], &rows[2][..]], [acts[3].as_row()]);
+                let pair3 = vec_dot_rn::<2, 3>(
+                    t,
+                    [&rows[2][..], &rows[3][..]],
+                    [acts[0].as_row(), acts[1].as_row(), acts[2].as_row()],
+                );
+                for k in 0..2 {
+                    let want = vec_dot(t, &rows[1 + k], &acts[3]);
+                    assert_eq!(
+                        pair1[k][0].to_bits(),
+                        want.to_bits(),
+                        "{t} seed {seed} pair"
+                    );
+                    for j in 0..3 {
+                        let want = vec_dot(t, &rows[2 + k], &acts[j]);
+                        assert_eq!(
+                            pair3[k][j].to_bits(),
+                            want.to_bits(),
+                            "{t} seed {seed} pair3"
+                        );
+                    }
+                }
             }
         }
     }
