@@ -248,18 +248,8 @@ pub fn vec_dot_rn<const R: usize, const N: usize>(
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() {
         use crate::avx2 as k;
-        let q8 = || -> [&[BlockQ8]; N] {
-            std::array::from_fn(|n| match a[n] {
-                ActRow::Q8(y) => y,
-                _ => panic!("activation format does not pair with weight type {t}"),
-            })
-        };
-        let q8k = || -> [&[BlockQ8K]; N] {
-            std::array::from_fn(|n| match a[n] {
-                ActRow::Q8K(y) => y,
-                _ => panic!("activation format does not pair with weight type {t}"),
-            })
-        };
+        let q8 = || q8_rows(t, &a);
+        let q8k = || q8k_rows(t, &a);
         // SAFETY (each call below): the CPU reported AVX2, FMA and F16C, all these kernels
         // enable; row geometry was checked when the weight was made.
         match t {
@@ -297,18 +287,8 @@ pub fn vec_dot_tile<const N: usize>(
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() {
         use crate::avx2 as k;
-        let q8 = || -> [&[BlockQ8]; N] {
-            std::array::from_fn(|n| match a[n] {
-                ActRow::Q8(y) => y,
-                _ => panic!("activation format does not pair with weight type {t}"),
-            })
-        };
-        let q8k = || -> [&[BlockQ8K]; N] {
-            std::array::from_fn(|n| match a[n] {
-                ActRow::Q8K(y) => y,
-                _ => panic!("activation format does not pair with weight type {t}"),
-            })
-        };
+        let q8 = || q8_rows(t, &a);
+        let q8k = || q8k_rows(t, &a);
         // SAFETY (each call below): the CPU reported AVX2, FMA and F16C, all these kernels
         // enable; row geometry was checked when the weight was made.
         unsafe {
@@ -328,6 +308,22 @@ pub fn vec_dot_tile<const N: usize>(
     for (r, o) in out.iter_mut().enumerate() {
         *o = vec_dot_n(t, &w[r * row_bytes..(r + 1) * row_bytes], a);
     }
+}
+
+/// The Q8 blocks of each activation row (they must be Q8: the weight type decides).
+fn q8_rows<'a, const N: usize>(t: DType, a: &[ActRow<'a>; N]) -> [&'a [BlockQ8]; N] {
+    std::array::from_fn(|n| match a[n] {
+        ActRow::Q8(y) => y,
+        _ => panic!("activation format does not pair with weight type {t}"),
+    })
+}
+
+/// The Q8_K blocks of each activation row.
+fn q8k_rows<'a, const N: usize>(t: DType, a: &[ActRow<'a>; N]) -> [&'a [BlockQ8K]; N] {
+    std::array::from_fn(|n| match a[n] {
+        ActRow::Q8K(y) => y,
+        _ => panic!("activation format does not pair with weight type {t}"),
+    })
 }
 
 fn vec_dot_ref(t: DType, w: &[u8], a: ActRow) -> f32 {
