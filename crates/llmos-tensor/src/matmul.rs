@@ -8,7 +8,7 @@
 use crate::ops::dot_f32;
 use crate::pool::{for_each_chunk_mut, threads};
 use crate::q8::{
-    ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k, vec_dot_n, vec_dot_rn,
+    ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k_into, vec_dot_n, vec_dot_rn,
     vec_dot_tile,
 };
 use crate::quant::dequantize_row;
@@ -219,7 +219,7 @@ impl QuantActs {
                 let per = cols / 256;
                 self.q8k.resize(x.len() / 256, crate::q8::BlockQ8K::ZERO);
                 let fill = |i: usize, o: &mut [BlockQ8K]| {
-                    o.copy_from_slice(&quantize_q8k(&x[i * cols..(i + 1) * cols]))
+                    quantize_q8k_into(&x[i * cols..(i + 1) * cols], o)
                 };
                 if rows >= 8 {
                     for_each_chunk_mut(&mut self.q8k, per, fill);

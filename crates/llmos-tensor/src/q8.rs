@@ -183,34 +183,34 @@ fn quantize_q8_blocks(x: &[f32]) -> impl Iterator<Item = BlockQ8> + '_ {
 /// Q8_K quantization of one row (length a multiple of 256): the scale comes from the value
 /// of largest magnitude, keeping its sign, as GGML's reference does.
 pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
-    x.chunks_exact(256)
-        .map(|c| {
-            let (mut amax, mut max) = (0f32, 0f32);
-            for &v in c {
-                if v.abs() > amax {
-                    amax = v.abs();
-                    max = v;
-                }
+    let mut out = vec![BlockQ8K::ZERO; x.len() / 256];
+    quantize_q8k_into(x, &mut out);
+    out
+}
+
+/// [`quantize_q8k`] into a buffer of `x.len() / 256` blocks.
+pub fn quantize_q8k_into(x: &[f32], out: &mut [BlockQ8K]) {
+    for (c, b) in x.chunks_exact(256).zip(out.iter_mut()) {
+        let (mut amax, mut max) = (0f32, 0f32);
+        for &v in c {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
             }
-            let mut b = BlockQ8K {
-                d: 0.0,
-                qs: [0; 256],
-                bsums: [0; 16],
-            };
-            if amax == 0.0 {
-                return b;
-            }
-            let iscale = -127.0 / max;
-            for (q, &v) in b.qs.iter_mut().zip(c) {
-                *q = nearest_int(iscale * v).min(127) as i8;
-            }
-            for (j, s) in b.bsums.iter_mut().enumerate() {
-                *s = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
-            }
-            b.d = 1.0 / iscale;
-            b
-        })
-        .collect()
+        }
+        *b = BlockQ8K::ZERO;
+        if amax == 0.0 {
+            continue;
+        }
+        let iscale = -127.0 / max;
+        for (q, &v) in b.qs.iter_mut().zip(c) {
+            *q = nearest_int(iscale * v).min(127) as i8;
+        }
+        for (j, s) in b.bsums.iter_mut().enumerate() {
+            *s = b.qs[16 * j..16 * j + 16].iter().map(|&q| q as i16).sum();
+        }
+        b.d = 1.0 / iscale;
+    }
 }
 
 /// Quantizes an activation row for weights of type `t`.
@@ -754,6 +754,18 @@ mod tests {
         }
     }
 
+    /// Every block-quantized weight type the integer kernels handle.
+    const BLOCK_TYPES: [DType; 8] = [
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q5_0,
+        DType::Q5_1,
+        DType::Q8_0,
+        DType::Q4K,
+        DType::Q5K,
+        DType::Q6K,
+    ];
+
     /// Random weight blocks with sane scales (random f16 bits could be inf/NaN).
     fn random_row(t: DType, n: usize, seed: u64) -> Vec<u8> {
         let mut r = rng(seed);
@@ -782,16 +794,7 @@ mod tests {
     /// dequantized activations (the same math, done in another order).
     #[test]
     fn integer_dots_match_dequantized_float_dots() {
-        for t in [
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-            DType::Q8_0,
-            DType::Q4K,
-            DType::Q5K,
-            DType::Q6K,
-        ] {
+        for t in BLOCK_TYPES {
             for seed in 1..6u64 {
                 let n = 512;
                 let w = random_row(t, n, seed * 7919);
@@ -955,17 +958,7 @@ mod tests {
     /// one activation row and for four at once.
     #[test]
     fn fast_kernels_equal_scalar_references_bit_for_bit() {
-        for t in [
-            DType::Q4_0,
-            DType::Q4_1,
-            DType::Q5_0,
-            DType::Q5_1,
-            DType::Q8_0,
-            DType::Q4K,
-            DType::Q5K,
-            DType::Q6K,
-            DType::F16,
-        ] {
+        for t in BLOCK_TYPES.into_iter().chain([DType::F16]) {
             for seed in 1..20u64 {
                 let n = 256 * (1 + seed as usize % 3);
                 let w = random_row(t, n, seed * 31 + 7);
