@@ -794,3 +794,54 @@ pub fn tile_k<const N: usize>(
         };
     }
 }
+
+/// The f32 GEMM micro-kernel: C[6 x 16] (stride `ldc`) = A panel [kc][6] x B panel
+/// [kc][16], or C += that product unless `store`. 12 accumulators; each element is summed
+/// in k order with one FMA per step (as `gemm::micro_ref` does), then added to C once.
+///
+/// # Safety
+/// `a` must point at 6 * kc readable floats, `b` at 16 * kc, and `c` at 6 rows (stride
+/// `ldc`) of 16 writable floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn sgemm_6x16(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    store: bool,
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; 6];
+    for kk in 0..kc {
+        // SAFETY: kk < kc, so the 16 floats at b + 16 kk and 6 at a + 6 kk are readable
+        // (the caller's guarantee).
+        unsafe {
+            let bp = b.add(kk * 16);
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(128).cast());
+            let ap = a.add(kk * 6);
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*ap.add(i));
+                acc[0] = _mm256_fmadd_ps(ai, b0, acc[0]);
+                acc[1] = _mm256_fmadd_ps(ai, b1, acc[1]);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        // SAFETY: row i < 6 of C holds 16 writable floats at c + i * ldc.
+        unsafe {
+            let p = c.add(i * ldc);
+            let (v0, v1) = if store {
+                (acc[0], acc[1])
+            } else {
+                (
+                    _mm256_add_ps(_mm256_loadu_ps(p), acc[0]),
+                    _mm256_add_ps(_mm256_loadu_ps(p.add(8)), acc[1]),
+                )
+            };
+            _mm256_storeu_ps(p, v0);
+            _mm256_storeu_ps(p.add(8), v1);
+        }
+    }
+}

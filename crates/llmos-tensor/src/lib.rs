@@ -6,6 +6,7 @@
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 pub mod dtype;
+pub mod gemm;
 pub mod matmul;
 pub mod ops;
 pub mod pool;

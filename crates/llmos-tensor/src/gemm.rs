@@ -1,0 +1,492 @@
+//! Dense f32 matrix multiply, C = A B (+ C), for any strides: the one GEMM that prompt
+//! processing on dequantized weights and every training forward and backward pass go
+//! through.
+//!
+//! Layout follows the usual blocked scheme: B is packed in slabs of KC x NC (panels NR wide),
+//! A in blocks of MC x KC (panels MR tall), and a register-tiled micro-kernel computes
+//! MR x NR of C from one A panel and one B panel. Packing makes any stride (a transposed
+//! operand is just swapped strides) read contiguously in the inner loop. Work is split over
+//! the pool by columns of C (or rows, when C is narrow), each task packing its own operands.
+
+use crate::pool::{parallel_for, threads};
+use std::cell::RefCell;
+
+/// Micro-tile: MR rows of C by NR columns (12 AVX2 accumulators).
+const MR: usize = 6;
+const NR: usize = 16;
+/// Depth of one packed slab: an MR x KC panel of A and a KC x NR panel of B stay in L1.
+const KC: usize = 256;
+/// Rows of A packed at once (MC x KC floats stay in L2).
+const MC: usize = 72;
+/// Columns of B packed at once (KC x NC floats: in L2/L3).
+const NC: usize = 256;
+
+/// A matrix operand: element (i, j) is at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major matrix with `cols` columns.
+    pub fn rows(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns (no copy).
+    pub fn rows_t(data: &'a [f32], cols: usize) -> Self {
+        MatRef {
+            data,
+            rs: 1,
+            cs: cols,
+        }
+    }
+
+    fn check(&self, rows: usize, cols: usize, what: &str) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let last = (rows - 1) * self.rs + (cols - 1) * self.cs;
+        assert!(
+            last < self.data.len(),
+            "gemm: {what} of {rows} x {cols} needs index {last}, has {} values",
+            self.data.len()
+        );
+    }
+}
+
+thread_local! {
+    /// Packing buffers, reused across calls on each thread.
+    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// C[m x n] (row-major, `ldc` floats per row) = A[m x k] B[k x n], plus the old C when
+/// `accumulate`. Runs on the pool.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    b.check(k, n, "B");
+    sgemm_with(m, n, k, a, &b, c, ldc, accumulate)
+}
+
+/// [`sgemm`] with B produced by a packer (e.g. quantized weight rows dequantized on the
+/// fly); the packer must accept any block of B inside k x n.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: &(impl PackB + ?Sized),
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
+    assert!(
+        c.len() >= (m - 1) * ldc + n,
+        "gemm: C of {m} x {n} (ldc {ldc}) does not fit in {} values",
+        c.len()
+    );
+    a.check(m, k, "A");
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let cp = SendMut(c.as_mut_ptr());
+    let th = threads().max(1);
+    if th == 1 || m * n * k < 64 * 64 * 64 {
+        // SAFETY: the whole of C is this call's, checked above.
+        unsafe { gemm_block(0..m, 0..n, k, a, b, cp.0, ldc, accumulate) };
+        return;
+    }
+    // split the wider side of C into panels, a few tasks per thread for balance
+    let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
+    let (len, unit) = if by_cols { (n, NR) } else { (m, MR) };
+    let units = len.div_ceil(unit);
+    let tasks = (th * 2).min(units).max(1);
+    let per = units.div_ceil(tasks) * unit;
+    let tasks = len.div_ceil(per);
+    parallel_for(tasks, &|i| {
+        let r = i * per..((i + 1) * per).min(len);
+        let p = &cp;
+        // SAFETY: task i writes only C's columns (or rows) in r, disjoint from every other
+        // task's, inside the C checked above; C stays borrowed until parallel_for returns.
+        unsafe {
+            if by_cols {
+                gemm_block(0..m, r, k, a, b, p.0, ldc, accumulate)
+            } else {
+                gemm_block(r, 0..n, k, a, b, p.0, ldc, accumulate)
+            }
+        }
+    });
+}
+
+struct SendMut(*mut f32);
+// SAFETY: used only to hand disjoint parts of C to pool tasks (see sgemm).
+unsafe impl Sync for SendMut {}
+
+/// C[rows, cols] = A[rows, :] B[:, cols] (+ C when `accumulate`), single-threaded.
+///
+/// # Safety
+/// `c` must point at a row-major matrix (stride `ldc`) covering `rows` x `cols`, not
+/// written by anyone else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    k: usize,
+    a: MatRef,
+    b: &(impl PackB + ?Sized),
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    PACK.with(|p| {
+        let (pa, pb) = &mut *p.borrow_mut();
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // A is packed once per slab; B once per slab and column block
+            pack_a(pa, a, rows.start, rows.len(), pc, kc);
+            let store = pc == 0 && !accumulate;
+            for jc in cols.clone().step_by(NC) {
+                let nc = NC.min(cols.end - jc);
+                b.pack(pb, pc, kc, jc, nc);
+                for ic in (0..rows.len()).step_by(MC) {
+                    let mc = MC.min(rows.len() - ic);
+                    for jr in (0..nc).step_by(NR) {
+                        let nr = NR.min(nc - jr);
+                        let bp = &pb[jr * kc..(jr + NR) * kc];
+                        for ir in (ic..ic + mc).step_by(MR) {
+                            let mr = MR.min(ic + mc - ir);
+                            let ap = &pa[ir * kc..(ir + MR) * kc];
+                            // SAFETY: (rows.start + ir, jc + jr) plus mr x nr lies inside
+                            // the caller's rows x cols of C.
+                            let cij = unsafe { c.add((rows.start + ir) * ldc + jc + jr) };
+                            unsafe { micro(kc, ap, bp, cij, ldc, mr, nr, store) };
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Where the B operand comes from: a float matrix, or quantized weight rows dequantized
+/// while packing.
+pub trait PackB: Sync {
+    /// Writes B[pc..pc + kc, jc..jc + nc] into `buf` as NR-wide panels, each [kc][NR],
+    /// zero-padded to whole panels.
+    fn pack(&self, buf: &mut Vec<f32>, pc: usize, kc: usize, jc: usize, nc: usize);
+}
+
+impl PackB for MatRef<'_> {
+    fn pack(&self, buf: &mut Vec<f32>, pc: usize, kc: usize, jc: usize, nc: usize) {
+        pack_b(buf, *self, pc, kc, jc, nc)
+    }
+}
+
+/// Packs A[ic.., pc..] (mc x kc) as MR-tall panels, each [kc][MR], zero-padded.
+fn pack_a(buf: &mut Vec<f32>, a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize) {
+    let panels = mc.div_ceil(MR);
+    buf.clear();
+    buf.resize(panels * MR * kc, 0.0);
+    for p in 0..panels {
+        let dst = &mut buf[p * MR * kc..(p + 1) * MR * kc];
+        let r0 = ic + p * MR;
+        let mr = MR.min(ic + mc - r0);
+        for i in 0..mr {
+            let base = (r0 + i) * a.rs + pc * a.cs;
+            if a.cs == 1 {
+                for (kk, &v) in a.data[base..base + kc].iter().enumerate() {
+                    dst[kk * MR + i] = v;
+                }
+            } else {
+                for kk in 0..kc {
+                    dst[kk * MR + i] = a.data[base + kk * a.cs];
+                }
+            }
+        }
+    }
+}
+
+/// Packs B[pc.., jc..] (kc x nc) as NR-wide panels, each [kc][NR], zero-padded.
+fn pack_b(buf: &mut Vec<f32>, b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize) {
+    let panels = nc.div_ceil(NR);
+    buf.clear();
+    buf.resize(panels * NR * kc, 0.0);
+    for p in 0..panels {
+        let dst = &mut buf[p * NR * kc..(p + 1) * NR * kc];
+        let c0 = jc + p * NR;
+        let nr = NR.min(jc + nc - c0);
+        if b.cs == 1 {
+            for kk in 0..kc {
+                let base = (pc + kk) * b.rs + c0;
+                dst[kk * NR..kk * NR + nr].copy_from_slice(&b.data[base..base + nr]);
+            }
+        } else {
+            // columns of B are rows in memory (a transposed weight): walk each one once
+            for j in 0..nr {
+                let base = (c0 + j) * b.cs + pc * b.rs;
+                if b.rs == 1 {
+                    for (kk, &v) in b.data[base..base + kc].iter().enumerate() {
+                        dst[kk * NR + j] = v;
+                    }
+                } else {
+                    for kk in 0..kc {
+                        dst[kk * NR + j] = b.data[base + kk * b.rs];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// C[mr x nr] += A panel x B panel (or = when `store`).
+///
+/// # Safety
+/// `c` must cover mr rows (stride ldc) of nr writable floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro(
+    kc: usize,
+    ap: &[f32],
+    bp: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    store: bool,
+) {
+    assert!(ap.len() >= kc * MR && bp.len() >= kc * NR);
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        if mr == MR && nr == NR {
+            // SAFETY: the panels hold kc steps (asserted), C covers the full 6 x 16 tile
+            // (the caller's guarantee), AVX2 and FMA are present.
+            unsafe { crate::avx2::sgemm_6x16(kc, ap.as_ptr(), bp.as_ptr(), c, ldc, store) };
+            return;
+        }
+        let mut tile = [[0f32; NR]; MR];
+        // SAFETY: the panels hold kc steps; the tile is a full 6 x 16 block with stride NR.
+        unsafe {
+            crate::avx2::sgemm_6x16(
+                kc,
+                ap.as_ptr(),
+                bp.as_ptr(),
+                tile.as_mut_ptr().cast(),
+                NR,
+                true,
+            )
+        };
+        // SAFETY: the caller guarantees mr x nr writable floats at c with stride ldc.
+        unsafe { put_tile(&tile, c, ldc, mr, nr, store) };
+        return;
+    }
+    let mut tile = [[0f32; NR]; MR];
+    micro_ref(kc, ap, bp, &mut tile);
+    // SAFETY: as above.
+    unsafe { put_tile(&tile, c, ldc, mr, nr, store) };
+}
+
+/// The scalar micro-kernel: the oracle for the SIMD one and the fallback.
+fn micro_ref(kc: usize, ap: &[f32], bp: &[f32], tile: &mut [[f32; NR]; MR]) {
+    for kk in 0..kc {
+        let a = &ap[kk * MR..(kk + 1) * MR];
+        let b = &bp[kk * NR..(kk + 1) * NR];
+        for i in 0..MR {
+            for j in 0..NR {
+                tile[i][j] = a[i].mul_add(b[j], tile[i][j]);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `c` must cover mr rows (stride ldc) of nr writable floats.
+unsafe fn put_tile(
+    tile: &[[f32; NR]; MR],
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    store: bool,
+) {
+    for (i, t) in tile.iter().enumerate().take(mr) {
+        // SAFETY: row i < mr of C holds nr floats from c + i * ldc (caller's guarantee).
+        let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
+        for (o, v) in row.iter_mut().zip(t) {
+            *o = if store { *v } else { *o + v };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn naive(m: usize, n: usize, k: usize, a: MatRef, b: MatRef) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k)
+                    .map(|p| {
+                        a.data[i * a.rs + p * a.cs] as f64 * b.data[p * b.rs + j * b.cs] as f64
+                    })
+                    .sum();
+            }
+        }
+        c
+    }
+
+    /// Every layout (plain and transposed operands), edge sizes that leave partial tiles
+    /// and slabs, one and two threads, overwrite and accumulate.
+    #[test]
+    fn gemm_matches_naive_for_every_layout_and_edge() {
+        for th in [1usize, 2] {
+            crate::pool::init(th);
+            for &(m, n, k) in &[
+                (1, 1, 1),
+                (5, 7, 3),
+                (6, 16, 256),
+                (13, 35, 300),
+                (70, 130, 257),
+                (150, 40, 600),
+                (3, 1100, 40),
+            ] {
+                let av = rand_vec(m * k, (m * 31 + k) as u64);
+                let bv = rand_vec(k * n, (n * 17 + k) as u64);
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let a = if ta {
+                        MatRef::rows_t(&av, m)
+                    } else {
+                        MatRef::rows(&av, k)
+                    };
+                    let b = if tb {
+                        MatRef::rows_t(&bv, k)
+                    } else {
+                        MatRef::rows(&bv, n)
+                    };
+                    let want = naive(m, n, k, a, b);
+                    let ldc = n + 3;
+                    let mut c = vec![7f32; m * ldc];
+                    sgemm(m, n, k, a, b, &mut c, ldc, false);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let (g, w) = (c[i * ldc + j] as f64, want[i * n + j]);
+                            assert!(
+                                (g - w).abs() <= 1e-4 * (1.0 + w.abs()) * (k as f64).sqrt(),
+                                "{m}x{n}x{k} ta={ta} tb={tb} t={th} ({i},{j}): {g} vs {w}"
+                            );
+                        }
+                        // the padding between rows is never touched
+                        assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0));
+                    }
+                    let before = c.clone();
+                    sgemm(m, n, k, a, b, &mut c, ldc, true);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want2 = 2.0 * before[i * ldc + j];
+                            let g = c[i * ldc + j];
+                            assert!((g - want2).abs() <= 1e-5 * (1.0 + want2.abs()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_micro_kernel_equals_scalar_reference() {
+        #[cfg(target_arch = "x86_64")]
+        if crate::avx2::available() {
+            for kc in [1usize, 2, 7, 256] {
+                let ap = rand_vec(kc * MR, kc as u64);
+                let bp = rand_vec(kc * NR, kc as u64 + 99);
+                let mut want = [[0f32; NR]; MR];
+                micro_ref(kc, &ap, &bp, &mut want);
+                let mut got = [[0f32; NR]; MR];
+                // SAFETY: the panels hold kc steps, the tile 6 x 16 floats; AVX2 is present.
+                unsafe {
+                    crate::avx2::sgemm_6x16(
+                        kc,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        got.as_mut_ptr().cast(),
+                        NR,
+                        true,
+                    )
+                };
+                assert_eq!(want, got, "kc={kc}");
+                // accumulating adds the finished tile to what C held
+                let mut acc = [[1.5f32; NR]; MR];
+                // SAFETY: as above.
+                unsafe {
+                    crate::avx2::sgemm_6x16(
+                        kc,
+                        ap.as_ptr(),
+                        bp.as_ptr(),
+                        acc.as_mut_ptr().cast(),
+                        NR,
+                        false,
+                    )
+                };
+                for i in 0..MR {
+                    for j in 0..NR {
+                        assert_eq!(acc[i][j], 1.5 + want[i][j]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "gemm: A")]
+    fn short_operand_is_refused() {
+        let a = vec![0f32; 7];
+        let b = vec![0f32; 12];
+        let mut c = vec![0f32; 6];
+        sgemm(
+            2,
+            3,
+            4,
+            MatRef::rows(&a, 4),
+            MatRef::rows(&b, 3),
+            &mut c,
+            3,
+            false,
+        );
+    }
+}
