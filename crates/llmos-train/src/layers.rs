@@ -1,0 +1,633 @@
+//! Forward and backward passes of each layer of the training model, on [N, C] row-major
+//! activations (N = batch x tokens). Forwards use layer 1's kernels (GEMM, RMSNorm, RoPE
+//! rotation, SiLU); each backward is written out by hand and checked against finite
+//! differences in the tests below. Backward functions *add* into parameter gradients (so
+//! micro-batches accumulate) and either set or add input gradients as documented.
+
+use llmos_tensor::gemm::{MatRef, sgemm};
+use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs, silu};
+use llmos_tensor::pool::for_each_chunk_mut;
+
+/// y[N, out] = x[N, in] W^T, W stored [out, in] as inference weights are.
+pub fn linear(x: &[f32], w: &[f32], n_in: usize, n_out: usize, y: &mut [f32]) {
+    let n = x.len() / n_in;
+    sgemm(
+        n,
+        n_out,
+        n_in,
+        MatRef::rows(x, n_in),
+        MatRef::rows_t(w, n_in),
+        y,
+        n_out,
+        false,
+    );
+}
+
+/// dx (= or += when `add_dx`) dy W, and dW += dy^T x.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_back(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    n_in: usize,
+    n_out: usize,
+    dx: &mut [f32],
+    dw: &mut [f32],
+    add_dx: bool,
+) {
+    let n = x.len() / n_in;
+    sgemm(
+        n,
+        n_in,
+        n_out,
+        MatRef::rows(dy, n_out),
+        MatRef::rows(w, n_in),
+        dx,
+        n_in,
+        add_dx,
+    );
+    sgemm(
+        n_out,
+        n_in,
+        n,
+        MatRef::rows_t(dy, n_out),
+        MatRef::rows(x, n_in),
+        dw,
+        n_in,
+        true,
+    );
+}
+
+/// RMSNorm per row: y = x / rms(x) * g; `rstd` receives 1 / rms(x) of each row.
+pub fn rmsnorm_fwd(x: &[f32], g: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
+    let c = g.len();
+    rmsnorm(y, x, g, eps);
+    for (r, xr) in rstd.iter_mut().zip(x.chunks_exact(c)) {
+        let ss: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum();
+        *r = (1.0 / (ss / c as f64 + eps as f64).sqrt()) as f32;
+    }
+}
+
+/// dx += RMSNorm'(dy), dg += sum over rows of dy * x * rstd.
+pub fn rmsnorm_back(
+    x: &[f32],
+    g: &[f32],
+    rstd: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    dg: &mut [f32],
+) {
+    let c = g.len();
+    for (((xr, dyr), dxr), &r) in x
+        .chunks_exact(c)
+        .zip(dy.chunks_exact(c))
+        .zip(dx.chunks_exact_mut(c))
+        .zip(rstd)
+    {
+        let mut dot = 0f64;
+        for i in 0..c {
+            dg[i] += dyr[i] * xr[i] * r;
+            dot += (dyr[i] * g[i] * xr[i]) as f64;
+        }
+        let k = (dot as f32) * r * r * r / c as f32;
+        for i in 0..c {
+            dxr[i] += r * dyr[i] * g[i] - xr[i] * k;
+        }
+    }
+}
+
+/// (cos, sin) of every position 0..ctx and rotated pair of a head of `head_dim`.
+pub fn rope_table(ctx: usize, head_dim: usize, theta: f32) -> Vec<(f32, f32)> {
+    let half = head_dim / 2;
+    let mut t = Vec::with_capacity(ctx * half);
+    for pos in 0..ctx {
+        for i in 0..half {
+            let f = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+            let (s, c) = (pos as f64 * f).sin_cos();
+            t.push((c as f32, s as f32));
+        }
+    }
+    t
+}
+
+/// Rotates every head of every row in place; row r is at position r % t. With `inverse`
+/// the rotation goes backwards, which is the gradient of the forward rotation.
+pub fn rope_rows(
+    x: &mut [f32],
+    width: usize,
+    head_dim: usize,
+    t: usize,
+    table: &[(f32, f32)],
+    inverse: bool,
+) {
+    let half = head_dim / 2;
+    let mut cs = vec![(0f32, 0f32); half];
+    for (r, row) in x.chunks_exact_mut(width).enumerate() {
+        let pos = r % t;
+        for (o, &(c, s)) in cs.iter_mut().zip(&table[pos * half..(pos + 1) * half]) {
+            *o = if inverse { (c, -s) } else { (c, s) };
+        }
+        rope_cs(row, head_dim, &cs, RopeStyle::Interleaved);
+    }
+}
+
+/// Shapes of one causal attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    pub batch: usize,
+    pub t: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnShape {
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    /// Floats of the saved state per batch row and kv head: the probabilities of its query
+    /// heads [G, T, T] followed by their outputs [G, T, D].
+    fn task_len(&self) -> usize {
+        self.group() * self.t * (self.t + self.head_dim)
+    }
+    /// Size of the saved state `p` that [`attention_fwd`] fills.
+    pub fn state_len(&self) -> usize {
+        self.batch * self.kv_heads * self.task_len()
+    }
+}
+
+fn gather(
+    src: &[f32],
+    width: usize,
+    col: usize,
+    d: usize,
+    t: usize,
+    row0: usize,
+    dst: &mut Vec<f32>,
+) {
+    dst.clear();
+    for r in 0..t {
+        let at = (row0 + r) * width + col;
+        dst.extend_from_slice(&src[at..at + d]);
+    }
+}
+
+/// Causal softmax attention. q [N, H*D], k and v [N, KV*D] (N = B*T); out [N, H*D];
+/// `state` (len [`AttnShape::state_len`]) keeps the probabilities for the backward.
+pub fn attention_fwd(
+    s: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    state: &mut [f32],
+) {
+    let (t, d, g) = (s.t, s.head_dim, s.group());
+    let (qw, kw) = (s.heads * d, s.kv_heads * d);
+    let scale = 1.0 / (d as f32).sqrt();
+    for_each_chunk_mut(state, s.task_len(), |task, st| {
+        let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
+        let (mut kb, mut vb, mut qb) = (Vec::new(), Vec::new(), Vec::new());
+        gather(k, kw, kvh * d, d, t, b * t, &mut kb);
+        gather(v, kw, kvh * d, d, t, b * t, &mut vb);
+        let (probs, outs) = st.split_at_mut(g * t * t);
+        for gi in 0..g {
+            let h = kvh * g + gi;
+            gather(q, qw, h * d, d, t, b * t, &mut qb);
+            let p = &mut probs[gi * t * t..(gi + 1) * t * t];
+            sgemm(
+                t,
+                t,
+                d,
+                MatRef::rows(&qb, d),
+                MatRef::rows_t(&kb, d),
+                p,
+                t,
+                false,
+            );
+            for (i, row) in p.chunks_exact_mut(t).enumerate() {
+                let live = &mut row[..=i];
+                let mut max = f32::NEG_INFINITY;
+                for x in live.iter_mut() {
+                    *x *= scale;
+                    max = max.max(*x);
+                }
+                let mut sum = 0f32;
+                for x in live.iter_mut() {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                live.iter_mut().for_each(|x| *x *= inv);
+                row[i + 1..].fill(0.0);
+            }
+            let o = &mut outs[gi * t * d..(gi + 1) * t * d];
+            sgemm(
+                t,
+                d,
+                t,
+                MatRef::rows(p, t),
+                MatRef::rows(&vb, d),
+                o,
+                d,
+                false,
+            );
+        }
+    });
+    // scatter the per-head outputs [G, T, D] into rows [N, H*D]
+    for (task, st) in state.chunks_exact(s.task_len()).enumerate() {
+        let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
+        let outs = &st[g * t * t..];
+        for gi in 0..g {
+            let h = kvh * g + gi;
+            for r in 0..t {
+                let dst = (b * t + r) * qw + h * d;
+                out[dst..dst + d].copy_from_slice(&outs[(gi * t + r) * d..(gi * t + r + 1) * d]);
+            }
+        }
+    }
+}
+
+/// Gradients of [`attention_fwd`]: dq, dk, dv are set (not added).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_back(
+    s: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    state: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (t, d, g) = (s.t, s.head_dim, s.group());
+    let (qw, kw) = (s.heads * d, s.kv_heads * d);
+    let scale = 1.0 / (d as f32).sqrt();
+    // per task: dQ of its heads [G, T, D], then dK [T, D], dV [T, D]
+    let per = (g + 2) * t * d;
+    let mut grads = vec![0f32; s.batch * s.kv_heads * per];
+    for_each_chunk_mut(&mut grads, per, |task, gr| {
+        let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
+        let st = &state[task * s.task_len()..(task + 1) * s.task_len()];
+        let (mut kb, mut vb, mut qb, mut dob) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        gather(k, kw, kvh * d, d, t, b * t, &mut kb);
+        gather(v, kw, kvh * d, d, t, b * t, &mut vb);
+        let (dqs, dkv) = gr.split_at_mut(g * t * d);
+        let (dkb, dvb) = dkv.split_at_mut(t * d);
+        let mut dp = vec![0f32; t * t];
+        for gi in 0..g {
+            let h = kvh * g + gi;
+            gather(q, qw, h * d, d, t, b * t, &mut qb);
+            gather(dout, qw, h * d, d, t, b * t, &mut dob);
+            let p = &st[gi * t * t..(gi + 1) * t * t];
+            // dV += P^T dO ; dP = dO V^T
+            sgemm(
+                t,
+                d,
+                t,
+                MatRef::rows_t(p, t),
+                MatRef::rows(&dob, d),
+                dvb,
+                d,
+                true,
+            );
+            sgemm(
+                t,
+                t,
+                d,
+                MatRef::rows(&dob, d),
+                MatRef::rows_t(&vb, d),
+                &mut dp,
+                t,
+                false,
+            );
+            // dS = P (dP - sum_j P dP) * scale, zero above the diagonal
+            for (i, (dr, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
+                let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
+                for j in 0..=i {
+                    dr[j] = pr[j] * (dr[j] - dot) * scale;
+                }
+                dr[i + 1..].fill(0.0);
+            }
+            // dQ = dS K ; dK += dS^T Q
+            let dqh = &mut dqs[gi * t * d..(gi + 1) * t * d];
+            sgemm(
+                t,
+                d,
+                t,
+                MatRef::rows(&dp, t),
+                MatRef::rows(&kb, d),
+                dqh,
+                d,
+                false,
+            );
+            sgemm(
+                t,
+                d,
+                t,
+                MatRef::rows_t(&dp, t),
+                MatRef::rows(&qb, d),
+                dkb,
+                d,
+                true,
+            );
+        }
+    });
+    for (task, gr) in grads.chunks_exact(per).enumerate() {
+        let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
+        for r in 0..t {
+            let row = b * t + r;
+            for gi in 0..g {
+                let h = kvh * g + gi;
+                let src = &gr[(gi * t + r) * d..(gi * t + r + 1) * d];
+                dq[row * qw + h * d..row * qw + (h + 1) * d].copy_from_slice(src);
+            }
+            let at = row * kw + kvh * d;
+            dk[at..at + d].copy_from_slice(&gr[(g * t + r) * d..(g * t + r + 1) * d]);
+            dv[at..at + d].copy_from_slice(&gr[((g + 1) * t + r) * d..((g + 1) * t + r + 1) * d]);
+        }
+    }
+}
+
+/// a = silu(gate) * up.
+pub fn swiglu_fwd(gate: &[f32], up: &[f32], a: &mut [f32]) {
+    for ((o, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+        *o = silu(g) * u;
+    }
+}
+
+/// dgate and dup (set) from da.
+pub fn swiglu_back(gate: &[f32], up: &[f32], da: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
+    for i in 0..gate.len() {
+        let g = gate[i];
+        let sig = 1.0 / (1.0 + (-g).exp());
+        let sl = g * sig;
+        dup[i] = da[i] * sl;
+        dgate[i] = da[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
+    }
+}
+
+/// Rows of logits computed at once by the fused head + cross-entropy.
+const CE_CHUNK: usize = 256;
+
+/// Mean cross-entropy of `targets` under logits h W^T, without keeping the [N, V] logits:
+/// rows go through in chunks. When `grads` is given, adds the gradients of `scale` x the
+/// mean loss to dh (set) and dW (added).
+pub fn head_ce(
+    h: &[f32],
+    w: &[f32],
+    c: usize,
+    vocab: usize,
+    targets: &[u32],
+    grads: Option<(&mut [f32], &mut [f32], f32)>,
+) -> f64 {
+    let n = targets.len();
+    let mut logits = vec![0f32; CE_CHUNK.min(n) * vocab];
+    let mut total = 0f64;
+    let mut grads = grads;
+    for r0 in (0..n).step_by(CE_CHUNK) {
+        let rows = CE_CHUNK.min(n - r0);
+        let hc = &h[r0 * c..(r0 + rows) * c];
+        let lg = &mut logits[..rows * vocab];
+        linear(hc, w, c, vocab, lg);
+        for (row, &tgt) in lg.chunks_exact_mut(vocab).zip(&targets[r0..r0 + rows]) {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0f64;
+            for x in row.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x as f64;
+            }
+            total += sum.ln() - (row[tgt as usize] as f64).ln();
+            let inv = (1.0 / sum) as f32;
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        if let Some((dh, dw, scale)) = grads.as_mut() {
+            let k = *scale / n as f32;
+            for (row, &tgt) in lg.chunks_exact_mut(vocab).zip(&targets[r0..r0 + rows]) {
+                row[tgt as usize] -= 1.0;
+                row.iter_mut().for_each(|x| *x *= k);
+            }
+            linear_back(
+                hc,
+                w,
+                lg,
+                c,
+                vocab,
+                &mut dh[r0 * c..(r0 + rows) * c],
+                dw,
+                false,
+            );
+        }
+    }
+    total / n as f64
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn rand_vec(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s % 20001) as f32 / 10000.0 - 1.0) * amp
+            })
+            .collect()
+    }
+
+    /// Checks an analytic gradient against central differences of `f` at `x`, on up to
+    /// `probes` coordinates.
+    pub fn check_grad(
+        name: &str,
+        x: &mut [f32],
+        analytic: &[f32],
+        probes: usize,
+        f: &mut dyn FnMut(&[f32]) -> f64,
+    ) {
+        let eps = 1e-2f32;
+        let step = (x.len() / probes).max(1);
+        let mut worst = 0f64;
+        for i in (0..x.len()).step_by(step) {
+            let old = x[i];
+            x[i] = old + eps;
+            let up = f(x);
+            x[i] = old - eps;
+            let down = f(x);
+            x[i] = old;
+            let num = (up - down) / (2.0 * eps as f64);
+            let a = analytic[i] as f64;
+            let err = (num - a).abs() / (1e-2 + num.abs().max(a.abs()));
+            worst = worst.max(err);
+            assert!(err < 2e-2, "{name}[{i}]: analytic {a} vs numeric {num}");
+        }
+        assert!(worst.is_finite(), "{name}");
+    }
+
+    /// Loss = sum(dy * y) makes dy the upstream gradient of any layer output y.
+    fn weighted(y: &[f32], dy: &[f32]) -> f64 {
+        y.iter().zip(dy).map(|(a, b)| *a as f64 * *b as f64).sum()
+    }
+
+    #[test]
+    fn linear_gradients_match_finite_differences() {
+        let (n, i, o) = (5, 7, 3);
+        let mut x = rand_vec(n * i, 1, 1.0);
+        let mut w = rand_vec(o * i, 2, 1.0);
+        let dy = rand_vec(n * o, 3, 1.0);
+        let (mut dx, mut dw) = (vec![0f32; n * i], vec![0f32; o * i]);
+        linear_back(&x, &w, &dy, i, o, &mut dx, &mut dw, false);
+        let wc = w.clone();
+        check_grad("dx", &mut x, &dx, 35, &mut |x| {
+            let mut y = vec![0f32; n * o];
+            linear(x, &wc, i, o, &mut y);
+            weighted(&y, &dy)
+        });
+        let xc = x.clone();
+        check_grad("dw", &mut w, &dw, 21, &mut |w| {
+            let mut y = vec![0f32; n * o];
+            linear(&xc, w, i, o, &mut y);
+            weighted(&y, &dy)
+        });
+    }
+
+    #[test]
+    fn rmsnorm_gradients_match_finite_differences() {
+        let (n, c) = (4, 10);
+        let mut x = rand_vec(n * c, 4, 2.0);
+        let mut g = rand_vec(c, 5, 1.0);
+        let dy = rand_vec(n * c, 6, 1.0);
+        let mut y = vec![0f32; n * c];
+        let mut r = vec![0f32; n];
+        rmsnorm_fwd(&x, &g, 1e-5, &mut y, &mut r);
+        let (mut dx, mut dg) = (vec![0f32; n * c], vec![0f32; c]);
+        rmsnorm_back(&x, &g, &r, &dy, &mut dx, &mut dg);
+        let gc = g.clone();
+        let f = |x: &[f32], g: &[f32]| {
+            let mut y = vec![0f32; n * c];
+            let mut r = vec![0f32; n];
+            rmsnorm_fwd(x, g, 1e-5, &mut y, &mut r);
+            weighted(&y, &dy)
+        };
+        check_grad("dx", &mut x, &dx, 40, &mut |x| f(x, &gc));
+        let xc = x.clone();
+        check_grad("dg", &mut g, &dg, 10, &mut |g| f(&xc, g));
+    }
+
+    #[test]
+    fn rope_backward_is_the_transpose_of_the_forward() {
+        let (t, hd, w) = (5, 8, 16);
+        let table = rope_table(t, hd, 10000.0);
+        let mut x = rand_vec(2 * t * w, 7, 1.0);
+        let dy = rand_vec(2 * t * w, 8, 1.0);
+        let mut dx = dy.clone();
+        rope_rows(&mut dx, w, hd, t, &table, true);
+        check_grad("rope", &mut x, &dx, 80, &mut |x| {
+            let mut y = x.to_vec();
+            rope_rows(&mut y, w, hd, t, &table, false);
+            weighted(&y, &dy)
+        });
+    }
+
+    #[test]
+    fn attention_gradients_match_finite_differences() {
+        crate::tests::init_pool();
+        // grouped-query (4 heads on 2 kv heads) and plain multi-head
+        for (heads, kv) in [(4usize, 2usize), (2, 2)] {
+            let s = AttnShape {
+                batch: 2,
+                t: 5,
+                heads,
+                kv_heads: kv,
+                head_dim: 4,
+            };
+            let n = s.batch * s.t;
+            let (qw, kw) = (heads * 4, kv * 4);
+            let mut q = rand_vec(n * qw, 9, 1.0);
+            let mut k = rand_vec(n * kw, 10, 1.0);
+            let mut v = rand_vec(n * kw, 11, 1.0);
+            let dy = rand_vec(n * qw, 12, 1.0);
+            let mut out = vec![0f32; n * qw];
+            let mut st = vec![0f32; s.state_len()];
+            attention_fwd(s, &q, &k, &v, &mut out, &mut st);
+            let (mut dq, mut dk, mut dv) =
+                (vec![0f32; n * qw], vec![0f32; n * kw], vec![0f32; n * kw]);
+            attention_back(s, &q, &k, &v, &st, &dy, &mut dq, &mut dk, &mut dv);
+            let run = |q: &[f32], k: &[f32], v: &[f32]| {
+                let mut out = vec![0f32; n * qw];
+                let mut st = vec![0f32; s.state_len()];
+                attention_fwd(s, q, k, v, &mut out, &mut st);
+                weighted(&out, &dy)
+            };
+            let (kc, vc) = (k.clone(), v.clone());
+            check_grad("dq", &mut q, &dq, 60, &mut |q| run(q, &kc, &vc));
+            let qc = q.clone();
+            check_grad("dk", &mut k, &dk, 40, &mut |k| run(&qc, k, &vc));
+            let kc = k.clone();
+            check_grad("dv", &mut v, &dv, 40, &mut |v| run(&qc, &kc, v));
+            // causality: the first token's output depends on nothing after it
+            let mut k2 = k.clone();
+            k2[kw..].iter_mut().for_each(|x| *x += 1.0);
+            let mut out2 = vec![0f32; n * qw];
+            attention_fwd(s, &q, &k2, &v, &mut out2, &mut st);
+            assert_eq!(out[..qw], out2[..qw]);
+        }
+    }
+
+    #[test]
+    fn swiglu_gradients_match_finite_differences() {
+        let n = 30;
+        let mut gate = rand_vec(n, 13, 3.0);
+        let mut up = rand_vec(n, 14, 2.0);
+        let da = rand_vec(n, 15, 1.0);
+        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
+        swiglu_back(&gate, &up, &da, &mut dg, &mut du);
+        let f = |g: &[f32], u: &[f32]| {
+            let mut a = vec![0f32; n];
+            swiglu_fwd(g, u, &mut a);
+            weighted(&a, &da)
+        };
+        let uc = up.clone();
+        check_grad("dgate", &mut gate, &dg, 30, &mut |g| f(g, &uc));
+        let gc = gate.clone();
+        check_grad("dup", &mut up, &du, 30, &mut |u| f(&gc, u));
+    }
+
+    #[test]
+    fn fused_head_cross_entropy_matches_finite_differences() {
+        crate::tests::init_pool();
+        // more rows than one chunk, so the chunked path is covered
+        let (n, c, v) = (CE_CHUNK + 9, 6, 11);
+        let mut h = rand_vec(n * c, 16, 1.0);
+        let mut w = rand_vec(v * c, 17, 1.0);
+        let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
+        let (mut dh, mut dw) = (vec![0f32; n * c], vec![0f32; v * c]);
+        let loss = head_ce(&h, &w, c, v, &targets, Some((&mut dh, &mut dw, 1.0)));
+        // the loss itself equals a plain log-softmax
+        let mut want = 0f64;
+        for i in 0..n {
+            let lg: Vec<f64> = (0..v)
+                .map(|j| {
+                    (0..c)
+                        .map(|k| h[i * c + k] as f64 * w[j * c + k] as f64)
+                        .sum()
+                })
+                .collect();
+            let m = lg.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = m + lg.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+            want += lse - lg[targets[i] as usize];
+        }
+        assert!((loss - want / n as f64).abs() < 1e-4);
+        let wc = w.clone();
+        check_grad("dh", &mut h, &dh, 50, &mut |h| {
+            head_ce(h, &wc, c, v, &targets, None)
+        });
+        let hc = h.clone();
+        check_grad("dw", &mut w, &dw, 40, &mut |w| {
+            head_ce(&hc, w, c, v, &targets, None)
+        });
+    }
+}

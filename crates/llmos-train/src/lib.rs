@@ -1,0 +1,16 @@
+//! llmos-train: the training half of the stack. A llama-architecture model in f32 with
+//! hand-written backward passes (`layers`, `model`), the AdamW optimizer and schedule
+//! (`optim`), token shards (`data`) and the training loop with checkpoints (`train`).
+
+pub mod layers;
+pub mod model;
+
+pub use model::{Layout, Model, ModelConfig, Rng, TensorInfo, Workspace, init_params};
+
+#[cfg(test)]
+pub(crate) mod tests {
+    /// Tests run with two pool threads so the parallel paths are exercised.
+    pub fn init_pool() {
+        llmos_tensor::pool::init(2);
+    }
+}
