@@ -143,6 +143,31 @@ pub fn sgemm_with(
     });
 }
 
+/// The f32 GEMM rate of this machine with the pool's current threads, in GFLOP/s: the best
+/// of a few 768 x 768 x 768 products (the denominator of model FLOPs utilisation).
+pub fn peak_gflops() -> f64 {
+    let n = 768;
+    let a = vec![0.5f32; n * n];
+    let b = vec![0.25f32; n * n];
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::MAX;
+    for _ in 0..6 {
+        let t0 = std::time::Instant::now();
+        sgemm(
+            n,
+            n,
+            n,
+            MatRef::rows(&a, n),
+            MatRef::rows_t(&b, n),
+            &mut c,
+            n,
+            false,
+        );
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    2.0 * (n * n * n) as f64 / best / 1e9
+}
+
 struct SendMut(*mut f32);
 // SAFETY: used only to hand disjoint parts of C to pool tasks (see sgemm).
 unsafe impl Sync for SendMut {}

@@ -2,8 +2,11 @@
 //! hand-written backward passes (`layers`, `model`), the AdamW optimizer and schedule
 //! (`optim`), token shards (`data`) and the training loop with checkpoints (`train`).
 
+pub mod data;
 pub mod layers;
 pub mod model;
+pub mod optim;
+pub mod train;
 
 pub use model::{Layout, Model, ModelConfig, Rng, TensorInfo, Workspace, init_params};
 
