@@ -3,6 +3,7 @@
 
 mod perf;
 mod pull;
+mod trainer;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -55,6 +56,11 @@ enum Cmd {
     Bench(BenchCmd),
     /// Perplexity of a text file under a model (llama.cpp's chunked method).
     Perplexity(PerplexityCmd),
+    /// Training data tools: `prepare` (text to token shards).
+    #[command(subcommand)]
+    Data(trainer::DataCmd),
+    /// Pretrain a model from scratch on prepared token shards.
+    Train(trainer::TrainArgs),
     /// Write a GGUF with its weights quantized to another type.
     Quantize {
         /// Input GGUF (F32/F16/BF16 weights; quantized ones are requantized with a warning).
@@ -285,6 +291,8 @@ fn main() {
         }) => cmd_tokenizer_train(vocab_size, &pattern, specials, &out, &files),
         Cmd::Bench(b) => cmd_bench(b),
         Cmd::Perplexity(p) => cmd_perplexity(p),
+        Cmd::Data(c) => trainer::cmd_data(c),
+        Cmd::Train(a) => trainer::cmd_train(a),
         Cmd::Quantize { input, output, ty } => {
             perf::parse_type(&ty).and_then(|t| perf::quantize(&input, &output, t))
         }

@@ -1,0 +1,292 @@
+//! `llmos data prepare` and `llmos train`: argument handling and progress display around
+//! llmos-train.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use llmos_train::data::{Codec, TokenizerSpec, char_vocab, prepare};
+use llmos_train::optim::Decay;
+use llmos_train::train::{Outcome, StepLog, TrainConfig, train};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Tokenize text files into train/val token shards (validation held out by document).
+    Prepare {
+        /// char (one token per character seen), byte, or a HF tokenizer.json (e.g. from
+        /// `llmos tokenizer train`).
+        #[arg(long)]
+        tokenizer: String,
+        /// Share of the text (by bytes, whole documents) held out for validation.
+        #[arg(long, default_value_t = 0.01)]
+        val_fraction: f64,
+        /// Seed of the validation pick.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output directory (train.bin, val.bin, meta.json).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// UTF-8 text files; documents are separated by two or more blank lines.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+pub fn cmd_data(c: DataCmd) -> Result<()> {
+    let DataCmd::Prepare {
+        tokenizer,
+        val_fraction,
+        seed,
+        out,
+        files,
+    } = c;
+    if !(0.0..1.0).contains(&val_fraction) {
+        bail!("--val-fraction {val_fraction} must be in [0, 1)");
+    }
+    let mut texts = Vec::new();
+    for f in &files {
+        let b = std::fs::read(f).with_context(|| format!("{}", f.display()))?;
+        let t = String::from_utf8(b).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not UTF-8 (byte {})",
+                f.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        texts.push((f.display().to_string(), t));
+    }
+    let (spec, codec) = match tokenizer.as_str() {
+        "char" => {
+            let chars = char_vocab(texts.iter().map(|(_, t)| t.as_str()));
+            (
+                TokenizerSpec::Char {
+                    chars: chars.clone(),
+                },
+                Codec::Char(chars),
+            )
+        }
+        "byte" => (TokenizerSpec::Byte, Codec::Byte),
+        path => {
+            let p = Path::new(path);
+            let p = if p.is_dir() {
+                p.join("tokenizer.json")
+            } else {
+                p.to_path_buf()
+            };
+            let tok = llmos_tokenizer::Tokenizer::from_hf_json(&p)
+                .with_context(|| format!("{}", p.display()))?;
+            std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+            let bytes = std::fs::read(&p).with_context(|| format!("{}", p.display()))?;
+            llmos_train::data::write_atomic(&out.join("tokenizer.json"), &bytes)?;
+            (
+                TokenizerSpec::Hf {
+                    file: "tokenizer.json".into(),
+                },
+                Codec::Hf(Box::new(tok)),
+            )
+        }
+    };
+    let meta = prepare(&texts, spec, &codec, val_fraction, seed, &out)?;
+    println!(
+        "{}: vocab {}, train {} tokens ({} documents, {} bytes), val {} tokens ({} documents, {} bytes)",
+        out.display(),
+        meta.vocab,
+        meta.train_tokens,
+        meta.train_docs,
+        meta.train_bytes,
+        meta.val_tokens,
+        meta.val_docs,
+        meta.val_bytes
+    );
+    Ok(())
+}
+
+/// `llmos train` flags; each overrides the TOML key of the same name.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Prepared data directory (from `llmos data prepare`).
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory: config.json, metrics.jsonl, loss.svg, checkpoint.bin.
+    #[arg(long)]
+    out: PathBuf,
+    /// TOML file with any of the settings below (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue from the run directory's checkpoint, bit for bit.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    #[arg(long)]
+    dim: Option<usize>,
+    /// SwiGLU hidden width (default 8/3 x dim, rounded up to 32).
+    #[arg(long)]
+    ffn: Option<usize>,
+    #[arg(long)]
+    ctx: Option<usize>,
+    /// Untied output head (default: the head shares the embedding).
+    #[arg(long)]
+    untied: bool,
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    accum: Option<usize>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    lr: Option<f32>,
+    #[arg(long)]
+    min_lr: Option<f32>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// cosine, linear or constant.
+    #[arg(long)]
+    decay: Option<String>,
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    #[arg(long)]
+    grad_clip: Option<f32>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(short, long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    eval_every: Option<usize>,
+    #[arg(long)]
+    eval_batches: Option<usize>,
+    #[arg(long)]
+    save_every: Option<usize>,
+    #[arg(long)]
+    log_every: Option<usize>,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let mut c = match &a.config {
+        Some(p) => {
+            let s = std::fs::read_to_string(p).with_context(|| format!("{}", p.display()))?;
+            toml::from_str::<TrainConfig>(&s).map_err(|e| {
+                anyhow::anyhow!("{}: {}", p.display(), e.to_string().replace('\n', " "))
+            })?
+        }
+        None => TrainConfig::default(),
+    };
+    macro_rules! set {
+        ($($f:ident),*) => { $(if let Some(v) = a.$f { c.$f = v; })* };
+    }
+    set!(
+        layers,
+        heads,
+        dim,
+        ctx,
+        batch,
+        accum,
+        steps,
+        lr,
+        warmup,
+        weight_decay,
+        grad_clip,
+        seed,
+        threads,
+        eval_every,
+        eval_batches,
+        save_every,
+        log_every
+    );
+    if a.kv_heads.is_some() {
+        c.kv_heads = a.kv_heads;
+    }
+    if a.ffn.is_some() {
+        c.ffn = a.ffn;
+    }
+    if a.min_lr.is_some() {
+        c.min_lr = a.min_lr;
+    }
+    if a.untied {
+        c.tied = false;
+    }
+    if let Some(d) = &a.decay {
+        c.decay = match d.as_str() {
+            "cosine" => Decay::Cosine,
+            "linear" => Decay::Linear,
+            "constant" => Decay::Constant,
+            other => bail!("--decay {other}: expected cosine, linear or constant"),
+        };
+    }
+    Ok(c)
+}
+
+pub fn cmd_train(a: TrainArgs) -> Result<()> {
+    let cfg = build_config(&a)?;
+    llmos_tensor::init_threads(cfg.threads);
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            // a second Ctrl-C: give up at once
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")?;
+    let meta = llmos_train::data::Meta::load(&a.data)?;
+    let m = cfg.model(meta.vocab);
+    m.validate()
+        .map_err(|e| anyhow::anyhow!("model shape: {e}"))?;
+    let n_params = llmos_train::model::Layout::new(&m).total;
+    eprintln!(
+        "model: {} layers, {} heads ({} kv), dim {}, ffn {}, ctx {}, vocab {}: {:.2} M parameters; {} steps of {} x {} x {} tokens",
+        m.layers,
+        m.heads,
+        m.kv_heads,
+        m.dim,
+        m.ffn,
+        m.ctx,
+        m.vocab,
+        n_params as f64 / 1e6,
+        cfg.steps,
+        cfg.batch,
+        cfg.accum,
+        cfg.ctx
+    );
+    let bar = ProgressBar::new(cfg.steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut last_val = String::new();
+    let mut on_log = |l: &StepLog| {
+        if let (Some(v), Some(b)) = (l.val_loss, l.val_bpb) {
+            last_val = format!(" | val {v:.4} ({b:.3} bpb)");
+            bar.println(format!(
+                "step {}: loss {:.4}, val loss {v:.4}, val {b:.4} bits/byte",
+                l.step, l.loss
+            ));
+        }
+        bar.set_position(l.step as u64);
+        bar.set_message(format!(
+            "loss {:.4}{last_val} | {:.0} tok/s | MFU {:.0}% | lr {:.2e}",
+            l.loss,
+            l.tok_s,
+            l.mfu * 100.0,
+            l.lr
+        ));
+    };
+    let out = train(&a.data, &a.out, &cfg, a.resume, &STOP, &mut on_log)?;
+    bar.finish();
+    match out {
+        Outcome::Finished => eprintln!("done: {}", a.out.display()),
+        Outcome::Stopped(s) => eprintln!(
+            "stopped at step {s}; checkpoint saved; continue with the same command and --resume"
+        ),
+    }
+    Ok(())
+}
