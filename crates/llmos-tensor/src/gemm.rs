@@ -121,11 +121,12 @@ pub fn sgemm_with(
         unsafe { gemm_block(0..m, 0..n, k, a, b, cp.0, ldc, accumulate) };
         return;
     }
-    // split the wider side of C into panels, a few tasks per thread for balance
-    let by_cols = n.div_ceil(NR) >= m.div_ceil(MR);
+    // One task per thread. Splitting C by columns makes every task pack all of A, by
+    // rows all of B: split the side whose other operand is smaller (less repeated packing).
+    let by_cols = m < n;
     let (len, unit) = if by_cols { (n, NR) } else { (m, MR) };
     let units = len.div_ceil(unit);
-    let tasks = (th * 2).min(units).max(1);
+    let tasks = th.min(units).max(1);
     let per = units.div_ceil(tasks) * unit;
     let tasks = len.div_ceil(per);
     parallel_for(tasks, &|i| {
@@ -241,15 +242,27 @@ fn pack_a(buf: &mut Vec<f32>, a: MatRef, ic: usize, mc: usize, pc: usize, kc: us
         let dst = &mut buf[p * MR * kc..(p + 1) * MR * kc];
         let r0 = ic + p * MR;
         let mr = MR.min(ic + mc - r0);
-        for i in 0..mr {
-            let base = (r0 + i) * a.rs + pc * a.cs;
-            if a.cs == 1 {
-                for (kk, &v) in a.data[base..base + kc].iter().enumerate() {
-                    dst[kk * MR + i] = v;
+        let base = r0 * a.rs + pc * a.cs;
+        if a.cs == 1 && mr == MR {
+            // six rows side by side: one value of each per step
+            let rows: [&[f32]; MR] =
+                std::array::from_fn(|i| &a.data[base + i * a.rs..base + i * a.rs + kc]);
+            for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    d[i] = rows[i][kk];
                 }
-            } else {
-                for kk in 0..kc {
-                    dst[kk * MR + i] = a.data[base + kk * a.cs];
+            }
+        } else if a.rs == 1 && mr == MR {
+            // a transposed operand: each step's six values are adjacent
+            for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
+                let at = base + kk * a.cs;
+                let src: &[f32; MR] = a.data[at..at + MR].try_into().expect("MR values");
+                d.copy_from_slice(src);
+            }
+        } else {
+            for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
+                for (i, v) in d.iter_mut().enumerate().take(mr) {
+                    *v = a.data[base + i * a.rs + kk * a.cs];
                 }
             }
         }
@@ -265,23 +278,26 @@ fn pack_b(buf: &mut Vec<f32>, b: MatRef, pc: usize, kc: usize, jc: usize, nc: us
         let dst = &mut buf[p * NR * kc..(p + 1) * NR * kc];
         let c0 = jc + p * NR;
         let nr = NR.min(jc + nc - c0);
-        if b.cs == 1 {
-            for kk in 0..kc {
-                let base = (pc + kk) * b.rs + c0;
-                dst[kk * NR..kk * NR + nr].copy_from_slice(&b.data[base..base + nr]);
+        let base = pc * b.rs + c0 * b.cs;
+        if b.cs == 1 && nr == NR {
+            for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
+                let at = base + kk * b.rs;
+                let src: &[f32; NR] = b.data[at..at + NR].try_into().expect("NR values");
+                d.copy_from_slice(src);
+            }
+        } else if b.rs == 1 && nr == NR {
+            // columns of B are rows in memory (a transposed weight): sixteen streams
+            let cols: [&[f32]; NR] =
+                std::array::from_fn(|j| &b.data[base + j * b.cs..base + j * b.cs + kc]);
+            for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
+                for j in 0..NR {
+                    d[j] = cols[j][kk];
+                }
             }
         } else {
-            // columns of B are rows in memory (a transposed weight): walk each one once
-            for j in 0..nr {
-                let base = (c0 + j) * b.cs + pc * b.rs;
-                if b.rs == 1 {
-                    for (kk, &v) in b.data[base..base + kc].iter().enumerate() {
-                        dst[kk * NR + j] = v;
-                    }
-                } else {
-                    for kk in 0..kc {
-                        dst[kk * NR + j] = b.data[base + kk * b.rs];
-                    }
+            for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
+                for (j, v) in d.iter_mut().enumerate().take(nr) {
+                    *v = b.data[base + kk * b.rs + j * b.cs];
                 }
             }
         }

@@ -202,6 +202,43 @@ pub fn for_each_chunk_mut<T: Send>(
     });
 }
 
+/// Like [`for_each_chunk_mut`] over K slices at once: task i gets chunk i of every slice
+/// (`chunk[k]` elements of slice k; the last may be shorter). Every slice must have the
+/// same number of chunks.
+pub fn for_each_chunks_mut<T: Send, const K: usize>(
+    data: [&mut [T]; K],
+    chunk: [usize; K],
+    f: impl Fn(usize, [&mut [T]; K]) + Sync,
+) {
+    let chunk = chunk.map(|c| c.max(1));
+    let lens: [usize; K] = std::array::from_fn(|k| data[k].len());
+    let n = if K == 0 {
+        0
+    } else {
+        lens[0].div_ceil(chunk[0])
+    };
+    for k in 0..K {
+        assert_eq!(
+            lens[k].div_ceil(chunk[k]),
+            n,
+            "slice {k} has a different number of chunks"
+        );
+    }
+    let bases = data.map(|d| SendPtr(d.as_mut_ptr()));
+    parallel_for(n, &|i| {
+        let parts: [&mut [T]; K] = std::array::from_fn(|k| {
+            let start = (i * chunk[k]).min(lens[k]);
+            let end = (start + chunk[k]).min(lens[k]);
+            let p = &bases[k];
+            // SAFETY: for each slice, task i gets elements start..end; ranges of different
+            // tasks are disjoint and inside the slice, which stays mutably borrowed until
+            // parallel_for returns; each index i is handed out exactly once.
+            unsafe { std::slice::from_raw_parts_mut(p.0.add(start), end - start) }
+        });
+        f(i, parts)
+    });
+}
+
 struct SendPtr<T>(*mut T);
 // SAFETY: the pointer is only used to build disjoint sub-slices (see for_each_chunk_mut).
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -227,6 +264,13 @@ mod tests {
             }
         });
         assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
+        let (mut a, mut b) = (vec![0usize; 100], vec![0usize; 25]);
+        for_each_chunks_mut([&mut a, &mut b], [8, 2], |ci, [x, y]| {
+            x.iter_mut().for_each(|v| *v += ci + 1);
+            y.iter_mut().for_each(|v| *v += ci + 1);
+        });
+        assert!(a.iter().enumerate().all(|(i, &x)| x == i / 8 + 1));
+        assert!(b.iter().enumerate().all(|(i, &x)| x == i / 2 + 1));
     }
 
     #[test]

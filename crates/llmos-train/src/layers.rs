@@ -6,7 +6,10 @@
 
 use llmos_tensor::gemm::{MatRef, sgemm};
 use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs, silu};
-use llmos_tensor::pool::for_each_chunk_mut;
+use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
+
+/// Rows per parallel task in the row-wise layers.
+const ROWS: usize = 32;
 
 /// y[N, out] = x[N, in] W^T, W stored [out, in] as inference weights are.
 pub fn linear(x: &[f32], w: &[f32], n_in: usize, n_out: usize, y: &mut [f32]) {
@@ -61,11 +64,14 @@ pub fn linear_back(
 /// RMSNorm per row: y = x / rms(x) * g; `rstd` receives 1 / rms(x) of each row.
 pub fn rmsnorm_fwd(x: &[f32], g: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f32]) {
     let c = g.len();
-    rmsnorm(y, x, g, eps);
-    for (r, xr) in rstd.iter_mut().zip(x.chunks_exact(c)) {
-        let ss: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum();
-        *r = (1.0 / (ss / c as f64 + eps as f64).sqrt()) as f32;
-    }
+    for_each_chunks_mut([y, rstd], [ROWS * c, ROWS], |ci, [yc, rc]| {
+        let xc = &x[ci * ROWS * c..ci * ROWS * c + yc.len()];
+        rmsnorm(yc, xc, g, eps);
+        for (r, xr) in rc.iter_mut().zip(xc.chunks_exact(c)) {
+            let ss: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum();
+            *r = (1.0 / (ss / c as f64 + eps as f64).sqrt()) as f32;
+        }
+    });
 }
 
 /// dx += RMSNorm'(dy), dg += sum over rows of dy * x * rstd.
@@ -78,21 +84,30 @@ pub fn rmsnorm_back(
     dg: &mut [f32],
 ) {
     let c = g.len();
-    for (((xr, dyr), dxr), &r) in x
-        .chunks_exact(c)
-        .zip(dy.chunks_exact(c))
-        .zip(dx.chunks_exact_mut(c))
-        .zip(rstd)
-    {
-        let mut dot = 0f64;
-        for i in 0..c {
-            dg[i] += dyr[i] * xr[i] * r;
-            dot += (dyr[i] * g[i] * xr[i]) as f64;
+    let tasks = rstd.len().div_ceil(ROWS);
+    // each task's share of dg, summed afterwards in task order (deterministic)
+    let mut part = vec![0f32; tasks * c];
+    for_each_chunks_mut([dx, &mut part], [ROWS * c, c], |ci, [dxc, pg]| {
+        let r0 = ci * ROWS;
+        for (j, dxr) in dxc.chunks_exact_mut(c).enumerate() {
+            let (xr, dyr, r) = (
+                &x[(r0 + j) * c..(r0 + j + 1) * c],
+                &dy[(r0 + j) * c..(r0 + j + 1) * c],
+                rstd[r0 + j],
+            );
+            let mut dot = 0f64;
+            for i in 0..c {
+                pg[i] += dyr[i] * xr[i] * r;
+                dot += (dyr[i] * g[i] * xr[i]) as f64;
+            }
+            let k = (dot as f32) * r * r * r / c as f32;
+            for i in 0..c {
+                dxr[i] += r * dyr[i] * g[i] - xr[i] * k;
+            }
         }
-        let k = (dot as f32) * r * r * r / c as f32;
-        for i in 0..c {
-            dxr[i] += r * dyr[i] * g[i] - xr[i] * k;
-        }
+    });
+    for pg in part.chunks_exact(c) {
+        dg.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
     }
 }
 
@@ -121,14 +136,24 @@ pub fn rope_rows(
     inverse: bool,
 ) {
     let half = head_dim / 2;
-    let mut cs = vec![(0f32, 0f32); half];
-    for (r, row) in x.chunks_exact_mut(width).enumerate() {
-        let pos = r % t;
-        for (o, &(c, s)) in cs.iter_mut().zip(&table[pos * half..(pos + 1) * half]) {
-            *o = if inverse { (c, -s) } else { (c, s) };
+    for_each_chunk_mut(x, ROWS * width, |ci, xc| {
+        let mut cs = vec![(0f32, 0f32); half];
+        for (j, row) in xc.chunks_exact_mut(width).enumerate() {
+            let pos = (ci * ROWS + j) % t;
+            for (o, &(c, s)) in cs.iter_mut().zip(&table[pos * half..(pos + 1) * half]) {
+                *o = if inverse { (c, -s) } else { (c, s) };
+            }
+            rope_cs(row, head_dim, &cs, RopeStyle::Interleaved);
         }
-        rope_cs(row, head_dim, &cs, RopeStyle::Interleaved);
-    }
+    });
+}
+
+/// y += x, in parallel.
+pub fn add_into(y: &mut [f32], x: &[f32]) {
+    for_each_chunk_mut(y, 1 << 14, |ci, yc| {
+        let xc = &x[ci << 14..(ci << 14) + yc.len()];
+        yc.iter_mut().zip(xc).for_each(|(a, b)| *a += b);
+    });
 }
 
 /// Shapes of one causal attention call.
@@ -352,20 +377,27 @@ pub fn attention_back(
 
 /// a = silu(gate) * up.
 pub fn swiglu_fwd(gate: &[f32], up: &[f32], a: &mut [f32]) {
-    for ((o, &g), &u) in a.iter_mut().zip(gate).zip(up) {
-        *o = silu(g) * u;
-    }
+    const CH: usize = 1 << 13;
+    for_each_chunk_mut(a, CH, |ci, ac| {
+        let at = ci * CH;
+        for (i, o) in ac.iter_mut().enumerate() {
+            *o = silu(gate[at + i]) * up[at + i];
+        }
+    });
 }
 
 /// dgate and dup (set) from da.
 pub fn swiglu_back(gate: &[f32], up: &[f32], da: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-    for i in 0..gate.len() {
-        let g = gate[i];
-        let sig = 1.0 / (1.0 + (-g).exp());
-        let sl = g * sig;
-        dup[i] = da[i] * sl;
-        dgate[i] = da[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
-    }
+    const CH: usize = 1 << 13;
+    for_each_chunks_mut([dgate, dup], [CH, CH], |ci, [dg, du]| {
+        let at = ci * CH;
+        for i in 0..dg.len() {
+            let g = gate[at + i];
+            let sig = 1.0 / (1.0 + (-g).exp());
+            du[i] = da[at + i] * g * sig;
+            dg[i] = da[at + i] * up[at + i] * sig * (1.0 + g * (1.0 - sig));
+        }
+    });
 }
 
 /// Rows of logits computed at once by the fused head + cross-entropy.
@@ -391,17 +423,28 @@ pub fn head_ce(
         let hc = &h[r0 * c..(r0 + rows) * c];
         let lg = &mut logits[..rows * vocab];
         linear(hc, w, c, vocab, lg);
-        for (row, &tgt) in lg.chunks_exact_mut(vocab).zip(&targets[r0..r0 + rows]) {
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0f64;
-            for x in row.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x as f64;
-            }
-            total += sum.ln() - (row[tgt as usize] as f64).ln();
-            let inv = (1.0 / sum) as f32;
-            row.iter_mut().for_each(|x| *x *= inv);
-        }
+        // softmax rows in place, each row's loss kept for a sum in row order
+        let tg = &targets[r0..r0 + rows];
+        let mut row_loss = vec![0f32; rows];
+        for_each_chunks_mut(
+            [&mut *lg, &mut row_loss[..]],
+            [16 * vocab, 16],
+            |ci, [lc, lo]| {
+                for (j, row) in lc.chunks_exact_mut(vocab).enumerate() {
+                    let tgt = tg[ci * 16 + j] as usize;
+                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0f64;
+                    for x in row.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x as f64;
+                    }
+                    lo[j] = (sum.ln() - (row[tgt] as f64).ln()) as f32;
+                    let inv = (1.0 / sum) as f32;
+                    row.iter_mut().for_each(|x| *x *= inv);
+                }
+            },
+        );
+        total += row_loss.iter().map(|&l| l as f64).sum::<f64>();
         if let Some((dh, dw, scale)) = grads.as_mut() {
             let k = *scale / n as f32;
             for (row, &tgt) in lg.chunks_exact_mut(vocab).zip(&targets[r0..r0 + rows]) {

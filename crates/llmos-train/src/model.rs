@@ -345,7 +345,7 @@ impl Model {
             rope_rows(&mut a.k, kw, hd, t, &self.rope, false);
             attention_fwd(s, &a.q, &a.k, &a.v, &mut a.att, &mut a.state);
             linear(&a.att, &p[o.wo..o.wo + dim * dim], dim, dim, &mut a.x2);
-            a.x2.iter_mut().zip(x.iter()).for_each(|(y, r)| *y += r);
+            add_into(&mut a.x2, x);
             rmsnorm_fwd(
                 &a.x2,
                 &p[o.ffn_norm..o.ffn_norm + dim],
@@ -358,7 +358,7 @@ impl Model {
             linear(&a.h2, &p[o.wu..o.wu + f * dim], dim, f, &mut a.up);
             swiglu_fwd(&a.gate, &a.up, &mut a.a);
             linear(&a.a, &p[o.wd..o.wd + dim * f], f, dim, xo);
-            xo.iter_mut().zip(a.x2.iter()).for_each(|(y, r)| *y += r);
+            add_into(xo, &a.x2);
         }
         let last = &ws.xs[c.layers];
         rmsnorm_fwd(

@@ -1,6 +1,7 @@
 //! AdamW with decoupled weight decay, the learning-rate schedule (linear warm-up, then
 //! cosine or linear decay to a floor) and global-norm gradient clipping.
 
+use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
 use serde::{Deserialize, Serialize};
 
 /// AdamW state: first and second moments of every parameter and the step count.
@@ -40,12 +41,16 @@ impl AdamW {
         let c2s = (1.0 / c2.sqrt()) as f32;
         let eps = self.eps;
         let upd = |p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], wd: f32| {
-            for i in 0..p.len() {
-                m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
-                let denom = v[i].sqrt() * c2s + eps;
-                p[i] -= step * m[i] / denom + lr * wd * p[i];
-            }
+            const CH: usize = 1 << 14;
+            for_each_chunks_mut([p, m, v], [CH; 3], |ci, [p, m, v]| {
+                let g = &g[ci * CH..ci * CH + p.len()];
+                for i in 0..p.len() {
+                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
+                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    let denom = v[i].sqrt() * c2s + eps;
+                    p[i] -= step * m[i] / denom + lr * wd * p[i];
+                }
+            });
         };
         let mut at = 0;
         let mut ranges: Vec<_> = decay.to_vec();
@@ -100,10 +105,16 @@ pub fn lr_at(step: usize, steps: usize, warmup: usize, lr: f32, min_lr: f32, dec
 
 /// Scales `g` so its L2 norm is at most `max_norm` (when positive); returns the norm it had.
 pub fn clip_grad(g: &mut [f32], max_norm: f32) -> f32 {
-    let norm = g.iter().map(|&x| x as f64 * x as f64).sum::<f64>().sqrt() as f32;
+    const CH: usize = 1 << 14;
+    let mut part = vec![0f64; g.len().div_ceil(CH)];
+    for_each_chunk_mut(&mut part, 1, |ci, s| {
+        let gc = &g[ci * CH..(ci * CH + CH).min(g.len())];
+        s[0] = gc.iter().map(|&x| x as f64 * x as f64).sum();
+    });
+    let norm = part.iter().sum::<f64>().sqrt() as f32;
     if max_norm > 0.0 && norm > max_norm {
         let k = max_norm / norm;
-        g.iter_mut().for_each(|x| *x *= k);
+        for_each_chunk_mut(g, CH, |_, gc| gc.iter_mut().for_each(|x| *x *= k));
     }
     norm
 }
