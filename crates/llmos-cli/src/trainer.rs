@@ -280,7 +280,22 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             l.lr
         ));
     };
-    let out = train(&a.data, &a.out, &cfg, a.resume, &STOP, &mut on_log)?;
+    let mut on_start = |peak: f64| {
+        bar.println(format!(
+            "f32 GEMM peak here: {peak:.1} GFLOP/s on {} threads (MFU = 6 x {:.2} M x tok/s over it)",
+            llmos_tensor::pool::threads(),
+            m.matmul_params() as f64 / 1e6
+        ))
+    };
+    let out = train(
+        &a.data,
+        &a.out,
+        &cfg,
+        a.resume,
+        &STOP,
+        &mut on_start,
+        &mut on_log,
+    )?;
     bar.finish();
     match out {
         Outcome::Finished => eprintln!("done: {}", a.out.display()),

@@ -61,9 +61,24 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// A growable buffer handing out slices that start on a 64-byte boundary, so the
+/// micro-kernel's 32-byte loads never straddle cache lines.
+#[derive(Default)]
+struct Aligned(Vec<f32>);
+
+impl Aligned {
+    fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.0.len() < len + 16 {
+            self.0.resize(len + 16, 0.0);
+        }
+        let off = (16 - (self.0.as_ptr() as usize / 4) % 16) % 16;
+        &mut self.0[off..off + len]
+    }
+}
+
 thread_local! {
     /// Packing buffers, reused across calls on each thread.
-    static PACK: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static PACK: RefCell<(Aligned, Aligned)> = RefCell::new(Default::default());
 }
 
 /// C[m x n] (row-major, `ldc` floats per row) = A[m x k] B[k x n], plus the old C when
@@ -145,9 +160,10 @@ pub fn sgemm_with(
 }
 
 /// The f32 GEMM rate of this machine with the pool's current threads, in GFLOP/s: the best
-/// of a few 768 x 768 x 768 products (the denominator of model FLOPs utilisation).
+/// 1024 x 1024 x 1024 product over at least a second of repeats (threads woken, clocks
+/// up; the denominator of model FLOPs utilisation).
 pub fn peak_gflops() -> f64 {
-    let n = 768;
+    let n = 1024;
     let a = vec![0.5f32; n * n];
     let b = vec![0.25f32; n * n];
     let mut c = vec![0f32; n * n];
@@ -190,14 +206,16 @@ unsafe fn gemm_block(
     accumulate: bool,
 ) {
     PACK.with(|p| {
-        let (pa, pb) = &mut *p.borrow_mut();
+        let (pa_buf, pb_buf) = &mut *p.borrow_mut();
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             // A is packed once per slab; B once per slab and column block
+            let pa = pa_buf.get(rows.len().div_ceil(MR) * MR * kc);
             pack_a(pa, a, rows.start, rows.len(), pc, kc);
             let store = pc == 0 && !accumulate;
             for jc in cols.clone().step_by(NC) {
                 let nc = NC.min(cols.end - jc);
+                let pb = pb_buf.get(nc.div_ceil(NR) * NR * kc);
                 b.pack(pb, pc, kc, jc, nc);
                 for ic in (0..rows.len()).step_by(MC) {
                     let mc = MC.min(rows.len() - ic);
@@ -222,22 +240,20 @@ unsafe fn gemm_block(
 /// Where the B operand comes from: a float matrix, or quantized weight rows dequantized
 /// while packing.
 pub trait PackB: Sync {
-    /// Writes B[pc..pc + kc, jc..jc + nc] into `buf` as NR-wide panels, each [kc][NR],
-    /// zero-padded to whole panels.
-    fn pack(&self, buf: &mut Vec<f32>, pc: usize, kc: usize, jc: usize, nc: usize);
+    /// Writes B[pc..pc + kc, jc..jc + nc] into `buf` (exactly ceil(nc / 16) panels of
+    /// [kc][16]) as 16-wide panels, zero-padded to whole panels.
+    fn pack(&self, buf: &mut [f32], pc: usize, kc: usize, jc: usize, nc: usize);
 }
 
 impl PackB for MatRef<'_> {
-    fn pack(&self, buf: &mut Vec<f32>, pc: usize, kc: usize, jc: usize, nc: usize) {
+    fn pack(&self, buf: &mut [f32], pc: usize, kc: usize, jc: usize, nc: usize) {
         pack_b(buf, *self, pc, kc, jc, nc)
     }
 }
 
 /// Packs A[ic.., pc..] (mc x kc) as MR-tall panels, each [kc][MR], zero-padded.
-fn pack_a(buf: &mut Vec<f32>, a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize) {
+fn pack_a(buf: &mut [f32], a: MatRef, ic: usize, mc: usize, pc: usize, kc: usize) {
     let panels = mc.div_ceil(MR);
-    buf.clear();
-    buf.resize(panels * MR * kc, 0.0);
     for p in 0..panels {
         let dst = &mut buf[p * MR * kc..(p + 1) * MR * kc];
         let r0 = ic + p * MR;
@@ -261,8 +277,12 @@ fn pack_a(buf: &mut Vec<f32>, a: MatRef, ic: usize, mc: usize, pc: usize, kc: us
             }
         } else {
             for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
-                for (i, v) in d.iter_mut().enumerate().take(mr) {
-                    *v = a.data[base + i * a.rs + kk * a.cs];
+                for (i, v) in d.iter_mut().enumerate() {
+                    *v = if i < mr {
+                        a.data[base + i * a.rs + kk * a.cs]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -270,10 +290,8 @@ fn pack_a(buf: &mut Vec<f32>, a: MatRef, ic: usize, mc: usize, pc: usize, kc: us
 }
 
 /// Packs B[pc.., jc..] (kc x nc) as NR-wide panels, each [kc][NR], zero-padded.
-fn pack_b(buf: &mut Vec<f32>, b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize) {
+fn pack_b(buf: &mut [f32], b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize) {
     let panels = nc.div_ceil(NR);
-    buf.clear();
-    buf.resize(panels * NR * kc, 0.0);
     for p in 0..panels {
         let dst = &mut buf[p * NR * kc..(p + 1) * NR * kc];
         let c0 = jc + p * NR;
@@ -296,8 +314,12 @@ fn pack_b(buf: &mut Vec<f32>, b: MatRef, pc: usize, kc: usize, jc: usize, nc: us
             }
         } else {
             for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
-                for (j, v) in d.iter_mut().enumerate().take(nr) {
-                    *v = b.data[base + kk * b.rs + j * b.cs];
+                for (j, v) in d.iter_mut().enumerate() {
+                    *v = if j < nr {
+                        b.data[base + kk * b.rs + j * b.cs]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }

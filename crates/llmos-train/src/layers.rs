@@ -8,6 +8,9 @@ use llmos_tensor::gemm::{MatRef, sgemm};
 use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs, silu};
 use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
 
+/// Query rows per attention block: each block meets only the keys up to its last row.
+const QB: usize = 64;
+
 /// Rows per parallel task in the row-wise layers.
 const ROWS: usize = 32;
 
@@ -220,43 +223,54 @@ pub fn attention_fwd(
             let h = kvh * g + gi;
             gather(q, qw, h * d, d, t, b * t, &mut qb);
             let p = &mut probs[gi * t * t..(gi + 1) * t * t];
-            sgemm(
-                t,
-                t,
-                d,
-                MatRef::rows(&qb, d),
-                MatRef::rows_t(&kb, d),
-                p,
-                t,
-                false,
-            );
-            for (i, row) in p.chunks_exact_mut(t).enumerate() {
-                let live = &mut row[..=i];
-                let mut max = f32::NEG_INFINITY;
-                for x in live.iter_mut() {
-                    *x *= scale;
-                    max = max.max(*x);
-                }
-                let mut sum = 0f32;
-                for x in live.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                live.iter_mut().for_each(|x| *x *= inv);
-                row[i + 1..].fill(0.0);
-            }
             let o = &mut outs[gi * t * d..(gi + 1) * t * d];
-            sgemm(
-                t,
-                d,
-                t,
-                MatRef::rows(p, t),
-                MatRef::rows(&vb, d),
-                o,
-                d,
-                false,
-            );
+            // query blocks only meet the keys up to their last row (causal): half the work
+            for i0 in (0..t).step_by(QB) {
+                let i1 = (i0 + QB).min(t);
+                let pb = &mut p[i0 * t..];
+                sgemm(
+                    i1 - i0,
+                    i1,
+                    d,
+                    MatRef::rows(&qb[i0 * d..], d),
+                    MatRef::rows_t(&kb, d),
+                    pb,
+                    t,
+                    false,
+                );
+                for (ii, row) in pb.chunks_exact_mut(t).take(i1 - i0).enumerate() {
+                    let i = i0 + ii;
+                    let live = &mut row[..=i];
+                    let mut max = f32::NEG_INFINITY;
+                    for x in live.iter_mut() {
+                        *x *= scale;
+                        max = max.max(*x);
+                    }
+                    let mut sum = 0f32;
+                    for x in live.iter_mut() {
+                        *x = (*x - max).exp();
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    live.iter_mut().for_each(|x| *x *= inv);
+                    row[i + 1..].fill(0.0);
+                }
+                let pm = MatRef {
+                    data: &p[i0 * t..],
+                    rs: t,
+                    cs: 1,
+                };
+                sgemm(
+                    i1 - i0,
+                    d,
+                    i1,
+                    pm,
+                    MatRef::rows(&vb, d),
+                    &mut o[i0 * d..],
+                    d,
+                    false,
+                );
+            }
         }
     });
     // scatter the per-head outputs [G, T, D] into rows [N, H*D]
@@ -306,57 +320,60 @@ pub fn attention_back(
             gather(q, qw, h * d, d, t, b * t, &mut qb);
             gather(dout, qw, h * d, d, t, b * t, &mut dob);
             let p = &st[gi * t * t..(gi + 1) * t * t];
-            // dV += P^T dO ; dP = dO V^T
-            sgemm(
-                t,
-                d,
-                t,
-                MatRef::rows_t(p, t),
-                MatRef::rows(&dob, d),
-                dvb,
-                d,
-                true,
-            );
-            sgemm(
-                t,
-                t,
-                d,
-                MatRef::rows(&dob, d),
-                MatRef::rows_t(&vb, d),
-                &mut dp,
-                t,
-                false,
-            );
-            // dS = P (dP - sum_j P dP) * scale, zero above the diagonal
-            for (i, (dr, pr)) in dp.chunks_exact_mut(t).zip(p.chunks_exact(t)).enumerate() {
-                let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
-                for j in 0..=i {
-                    dr[j] = pr[j] * (dr[j] - dot) * scale;
-                }
-                dr[i + 1..].fill(0.0);
-            }
-            // dQ = dS K ; dK += dS^T Q
             let dqh = &mut dqs[gi * t * d..(gi + 1) * t * d];
-            sgemm(
-                t,
-                d,
-                t,
-                MatRef::rows(&dp, t),
-                MatRef::rows(&kb, d),
-                dqh,
-                d,
-                false,
-            );
-            sgemm(
-                t,
-                d,
-                t,
-                MatRef::rows_t(&dp, t),
-                MatRef::rows(&qb, d),
-                dkb,
-                d,
-                true,
-            );
+            for i0 in (0..t).step_by(QB) {
+                let (i1, m) = ((i0 + QB).min(t), (i0 + QB).min(t) - i0);
+                let pt = MatRef {
+                    data: &p[i0 * t..],
+                    rs: 1,
+                    cs: t,
+                };
+                let dob_b = MatRef::rows(&dob[i0 * d..], d);
+                // dV[..i1] += P^T dO ; dP = dO V[..i1]^T
+                sgemm(i1, d, m, pt, dob_b, dvb, d, true);
+                sgemm(
+                    m,
+                    i1,
+                    d,
+                    dob_b,
+                    MatRef::rows_t(&vb, d),
+                    &mut dp[i0 * t..],
+                    t,
+                    false,
+                );
+                // dS = P (dP - sum_j P dP) * scale, zero above the diagonal
+                for ii in 0..m {
+                    let i = i0 + ii;
+                    let (dr, pr) = (&mut dp[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
+                    let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
+                    for j in 0..=i {
+                        dr[j] = pr[j] * (dr[j] - dot) * scale;
+                    }
+                    dr[i + 1..].fill(0.0);
+                }
+                // dQ = dS K[..i1] ; dK[..i1] += dS^T Q
+                let ds = MatRef {
+                    data: &dp[i0 * t..],
+                    rs: t,
+                    cs: 1,
+                };
+                sgemm(
+                    m,
+                    d,
+                    i1,
+                    ds,
+                    MatRef::rows(&kb, d),
+                    &mut dqh[i0 * d..],
+                    d,
+                    false,
+                );
+                let dst = MatRef {
+                    data: &dp[i0 * t..],
+                    rs: 1,
+                    cs: t,
+                };
+                sgemm(i1, d, m, dst, MatRef::rows(&qb[i0 * d..], d), dkb, d, true);
+            }
         }
     });
     for (task, gr) in grads.chunks_exact(per).enumerate() {
@@ -578,11 +595,11 @@ pub(crate) mod tests {
     #[test]
     fn attention_gradients_match_finite_differences() {
         crate::tests::init_pool();
-        // grouped-query (4 heads on 2 kv heads) and plain multi-head
-        for (heads, kv) in [(4usize, 2usize), (2, 2)] {
+        // grouped-query and plain; a sequence longer than one query block too
+        for (heads, kv, t) in [(4usize, 2usize, 5usize), (2, 2, 5), (2, 1, QB + 7)] {
             let s = AttnShape {
                 batch: 2,
-                t: 5,
+                t,
                 heads,
                 kv_heads: kv,
                 head_dim: 4,

@@ -234,6 +234,7 @@ pub struct Workspace {
     grad: [Vec<f32>; 10],
     inputs: Vec<u32>,
     targets: Vec<u32>,
+    dhead: Vec<f32>,
 }
 
 /// The model for a config: its layout and RoPE table.
@@ -404,16 +405,18 @@ impl Model {
         let [dx, dx2, dh, da, dgate, dup, datt, dq, dk, dv] = &mut ws.grad;
         let head = l.head..l.head + c.vocab * dim;
         let loss = {
-            let mut dhead = vec![0f32; c.vocab * dim];
+            let dhead = &mut ws.dhead;
+            dhead.clear();
+            dhead.resize(c.vocab * dim, 0.0);
             let loss = head_ce(
                 &ws.hf,
                 &p[head.clone()],
                 dim,
                 c.vocab,
                 &ws.targets,
-                Some((dh, &mut dhead, scale)),
+                Some((dh, dhead, scale)),
             );
-            g[head].iter_mut().zip(&dhead).for_each(|(a, b)| *a += b);
+            add_into(&mut g[head], dhead);
             loss
         };
         dx.fill(0.0);

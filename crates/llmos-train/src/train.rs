@@ -261,14 +261,16 @@ pub fn checkpoint_path(run: &Path) -> PathBuf {
 }
 
 /// Trains on the prepared data directory `data` into `run`. With `resume`, continues from
-/// run/checkpoint.bin (the config must be the same but for the step count). `on_log` sees
-/// every logged step; `stop` ends the run with a checkpoint at the next step boundary.
+/// run/checkpoint.bin (the config must be the same but for the step count). `on_start`
+/// gets the GEMM peak (GFLOP/s) that MFU is measured against; `on_log` sees every logged
+/// step; `stop` ends the run with a checkpoint at the next step boundary.
 pub fn train(
     data: &Path,
     run: &Path,
     cfg: &TrainConfig,
     resume: bool,
     stop: &AtomicBool,
+    on_start: &mut dyn FnMut(f64),
     on_log: &mut dyn FnMut(&StepLog),
 ) -> Result<Outcome, TrainError> {
     let meta = Meta::load(data)?;
@@ -345,6 +347,7 @@ pub fn train(
         .map(|t| t.range())
         .collect();
     let peak = llmos_tensor::gemm::peak_gflops() * 1e9;
+    on_start(peak / 1e9);
     let flops_per_token = 6.0 * mcfg.matmul_params() as f64;
     let min_lr = cfg.min_lr.unwrap_or(cfg.lr / 10.0);
     let mut ws = Workspace::default();
@@ -373,7 +376,7 @@ pub fn train(
     for step in start..cfg.steps {
         let t0 = Instant::now();
         let lr = lr_at(step, cfg.steps, cfg.warmup, cfg.lr, min_lr, cfg.decay);
-        grads.fill(0.0);
+        llmos_tensor::pool::for_each_chunk_mut(&mut grads, 1 << 16, |_, g| g.fill(0.0));
         let mut loss = 0f64;
         for _ in 0..cfg.accum {
             sample_batch(&train_tok, cfg.batch, cfg.ctx, &mut rng, &mut batch);
@@ -625,7 +628,16 @@ mod tests {
         tiny_data(&data);
         let no = AtomicBool::new(false);
         let (a, b) = (root.join("a"), root.join("b"));
-        train(&data, &a, &tiny_cfg(40), false, &no, &mut |_| {}).unwrap();
+        train(
+            &data,
+            &a,
+            &tiny_cfg(40),
+            false,
+            &no,
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .unwrap();
         let full = losses(&a);
         assert_eq!(full.len(), 40);
         let first = f64::from_bits(full[0].1);
@@ -634,16 +646,33 @@ mod tests {
         // stop after step 17 (the flag is seen at the end of the step), then resume
         let stop = AtomicBool::new(false);
         let mut n = 0;
-        let out = train(&data, &b, &tiny_cfg(40), false, &stop, &mut |_| {
-            n += 1;
-            if n == 17 {
-                stop.store(true, Ordering::Relaxed);
-            }
-        })
+        let out = train(
+            &data,
+            &b,
+            &tiny_cfg(40),
+            false,
+            &stop,
+            &mut |_| {},
+            &mut |_| {
+                n += 1;
+                if n == 17 {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            },
+        )
         .unwrap();
         assert_eq!(out, Outcome::Stopped(17));
         assert_eq!(losses(&b).len(), 17);
-        let out = train(&data, &b, &tiny_cfg(40), true, &no, &mut |_| {}).unwrap();
+        let out = train(
+            &data,
+            &b,
+            &tiny_cfg(40),
+            true,
+            &no,
+            &mut |_| {},
+            &mut |_| {},
+        )
+        .unwrap();
         assert_eq!(out, Outcome::Finished);
         assert_eq!(losses(&b), full);
         assert!(
@@ -654,7 +683,7 @@ mod tests {
         // a different config refuses to resume
         let mut other = tiny_cfg(40);
         other.lr = 1e-3;
-        let e = train(&data, &b, &other, true, &no, &mut |_| {})
+        let e = train(&data, &b, &other, true, &no, &mut |_| {}, &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(e.contains("another configuration"), "{e}");
