@@ -60,7 +60,9 @@ enum Cmd {
     #[command(subcommand)]
     Data(trainer::DataCmd),
     /// Pretrain a model from scratch on prepared token shards.
-    Train(trainer::TrainArgs),
+    Train(Box<trainer::TrainArgs>),
+    /// Export a trained run as GGUF (llmos run, llama.cpp) and/or a HF directory.
+    Export(trainer::ExportArgs),
     /// Write a GGUF with its weights quantized to another type.
     Quantize {
         /// Input GGUF (F32/F16/BF16 weights; quantized ones are requantized with a warning).
@@ -292,7 +294,8 @@ fn main() {
         Cmd::Bench(b) => cmd_bench(b),
         Cmd::Perplexity(p) => cmd_perplexity(p),
         Cmd::Data(c) => trainer::cmd_data(c),
-        Cmd::Train(a) => trainer::cmd_train(a),
+        Cmd::Train(a) => trainer::cmd_train(*a),
+        Cmd::Export(a) => trainer::cmd_export(a),
         Cmd::Quantize { input, output, ty } => {
             perf::parse_type(&ty).and_then(|t| perf::quantize(&input, &output, t))
         }

@@ -281,11 +281,11 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         ));
     };
     let mut on_start = |peak: f64| {
-        bar.println(format!(
+        eprintln!(
             "f32 GEMM peak here: {peak:.1} GFLOP/s on {} threads (MFU = 6 x {:.2} M x tok/s over it)",
             llmos_tensor::pool::threads(),
             m.matmul_params() as f64 / 1e6
-        ))
+        )
     };
     let out = train(
         &a.data,
@@ -302,6 +302,44 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         Outcome::Stopped(s) => eprintln!(
             "stopped at step {s}; checkpoint saved; continue with the same command and --resume"
         ),
+    }
+    Ok(())
+}
+
+/// `llmos export RUN_DIR --gguf OUT.gguf --hf DIR`.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Run directory of `llmos train` (its last checkpoint is exported).
+    run: PathBuf,
+    /// Write a GGUF file (architecture llama, F32) here.
+    #[arg(long)]
+    gguf: Option<PathBuf>,
+    /// Write a Hugging Face directory (config.json, model.safetensors, tokenizer.json) here.
+    #[arg(long)]
+    hf: Option<PathBuf>,
+}
+
+pub fn cmd_export(a: ExportArgs) -> Result<()> {
+    if a.gguf.is_none() && a.hf.is_none() {
+        bail!("nothing to do: give --gguf OUT.gguf and/or --hf DIR");
+    }
+    let m = llmos_train::export::load_run(&a.run)?;
+    let name = a
+        .run
+        .file_name()
+        .map_or("llmos".to_string(), |n| n.to_string_lossy().into_owned());
+    if let Some(p) = &a.gguf {
+        llmos_train::export::write_gguf(&m, p, &name)?;
+        eprintln!(
+            "{}: step {} of {name}, {} tensors",
+            p.display(),
+            m.step,
+            llmos_train::model::Layout::new(&m.cfg).tensors.len()
+        );
+    }
+    if let Some(d) = &a.hf {
+        llmos_train::export::write_hf(&m, d)?;
+        eprintln!("{}: HF Llama directory", d.display());
     }
     Ok(())
 }

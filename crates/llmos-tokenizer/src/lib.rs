@@ -4,6 +4,7 @@
 //! It knows nothing about weights.
 
 mod bpe;
+pub use bpe::byte_to_char;
 pub mod chat;
 mod hf;
 mod mbpe;

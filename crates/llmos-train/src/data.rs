@@ -225,9 +225,12 @@ pub struct Meta {
 
 impl Meta {
     pub fn load(dir: &Path) -> Result<Meta, DataError> {
-        let p = dir.join("meta.json");
-        let s = std::fs::read_to_string(&p).map_err(io(&p))?;
-        serde_json::from_str(&s).map_err(|e| bad(&p, e.to_string()))
+        Meta::load_file(&dir.join("meta.json"))
+    }
+
+    pub fn load_file(p: &Path) -> Result<Meta, DataError> {
+        let s = std::fs::read_to_string(p).map_err(io(p))?;
+        serde_json::from_str(&s).map_err(|e| bad(p, e.to_string()))
     }
 
     pub fn codec(&self, dir: &Path) -> Result<Codec, DataError> {
@@ -274,7 +277,9 @@ pub fn split_documents(text: &str) -> Vec<&str> {
 }
 
 /// Picks the validation documents: a seeded shuffle, then documents in that order until
-/// they hold `frac` of the bytes (at least one, and never all of them).
+/// they hold `frac` of the bytes (at least one, and never all of them). A document that
+/// would overshoot the share by more than half is passed over (one huge file must not
+/// become the whole validation set); if every one would, the smallest is taken.
 pub fn pick_val(sizes: &[usize], frac: f64, seed: u64) -> Vec<bool> {
     let n = sizes.len();
     let mut order: Vec<usize> = (0..n).collect();
@@ -286,12 +291,22 @@ pub fn pick_val(sizes: &[usize], frac: f64, seed: u64) -> Vec<bool> {
     let want = (total as f64 * frac).ceil() as usize;
     let mut val = vec![false; n];
     let mut got = 0;
-    for (k, &i) in order.iter().enumerate() {
-        if got >= want || k + 1 >= n || frac <= 0.0 {
+    let limit = want + want / 2;
+    let mut picked = 0;
+    for &i in &order {
+        if got >= want || picked + 1 >= n || frac <= 0.0 {
             break;
+        }
+        if got + sizes[i] > limit.max(1) {
+            continue;
         }
         val[i] = true;
         got += sizes[i];
+        picked += 1;
+    }
+    if picked == 0 && n >= 2 {
+        let smallest = (0..n).min_by_key(|&i| sizes[i]).expect("documents");
+        val[smallest] = true;
     }
     val
 }

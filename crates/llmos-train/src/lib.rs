@@ -3,6 +3,7 @@
 //! (`optim`), token shards (`data`) and the training loop with checkpoints (`train`).
 
 pub mod data;
+pub mod export;
 pub mod layers;
 pub mod model;
 pub mod optim;
