@@ -2,8 +2,10 @@
 """Training throughput of PyTorch (eager, and torch.compile with --compile) on the model
 llmos trains: llama blocks (RMSNorm, interleaved RoPE, causal attention, SwiGLU), tied head,
 AdamW. Prints one JSON line per measurement: {"runtime", "shape", "tok_s", "gflops", ...}.
-Used by bench/vs-pytorch, which runs llmos on the same shapes interleaved with this."""
-import argparse, json, math, time
+Used by bench/vs-pytorch, which runs llmos on the same shapes interleaved with this.
+`vs_pytorch.py peak THREADS` prints torch's f32 matmul rate; `vs_pytorch.py summarize
+FILE` prints the medians and ratios of a results file."""
+import argparse, json, statistics, sys, time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -63,7 +65,46 @@ class Model(nn.Module):
         return F.cross_entropy(logits.view(-1, logits.shape[-1]), tgt.reshape(-1))
 
 
+def peak(threads):
+    """Best 1024^3 f32 matmul rate of torch with `threads` threads, GFLOP/s."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    best, t_end = 1e9, time.perf_counter() + 1.0
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 1024 ** 3 / best / 1e9
+
+
+def summarize(path):
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    peaks = [r for r in rows if r.get("kind") == "peak"]
+    runs = [r for r in rows if r.get("kind") != "peak"]
+    med = statistics.median
+    print(f"{'shape':5} {'runtime':14} {'tok/s (median)':>15} {'reps':>4} {'MFU':>6} {'vs torch eager':>15}")
+    for shape in sorted({r["shape"] for r in runs}):
+        eager = [r["tok_s"] for r in runs if r["shape"] == shape and r["runtime"] == "torch eager"]
+        for rt in ("llmos", "torch eager", "torch.compile"):
+            xs = [r for r in runs if r["shape"] == shape and r["runtime"] == rt]
+            if not xs:
+                continue
+            t = med([r["tok_s"] for r in xs])
+            mfu = med([r["mfu"] for r in xs]) if "mfu" in xs[0] else None
+            ratio = f"{t / med(eager):.2f}x" if eager else "-"
+            mfu_s = f"{mfu * 100:.0f}%" if mfu is not None else "-"
+            print(f"{shape:5} {rt:14} {t:15.0f} {len(xs):4} {mfu_s:>6} {ratio:>15}")
+    for p in peaks:
+        print(f"GEMM peak ({p['runtime']}, {p['threads']} threads): {p['gflops']:.1f} GFLOP/s")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "summarize":
+        return summarize(sys.argv[2])
+    if len(sys.argv) > 1 and sys.argv[1] == "peak":
+        t = int(sys.argv[2])
+        print(json.dumps({"kind": "peak", "runtime": "torch", "threads": t, "gflops": peak(t)}))
+        return
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", required=True)
     ap.add_argument("--vocab", type=int, required=True)

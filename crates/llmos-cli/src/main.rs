@@ -61,6 +61,9 @@ enum Cmd {
     Data(trainer::DataCmd),
     /// Pretrain a model from scratch on prepared token shards.
     Train(Box<trainer::TrainArgs>),
+    /// Evaluations: `bpb` (bits per byte of a text, beside gzip, xz and zstd).
+    #[command(subcommand)]
+    Eval(EvalCmd),
     /// Export a trained run as GGUF (llmos run, llama.cpp) and/or a HF directory.
     Export(trainer::ExportArgs),
     /// Write a GGUF with its weights quantized to another type.
@@ -147,6 +150,24 @@ const CHAT_SPECIALS: &[&str] = &[
     "<|output_start|>",
     "<|output_end|>",
 ];
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Bits per byte of a text file under a model: the model as a compressor, printed beside
+    /// gzip -9, xz -9 and zstd -19 on the same file.
+    Bpb(BpbArgs),
+}
+
+#[derive(Args)]
+struct BpbArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// UTF-8 text file.
+    file: PathBuf,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
 
 #[derive(Args)]
 struct ModelArgs {
@@ -296,6 +317,7 @@ fn main() {
         Cmd::Data(c) => trainer::cmd_data(c),
         Cmd::Train(a) => trainer::cmd_train(*a),
         Cmd::Export(a) => trainer::cmd_export(a),
+        Cmd::Eval(EvalCmd::Bpb(a)) => cmd_eval_bpb(a),
         Cmd::Quantize { input, output, ty } => {
             perf::parse_type(&ty).and_then(|t| perf::quantize(&input, &output, t))
         }
@@ -728,5 +750,90 @@ fn cmd_tokenizer_train(
         trained.merges.len(),
         t0.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Compressed size of `data` by an external compressor (None when it is not installed).
+fn compressed_len(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
+    let mut child = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let input = data.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().ok()?;
+    writer.join().ok()?.ok()?;
+    out.status.success().then_some(out.stdout.len())
+}
+
+fn cmd_eval_bpb(a: BpbArgs) -> Result<()> {
+    let l = load(&a.model)?;
+    let ctx = ctx_of(&a.model, &l.model)?;
+    let bytes = std::fs::read(&a.file).with_context(|| format!("{}", a.file.display()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        anyhow::anyhow!("{}: not UTF-8 (byte {})", a.file.display(), e.valid_up_to())
+    })?;
+    if bytes.is_empty() {
+        bail!("{}: empty file", a.file.display());
+    }
+    let ids = l.tok.encode(text, false, false);
+    let bos = if l.tok.add_bos { l.tok.bos } else { None };
+    let bar = indicatif::ProgressBar::new(ids.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} tokens [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    let t0 = Instant::now();
+    let bits = llmos_train::eval::bits(&l.model, &ids, ctx, bos, &mut |d| {
+        bar.set_position(d as u64)
+    })?;
+    bar.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let n = bytes.len() as f64;
+    let model_bpb = bits / n;
+    let others: Vec<(&str, Option<f64>)> = [
+        ("gzip -9", "gzip", vec!["-9", "-c"]),
+        ("xz -9", "xz", vec!["-9", "-c"]),
+        ("zstd -19", "zstd", vec!["-19", "-c", "-q"]),
+    ]
+    .into_iter()
+    .map(|(name, cmd, args)| {
+        (
+            name,
+            compressed_len(cmd, &args, &bytes).map(|c| c as f64 * 8.0 / n),
+        )
+    })
+    .collect();
+    if a.json {
+        let mut o = serde_json::json!({
+            "model": a.model.model, "file": a.file.display().to_string(), "bytes": bytes.len(),
+            "tokens": ids.len(), "ctx": ctx, "bits": bits, "bpb": model_bpb, "wall_s": secs,
+        });
+        for (name, v) in &others {
+            o[name.split(' ').next().expect("name")] = serde_json::json!(v);
+        }
+        println!("{o}");
+        return Ok(());
+    }
+    println!(
+        "{}: {} bytes, {} tokens, context {ctx}",
+        a.file.display(),
+        bytes.len(),
+        ids.len()
+    );
+    println!("{:<10} {:>8}", "coder", "bits/byte");
+    println!("{:<10} {:>8.4}", "model", model_bpb);
+    for (name, v) in others {
+        match v {
+            Some(b) => println!("{name:<10} {b:>8.4}"),
+            None => println!("{name:<10} {:>8}", "(not installed)"),
+        }
+    }
     Ok(())
 }

@@ -2,8 +2,9 @@
 //!
 //! A shard is a 32-byte header — magic `LLMOSTOK`, version (u32 = 1), vocabulary size
 //! (u32), token width in bytes (u32: 2 or 4), reserved u32, token count (u64) — then the
-//! tokens, little-endian. A prepared data directory holds `train.bin`, `val.bin` and
-//! `meta.json` (the tokenizer, counts of tokens, bytes and documents).
+//! tokens, little-endian. A prepared data directory holds `train.bin`, `val.bin`, `val.txt`
+//! (the held-out documents as text) and `meta.json` (the tokenizer, counts of tokens, bytes
+//! and documents).
 
 use crate::model::Rng;
 use llmos_tokenizer::Tokenizer;
@@ -378,6 +379,8 @@ pub fn prepare(
     let (train, train_bytes) = join_tokens(codec, &tr).map_err(|e| bad(out, e))?;
     let (valt, val_bytes) = join_tokens(codec, &va).map_err(|e| bad(out, e))?;
     std::fs::create_dir_all(out).map_err(io(out))?;
+    // the held-out text itself, for evaluations outside training (e.g. `llmos eval bpb`)
+    write_atomic(&out.join("val.txt"), va.join("\n\n\n").as_bytes())?;
     let vocab = codec.vocab();
     write_atomic(&out.join("train.bin"), &shard_bytes(vocab, &train))?;
     write_atomic(&out.join("val.bin"), &shard_bytes(vocab, &valt))?;

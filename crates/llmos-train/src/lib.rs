@@ -1,8 +1,10 @@
 //! llmos-train: the training half of the stack. A llama-architecture model in f32 with
 //! hand-written backward passes (`layers`, `model`), the AdamW optimizer and schedule
-//! (`optim`), token shards (`data`) and the training loop with checkpoints (`train`).
+//! (`optim`), token shards (`data`), the training loop with checkpoints (`train`), export
+//! to GGUF and HF (`export`) and evaluations (`eval`).
 
 pub mod data;
+pub mod eval;
 pub mod export;
 pub mod layers;
 pub mod model;
