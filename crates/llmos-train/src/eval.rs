@@ -63,9 +63,9 @@ pub fn bits(
         let end = (start + ctx).min(n);
         model.truncate_cache(&mut cache, 0);
         let logits = model.forward(&mut cache, &tokens[start..end], true)?;
-        for i in done..end {
+        for (i, &tok) in tokens.iter().enumerate().take(end).skip(done) {
             let r = i - start - 1;
-            total += nll(&logits[r * vocab..(r + 1) * vocab], tokens[i]);
+            total += nll(&logits[r * vocab..(r + 1) * vocab], tok);
         }
         done = end;
         progress(done);
