@@ -156,6 +156,15 @@ enum EvalCmd {
     /// Bits per byte of a text file under a model: the model as a compressor, printed beside
     /// gzip -9, xz -9 and zstd -19 on the same file.
     Bpb(BpbArgs),
+    /// Logits of every position of a prompt, as one JSON object {"ids", "logits"} (for
+    /// comparison with other runtimes).
+    Logits {
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The prompt (BOS added when the model's metadata says so).
+        #[arg(short, long)]
+        prompt: String,
+    },
 }
 
 #[derive(Args)]
@@ -318,6 +327,7 @@ fn main() {
         Cmd::Train(a) => trainer::cmd_train(*a),
         Cmd::Export(a) => trainer::cmd_export(a),
         Cmd::Eval(EvalCmd::Bpb(a)) => cmd_eval_bpb(a),
+        Cmd::Eval(EvalCmd::Logits { model, prompt }) => cmd_eval_logits(&model, &prompt),
         Cmd::Quantize { input, output, ty } => {
             perf::parse_type(&ty).and_then(|t| perf::quantize(&input, &output, t))
         }
@@ -835,5 +845,20 @@ fn cmd_eval_bpb(a: BpbArgs) -> Result<()> {
             None => println!("{name:<10} {:>8}", "(not installed)"),
         }
     }
+    Ok(())
+}
+
+fn cmd_eval_logits(a: &ModelArgs, prompt: &str) -> Result<()> {
+    let l = load(a)?;
+    let ctx = ctx_of(a, &l.model)?;
+    let ids = l.tok.encode(prompt, true, false);
+    if ids.is_empty() || ids.len() > ctx {
+        bail!("the prompt is {} tokens; it must be 1..={ctx}", ids.len());
+    }
+    let mut cache = l.model.new_cache(ctx);
+    let logits = l.model.forward(&mut cache, &ids, true)?;
+    let v = l.model.config.n_vocab;
+    let rows: Vec<&[f32]> = logits.chunks_exact(v).collect();
+    println!("{}", serde_json::json!({"ids": ids, "logits": rows}));
     Ok(())
 }
