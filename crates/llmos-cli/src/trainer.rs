@@ -239,22 +239,6 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
     let m = cfg.model(meta.vocab);
     m.validate()
         .map_err(|e| anyhow::anyhow!("model shape: {e}"))?;
-    let n_params = llmos_train::model::Layout::new(&m).total;
-    eprintln!(
-        "model: {} layers, {} heads ({} kv), dim {}, ffn {}, ctx {}, vocab {}: {:.2} M parameters; {} steps of {} x {} x {} tokens",
-        m.layers,
-        m.heads,
-        m.kv_heads,
-        m.dim,
-        m.ffn,
-        m.ctx,
-        m.vocab,
-        n_params as f64 / 1e6,
-        cfg.steps,
-        cfg.batch,
-        cfg.accum,
-        cfg.ctx
-    );
     let bar = ProgressBar::new(cfg.steps as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -280,7 +264,23 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             l.lr
         ));
     };
+    let n_params = llmos_train::model::Layout::new(&m).total;
     let mut on_start = |peak: f64| {
+        eprintln!(
+            "model: {} layers, {} heads ({} kv), dim {}, ffn {}, ctx {}, vocab {}: {:.2} M parameters; {} steps of {} x {} x {} tokens",
+            m.layers,
+            m.heads,
+            m.kv_heads,
+            m.dim,
+            m.ffn,
+            m.ctx,
+            m.vocab,
+            n_params as f64 / 1e6,
+            cfg.steps,
+            cfg.batch,
+            cfg.accum,
+            cfg.ctx
+        );
         eprintln!(
             "f32 GEMM peak here: {peak:.1} GFLOP/s on {} threads (MFU = 6 x {:.2} M x tok/s over it)",
             llmos_tensor::pool::threads(),

@@ -5,26 +5,8 @@ mod common;
 use common::*;
 use llmos_tokenizer::Tokenizer;
 
-/// A scratch directory per test, removed when the test ends (pass or fail).
-struct TempDir(std::path::PathBuf);
-
-impl std::ops::Deref for TempDir {
-    type Target = std::path::Path;
-    fn deref(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn dir(name: &str) -> TempDir {
-    let d = std::env::temp_dir().join(format!("llmos-train-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    TempDir(d)
+    scratch(&format!("tok-{name}"))
 }
 
 #[test]

@@ -19,11 +19,8 @@ const HEADER: usize = 32;
 pub enum DataError {
     #[error("{path}: {msg}")]
     Bad { path: PathBuf, msg: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 }
 
 fn bad(path: &Path, msg: impl Into<String>) -> DataError {
@@ -34,9 +31,9 @@ fn bad(path: &Path, msg: impl Into<String>) -> DataError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io {
+    move |err| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 

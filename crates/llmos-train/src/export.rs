@@ -273,7 +273,7 @@ pub fn write_gguf(m: &Exportable, path: &Path, name: &str) -> Result<(), TrainEr
     }
     w.write(path).map_err(|e| TrainError::Io {
         path: path.to_path_buf(),
-        source: e,
+        err: e,
     })
 }
 
@@ -326,7 +326,7 @@ fn to_half_split(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f
 /// Writes a HF Llama directory: config.json, model.safetensors, tokenizer.json,
 /// tokenizer_config.json.
 pub fn write_hf(m: &Exportable, dir: &Path) -> Result<(), TrainError> {
-    let io = |p: PathBuf| move |e: std::io::Error| TrainError::Io { path: p, source: e };
+    let io = |p: PathBuf| move |e: std::io::Error| TrainError::Io { path: p, err: e };
     std::fs::create_dir_all(dir).map_err(io(dir.to_path_buf()))?;
     let c = &m.cfg;
     let v = &m.vocab;

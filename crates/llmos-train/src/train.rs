@@ -130,17 +130,14 @@ pub enum TrainError {
     Config(String),
     #[error("{path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("{path}: {err}")]
+    Io { path: PathBuf, err: std::io::Error },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
+    move |err| TrainError::Io {
         path: path.to_path_buf(),
-        source,
+        err,
     }
 }
 

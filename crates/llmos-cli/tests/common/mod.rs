@@ -64,3 +64,27 @@ pub fn one_line_error(o: &Output) -> String {
     assert!(!e.contains("panicked"), "{e}");
     lines[0].to_string()
 }
+
+/// A scratch directory per test, removed when the test ends (pass or fail).
+pub struct TempDir(pub PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh scratch directory named after the test binary's process and `name`.
+pub fn scratch(name: &str) -> TempDir {
+    let d = std::env::temp_dir().join(format!("llmos-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    TempDir(d)
+}

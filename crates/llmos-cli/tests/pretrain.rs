@@ -1,0 +1,339 @@
+//! The pretraining commands end to end on a tiny corpus: data prepare, train (TOML and
+//! flags), export to GGUF and HF, run the exported model, eval bpb; and bad input to each
+//! is a one-line error.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn corpus(d: &Path) -> std::path::PathBuf {
+    let text: String = (0..120)
+        .map(|i| {
+            format!(
+                "Scene {i}. ROMEO: the sun is up, and so am I.\nJULIET: {} stars.\n\n\n",
+                i * 7
+            )
+        })
+        .collect();
+    let p = d.join("corpus.txt");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn prepare_train_export_run_and_eval() {
+    let d = scratch("pretrain-e2e");
+    let text = corpus(&d);
+    let data = d.join("data");
+    let out = ok(&run(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        "char",
+        "--val-fraction",
+        "0.05",
+        "-o",
+        data.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ]));
+    assert!(out.contains("val"), "{out}");
+    assert!(data.join("val.txt").is_file());
+    // settings from TOML, one overridden by a flag
+    let toml = d.join("cfg.toml");
+    std::fs::write(&toml, "layers = 2\nheads = 2\ndim = 32\nffn = 64\nctx = 32\nbatch = 4\nsteps = 999\nlr = 0.003\nwarmup = 5\neval_every = 20\nlog_every = 5\n").unwrap();
+    let run_dir = d.join("run");
+    ok(&run(&[
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run_dir.to_str().unwrap(),
+        "--config",
+        toml.to_str().unwrap(),
+        "--steps",
+        "40",
+        "-t",
+        "2",
+    ]));
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(cfg["train"]["steps"], 40);
+    assert_eq!(cfg["model"]["layers"], 2);
+    let m = metrics(&run_dir);
+    let steps: Vec<u64> = m.iter().map(|l| l["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 5, 10, 15, 20, 25, 30, 35, 40]);
+    for l in &m {
+        for k in ["loss", "tok_s", "mfu", "lr"] {
+            assert!(l[k].as_f64().is_some_and(f64::is_finite), "{k} in {l}");
+        }
+    }
+    let (first, last) = (
+        m[0]["loss"].as_f64().unwrap(),
+        m[8]["loss"].as_f64().unwrap(),
+    );
+    assert!(last < first * 0.75, "loss {first} -> {last}");
+    assert!(m[4]["val_loss"].as_f64().is_some() && m[8]["val_bpb"].as_f64().is_some());
+    assert!(
+        std::fs::read_to_string(run_dir.join("loss.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
+    // export, then the inference engine runs the file and scores the held-out text
+    let gguf = d.join("m.gguf");
+    let hf = d.join("hf");
+    ok(&run(&[
+        "export",
+        run_dir.to_str().unwrap(),
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--hf",
+        hf.to_str().unwrap(),
+    ]));
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(hf.join(f).is_file(), "{f}");
+    }
+    let g: serde_json::Value = serde_json::from_str(&ok(&run(&[
+        "run",
+        "-m",
+        gguf.to_str().unwrap(),
+        "-p",
+        "ROMEO:",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--json",
+        "-t",
+        "1",
+    ])))
+    .unwrap();
+    assert_eq!(ids(&g["ids"]).len(), 8);
+    let b: serde_json::Value = serde_json::from_str(&ok(&run(&[
+        "eval",
+        "bpb",
+        "-m",
+        gguf.to_str().unwrap(),
+        data.join("val.txt").to_str().unwrap(),
+        "--json",
+        "-t",
+        "1",
+    ])))
+    .unwrap();
+    let bpb = b["bpb"].as_f64().unwrap();
+    // a char model that has learnt something spends well under 8 bits on an ASCII byte
+    assert!(bpb > 0.1 && bpb < 5.0, "{b}");
+    assert!(b["gzip"].as_f64().is_some() || b["gzip"].is_null());
+}
+
+#[test]
+fn resume_continues_where_the_run_stopped() {
+    let d = scratch("pretrain-resume");
+    let text = corpus(&d);
+    let data = d.join("data");
+    ok(&run(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        "byte",
+        "-o",
+        data.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ]));
+    let args = |run_dir: &Path, steps: &str| -> Vec<String> {
+        [
+            "train",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run_dir.to_str().unwrap(),
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--dim",
+            "16",
+            "--ctx",
+            "16",
+            "--batch",
+            "2",
+            "--steps",
+            steps,
+            "--eval-every",
+            "0",
+            "--log-every",
+            "1",
+            "--warmup",
+            "2",
+            "--decay",
+            "constant",
+            "-t",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let (a, b) = (d.join("a"), d.join("b"));
+    ok(&llmos().args(args(&a, "12")).output().unwrap());
+    // b: 6 steps, then resumed with --steps 12 (a constant schedule after warm-up does not
+    // depend on the step count, so the 12 losses must equal a's)
+    ok(&llmos().args(args(&b, "6")).output().unwrap());
+    let mut resume = args(&b, "12");
+    resume.push("--resume".into());
+    ok(&llmos().args(&resume).output().unwrap());
+    let la: Vec<f64> = metrics(&a)
+        .iter()
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect();
+    let lb: Vec<f64> = metrics(&b)
+        .iter()
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(la, lb);
+}
+
+#[test]
+fn bad_input_is_a_one_line_error() {
+    let d = scratch("pretrain-bad");
+    let text = corpus(&d);
+    let data = d.join("data");
+    let ds = data.to_str().unwrap();
+    ok(&run(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        "char",
+        "-o",
+        ds,
+        text.to_str().unwrap(),
+    ]));
+    let rd = d.join("r");
+    let rs = rd.to_str().unwrap();
+    let bad_toml = d.join("bad.toml");
+    std::fs::write(&bad_toml, "layers = 2\nwidth = 3\n").unwrap();
+    let not_toml = d.join("not.toml");
+    std::fs::write(&not_toml, "layers = = 2").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "train",
+                "--data",
+                ds,
+                "--out",
+                rs,
+                "--config",
+                bad_toml.to_str().unwrap(),
+            ],
+            "width",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                ds,
+                "--out",
+                rs,
+                "--config",
+                not_toml.to_str().unwrap(),
+            ],
+            "not.toml",
+        ),
+        (
+            vec!["train", "--data", "/nonexistent/data", "--out", rs],
+            "nonexistent",
+        ),
+        (
+            vec![
+                "train", "--data", ds, "--out", rs, "--dim", "30", "--heads", "4",
+            ],
+            "multiple of heads",
+        ),
+        (
+            vec!["train", "--data", ds, "--out", rs, "--decay", "sideways"],
+            "sideways",
+        ),
+        (
+            vec![
+                "train", "--data", ds, "--out", rs, "--resume", "--steps", "1",
+            ],
+            "checkpoint.bin",
+        ),
+        (
+            vec!["export", rs, "--gguf", "/tmp/x.gguf"],
+            "checkpoint.bin",
+        ),
+        (vec!["export", rs], "nothing to do"),
+        (
+            vec![
+                "data",
+                "prepare",
+                "--tokenizer",
+                "char",
+                "-o",
+                rs,
+                "/nonexistent.txt",
+            ],
+            "nonexistent.txt",
+        ),
+        (
+            vec![
+                "data",
+                "prepare",
+                "--tokenizer",
+                "char",
+                "--val-fraction",
+                "1.5",
+                "-o",
+                rs,
+                text.to_str().unwrap(),
+            ],
+            "val-fraction",
+        ),
+    ];
+    for (args, want) in cases {
+        let e = one_line_error(&run(&args));
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    // a damaged shard is named with what is wrong
+    let shard = data.join("train.bin");
+    let b = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &b[..b.len() - 1]).unwrap();
+    let e = one_line_error(&run(&["train", "--data", ds, "--out", rs, "--steps", "1"]));
+    assert!(e.contains("train.bin") && e.contains("header says"), "{e}");
+    // a non-UTF-8 text is refused by prepare and by eval bpb
+    let bin = d.join("bin.txt");
+    std::fs::write(&bin, [0x66, 0x6f, 0xff, 0x6f]).unwrap();
+    let e = one_line_error(&run(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        "char",
+        "-o",
+        rs,
+        bin.to_str().unwrap(),
+    ]));
+    assert!(e.contains("not UTF-8"), "{e}");
+}
