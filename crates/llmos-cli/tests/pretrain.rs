@@ -131,6 +131,25 @@ fn prepare_train_export_run_and_eval() {
     ])))
     .unwrap();
     assert_eq!(ids(&g["ids"]).len(), 8);
+    // chat works too: a char model gets the plain-text chat format
+    let c: serde_json::Value = serde_json::from_str(&ok(&run(&[
+        "chat",
+        "-m",
+        gguf.to_str().unwrap(),
+        "--temp",
+        "0",
+        "-n",
+        "6",
+        "--json",
+        "-t",
+        "1",
+        "JULIET",
+    ])))
+    .unwrap();
+    assert!(
+        c["prompt"].as_str().unwrap().contains("USER:\nJULIET"),
+        "{c}"
+    );
     let b: serde_json::Value = serde_json::from_str(&ok(&run(&[
         "eval",
         "bpb",

@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 /// The chat format of models pretrained here (tokens reserved by `llmos tokenizer train`).
 pub const CHAT_TEMPLATE: &str = "<|bos|>{% for m in messages %}{% if m['role'] == 'user' %}<|user_start|>{{ m['content'] }}<|user_end|>{% elif m['role'] == 'assistant' %}<|assistant_start|>{{ m['content'] }}<|assistant_end|>{% endif %}{% endfor %}{% if add_generation_prompt %}<|assistant_start|>{% endif %}";
 
+/// A plain-text chat format for vocabularies without chat tokens (character and byte
+/// models): speaker names in capitals, as plays are written.
+pub const PLAIN_TEMPLATE: &str = "{% for m in messages %}{{ m['role'] | upper }}:\n{{ m['content'] }}\n\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:\n{% endif %}";
+
 /// A vocabulary in the byte-level BPE form both GGUF (`gpt2`) and HF use.
 pub struct Vocab {
     /// Token strings, bytes mapped to printable characters as GPT-2 does.
@@ -78,7 +82,7 @@ pub fn run_vocab(run: &Path) -> Result<Vocab, TrainError> {
                 tokens,
                 bos: None,
                 eos: None,
-                chat_template: None,
+                chat_template: Some(PLAIN_TEMPLATE.to_string()),
             })
         }
         TokenizerSpec::Byte => {
@@ -91,7 +95,7 @@ pub fn run_vocab(run: &Path) -> Result<Vocab, TrainError> {
                 tokens,
                 bos: None,
                 eos: None,
-                chat_template: None,
+                chat_template: Some(PLAIN_TEMPLATE.to_string()),
             })
         }
         TokenizerSpec::Hf { file } => {

@@ -128,25 +128,27 @@ pub fn rope_table(ctx: usize, head_dim: usize, theta: f32) -> Vec<(f32, f32)> {
     t
 }
 
-/// Rotates every head of every row in place; row r is at position r % t. With `inverse`
-/// the rotation goes backwards, which is the gradient of the forward rotation.
+/// Rotates the heads in the first `rot` values of every row (rows `stride` apart) in
+/// place; row r is at position r % t. With `inverse` the rotation goes backwards, which is
+/// the gradient of the forward rotation.
 pub fn rope_rows(
     x: &mut [f32],
-    width: usize,
+    stride: usize,
+    rot: usize,
     head_dim: usize,
     t: usize,
     table: &[(f32, f32)],
     inverse: bool,
 ) {
     let half = head_dim / 2;
-    for_each_chunk_mut(x, ROWS * width, |ci, xc| {
+    for_each_chunk_mut(x, ROWS * stride, |ci, xc| {
         let mut cs = vec![(0f32, 0f32); half];
-        for (j, row) in xc.chunks_exact_mut(width).enumerate() {
+        for (j, row) in xc.chunks_exact_mut(stride).enumerate() {
             let pos = (ci * ROWS + j) % t;
             for (o, &(c, s)) in cs.iter_mut().zip(&table[pos * half..(pos + 1) * half]) {
                 *o = if inverse { (c, -s) } else { (c, s) };
             }
-            rope_cs(row, head_dim, &cs, RopeStyle::Interleaved);
+            rope_cs(&mut row[..rot], head_dim, &cs, RopeStyle::Interleaved);
         }
     });
 }
@@ -178,6 +180,10 @@ impl AttnShape {
     fn task_len(&self) -> usize {
         self.group() * self.t * (self.t + self.head_dim)
     }
+    /// Width of a fused q|k|v row.
+    pub fn qkv_width(&self) -> usize {
+        (self.heads + 2 * self.kv_heads) * self.head_dim
+    }
     /// Size of the saved state `p` that [`attention_fwd`] fills.
     pub fn state_len(&self) -> usize {
         self.batch * self.kv_heads * self.task_len()
@@ -200,28 +206,23 @@ fn gather(
     }
 }
 
-/// Causal softmax attention. q [N, H*D], k and v [N, KV*D] (N = B*T); out [N, H*D];
-/// `state` (len [`AttnShape::state_len`]) keeps the probabilities for the backward.
-pub fn attention_fwd(
-    s: AttnShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &mut [f32],
-    state: &mut [f32],
-) {
+/// Causal softmax attention. `qkv` rows (N = B*T of them) hold q (H*D), then k (KV*D),
+/// then v (KV*D), as one fused projection writes them; out [N, H*D]; `state` (len
+/// [`AttnShape::state_len`]) keeps the probabilities for the backward.
+pub fn attention_fwd(s: AttnShape, qkv: &[f32], out: &mut [f32], state: &mut [f32]) {
     let (t, d, g) = (s.t, s.head_dim, s.group());
     let (qw, kw) = (s.heads * d, s.kv_heads * d);
+    let w = s.qkv_width();
     let scale = 1.0 / (d as f32).sqrt();
     for_each_chunk_mut(state, s.task_len(), |task, st| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let (mut kb, mut vb, mut qb) = (Vec::new(), Vec::new(), Vec::new());
-        gather(k, kw, kvh * d, d, t, b * t, &mut kb);
-        gather(v, kw, kvh * d, d, t, b * t, &mut vb);
+        gather(qkv, w, qw + kvh * d, d, t, b * t, &mut kb);
+        gather(qkv, w, qw + kw + kvh * d, d, t, b * t, &mut vb);
         let (probs, outs) = st.split_at_mut(g * t * t);
         for gi in 0..g {
             let h = kvh * g + gi;
-            gather(q, qw, h * d, d, t, b * t, &mut qb);
+            gather(qkv, w, h * d, d, t, b * t, &mut qb);
             let p = &mut probs[gi * t * t..(gi + 1) * t * t];
             let o = &mut outs[gi * t * d..(gi + 1) * t * d];
             // query blocks only meet the keys up to their last row (causal): half the work
@@ -287,21 +288,11 @@ pub fn attention_fwd(
     }
 }
 
-/// Gradients of [`attention_fwd`]: dq, dk, dv are set (not added).
-#[allow(clippy::too_many_arguments)]
-pub fn attention_back(
-    s: AttnShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    state: &[f32],
-    dout: &[f32],
-    dq: &mut [f32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-) {
+/// Gradients of [`attention_fwd`] with respect to `qkv`, set (not added) in `dqkv`.
+pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dqkv: &mut [f32]) {
     let (t, d, g) = (s.t, s.head_dim, s.group());
     let (qw, kw) = (s.heads * d, s.kv_heads * d);
+    let w = s.qkv_width();
     let scale = 1.0 / (d as f32).sqrt();
     // per task: dQ of its heads [G, T, D], then dK [T, D], dV [T, D]
     let per = (g + 2) * t * d;
@@ -310,14 +301,14 @@ pub fn attention_back(
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let st = &state[task * s.task_len()..(task + 1) * s.task_len()];
         let (mut kb, mut vb, mut qb, mut dob) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        gather(k, kw, kvh * d, d, t, b * t, &mut kb);
-        gather(v, kw, kvh * d, d, t, b * t, &mut vb);
+        gather(qkv, w, qw + kvh * d, d, t, b * t, &mut kb);
+        gather(qkv, w, qw + kw + kvh * d, d, t, b * t, &mut vb);
         let (dqs, dkv) = gr.split_at_mut(g * t * d);
         let (dkb, dvb) = dkv.split_at_mut(t * d);
         let mut dp = vec![0f32; t * t];
         for gi in 0..g {
             let h = kvh * g + gi;
-            gather(q, qw, h * d, d, t, b * t, &mut qb);
+            gather(qkv, w, h * d, d, t, b * t, &mut qb);
             gather(dout, qw, h * d, d, t, b * t, &mut dob);
             let p = &st[gi * t * t..(gi + 1) * t * t];
             let dqh = &mut dqs[gi * t * d..(gi + 1) * t * d];
@@ -383,36 +374,44 @@ pub fn attention_back(
             for gi in 0..g {
                 let h = kvh * g + gi;
                 let src = &gr[(gi * t + r) * d..(gi * t + r + 1) * d];
-                dq[row * qw + h * d..row * qw + (h + 1) * d].copy_from_slice(src);
+                dqkv[row * w + h * d..row * w + (h + 1) * d].copy_from_slice(src);
             }
-            let at = row * kw + kvh * d;
-            dk[at..at + d].copy_from_slice(&gr[(g * t + r) * d..(g * t + r + 1) * d]);
-            dv[at..at + d].copy_from_slice(&gr[((g + 1) * t + r) * d..((g + 1) * t + r + 1) * d]);
+            let at = row * w + qw + kvh * d;
+            dqkv[at..at + d].copy_from_slice(&gr[(g * t + r) * d..(g * t + r + 1) * d]);
+            let at = row * w + qw + kw + kvh * d;
+            dqkv[at..at + d].copy_from_slice(&gr[((g + 1) * t + r) * d..((g + 1) * t + r + 1) * d]);
         }
     }
 }
 
-/// a = silu(gate) * up.
-pub fn swiglu_fwd(gate: &[f32], up: &[f32], a: &mut [f32]) {
-    const CH: usize = 1 << 13;
-    for_each_chunk_mut(a, CH, |ci, ac| {
-        let at = ci * CH;
-        for (i, o) in ac.iter_mut().enumerate() {
-            *o = silu(gate[at + i]) * up[at + i];
+/// a = silu(gate) * up, where each row of `gu` holds gate (f values) then up (f values),
+/// as one fused projection writes them.
+pub fn swiglu_fwd(gu: &[f32], f: usize, a: &mut [f32]) {
+    for_each_chunk_mut(a, ROWS * f, |ci, ac| {
+        for (j, ar) in ac.chunks_exact_mut(f).enumerate() {
+            let r = ci * ROWS + j;
+            let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+            for i in 0..f {
+                ar[i] = silu(gate[i]) * up[i];
+            }
         }
     });
 }
 
-/// dgate and dup (set) from da.
-pub fn swiglu_back(gate: &[f32], up: &[f32], da: &[f32], dgate: &mut [f32], dup: &mut [f32]) {
-    const CH: usize = 1 << 13;
-    for_each_chunks_mut([dgate, dup], [CH, CH], |ci, [dg, du]| {
-        let at = ci * CH;
-        for i in 0..dg.len() {
-            let g = gate[at + i];
-            let sig = 1.0 / (1.0 + (-g).exp());
-            du[i] = da[at + i] * g * sig;
-            dg[i] = da[at + i] * up[at + i] * sig * (1.0 + g * (1.0 - sig));
+/// The gradient of [`swiglu_fwd`] with respect to `gu`, set in `dgu` (same layout).
+pub fn swiglu_back(gu: &[f32], f: usize, da: &[f32], dgu: &mut [f32]) {
+    for_each_chunk_mut(dgu, ROWS * 2 * f, |ci, dc| {
+        for (j, dr) in dc.chunks_exact_mut(2 * f).enumerate() {
+            let r = ci * ROWS + j;
+            let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+            let dar = &da[r * f..(r + 1) * f];
+            let (dg, du) = dr.split_at_mut(f);
+            for i in 0..f {
+                let g = gate[i];
+                let sig = 1.0 / (1.0 + (-g).exp());
+                du[i] = dar[i] * g * sig;
+                dg[i] = dar[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
+            }
         }
     });
 }
@@ -579,17 +578,24 @@ pub(crate) mod tests {
 
     #[test]
     fn rope_backward_is_the_transpose_of_the_forward() {
-        let (t, hd, w) = (5, 8, 16);
+        // rows of 24 values of which the first 16 (two heads of 8) rotate
+        let (t, hd, w, rot) = (5, 8, 24, 16);
         let table = rope_table(t, hd, 10000.0);
         let mut x = rand_vec(2 * t * w, 7, 1.0);
         let dy = rand_vec(2 * t * w, 8, 1.0);
         let mut dx = dy.clone();
-        rope_rows(&mut dx, w, hd, t, &table, true);
-        check_grad("rope", &mut x, &dx, 80, &mut |x| {
+        rope_rows(&mut dx, w, rot, hd, t, &table, true);
+        check_grad("rope", &mut x, &dx, 120, &mut |x| {
             let mut y = x.to_vec();
-            rope_rows(&mut y, w, hd, t, &table, false);
+            rope_rows(&mut y, w, rot, hd, t, &table, false);
             weighted(&y, &dy)
         });
+        // values past `rot` are untouched
+        let mut y = x.clone();
+        rope_rows(&mut y, w, rot, hd, t, &table, false);
+        for r in 0..2 * t {
+            assert_eq!(y[r * w + rot..(r + 1) * w], x[r * w + rot..(r + 1) * w]);
+        }
     }
 
     #[test]
@@ -605,55 +611,51 @@ pub(crate) mod tests {
                 head_dim: 4,
             };
             let n = s.batch * s.t;
-            let (qw, kw) = (heads * 4, kv * 4);
-            let mut q = rand_vec(n * qw, 9, 1.0);
-            let mut k = rand_vec(n * kw, 10, 1.0);
-            let mut v = rand_vec(n * kw, 11, 1.0);
+            let (qw, w) = (heads * 4, s.qkv_width());
+            let mut qkv = rand_vec(n * w, 9, 1.0);
             let dy = rand_vec(n * qw, 12, 1.0);
             let mut out = vec![0f32; n * qw];
             let mut st = vec![0f32; s.state_len()];
-            attention_fwd(s, &q, &k, &v, &mut out, &mut st);
-            let (mut dq, mut dk, mut dv) =
-                (vec![0f32; n * qw], vec![0f32; n * kw], vec![0f32; n * kw]);
-            attention_back(s, &q, &k, &v, &st, &dy, &mut dq, &mut dk, &mut dv);
-            let run = |q: &[f32], k: &[f32], v: &[f32]| {
+            attention_fwd(s, &qkv, &mut out, &mut st);
+            let mut dqkv = vec![f32::NAN; n * w];
+            attention_back(s, &qkv, &st, &dy, &mut dqkv);
+            assert!(
+                dqkv.iter().all(|x| x.is_finite()),
+                "every gradient is written"
+            );
+            check_grad("dqkv", &mut qkv, &dqkv, 200, &mut |qkv| {
                 let mut out = vec![0f32; n * qw];
                 let mut st = vec![0f32; s.state_len()];
-                attention_fwd(s, q, k, v, &mut out, &mut st);
+                attention_fwd(s, qkv, &mut out, &mut st);
                 weighted(&out, &dy)
-            };
-            let (kc, vc) = (k.clone(), v.clone());
-            check_grad("dq", &mut q, &dq, 60, &mut |q| run(q, &kc, &vc));
-            let qc = q.clone();
-            check_grad("dk", &mut k, &dk, 40, &mut |k| run(&qc, k, &vc));
-            let kc = k.clone();
-            check_grad("dv", &mut v, &dv, 40, &mut |v| run(&qc, &kc, v));
-            // causality: the first token's output depends on nothing after it
-            let mut k2 = k.clone();
-            k2[kw..].iter_mut().for_each(|x| *x += 1.0);
+            });
+            // causality: the first token's output depends on no later key or value
+            let mut later = qkv.clone();
+            for r in 1..t {
+                later[r * w + qw..(r + 1) * w]
+                    .iter_mut()
+                    .for_each(|x| *x += 1.0);
+            }
             let mut out2 = vec![0f32; n * qw];
-            attention_fwd(s, &q, &k2, &v, &mut out2, &mut st);
+            attention_fwd(s, &later, &mut out2, &mut st);
             assert_eq!(out[..qw], out2[..qw]);
+            assert_ne!(out[qw..2 * qw], out2[qw..2 * qw]);
         }
     }
 
     #[test]
     fn swiglu_gradients_match_finite_differences() {
-        let n = 30;
-        let mut gate = rand_vec(n, 13, 3.0);
-        let mut up = rand_vec(n, 14, 2.0);
-        let da = rand_vec(n, 15, 1.0);
-        let (mut dg, mut du) = (vec![0f32; n], vec![0f32; n]);
-        swiglu_back(&gate, &up, &da, &mut dg, &mut du);
-        let f = |g: &[f32], u: &[f32]| {
-            let mut a = vec![0f32; n];
-            swiglu_fwd(g, u, &mut a);
+        crate::tests::init_pool();
+        let (n, f) = (40, 7);
+        let mut gu = rand_vec(n * 2 * f, 13, 3.0);
+        let da = rand_vec(n * f, 15, 1.0);
+        let mut dgu = vec![0f32; n * 2 * f];
+        swiglu_back(&gu, f, &da, &mut dgu);
+        check_grad("dgu", &mut gu, &dgu, 120, &mut |gu| {
+            let mut a = vec![0f32; n * f];
+            swiglu_fwd(gu, f, &mut a);
             weighted(&a, &da)
-        };
-        let uc = up.clone();
-        check_grad("dgate", &mut gate, &dg, 30, &mut |g| f(g, &uc));
-        let gc = gate.clone();
-        check_grad("dup", &mut up, &du, 30, &mut |u| f(&gc, u));
+        });
     }
 
     #[test]

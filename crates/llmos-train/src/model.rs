@@ -87,13 +87,12 @@ impl TensorInfo {
 #[derive(Clone, Copy, Debug)]
 struct BlockOff {
     attn_norm: usize,
+    /// q, k and v weights, consecutive: one [dim + 2 kv, dim] matrix
     wq: usize,
-    wk: usize,
-    wv: usize,
     wo: usize,
     ffn_norm: usize,
+    /// gate and up weights, consecutive: one [2 ffn, dim] matrix
     wg: usize,
-    wu: usize,
     wd: usize,
 }
 
@@ -128,16 +127,23 @@ impl Layout {
         let mut blocks = Vec::new();
         for i in 0..c.layers {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let attn_norm = add(p("attn_norm"), 1, c.dim, false);
+            // added in this order so q|k|v and gate|up are each one contiguous matrix
+            let wq = add(p("attn_q"), c.dim, c.dim, true);
+            add(p("attn_k"), kvd, c.dim, true);
+            add(p("attn_v"), kvd, c.dim, true);
+            let wo = add(p("attn_output"), c.dim, c.dim, true);
+            let ffn_norm = add(p("ffn_norm"), 1, c.dim, false);
+            let wg = add(p("ffn_gate"), c.ffn, c.dim, true);
+            add(p("ffn_up"), c.ffn, c.dim, true);
+            let wd = add(p("ffn_down"), c.dim, c.ffn, true);
             blocks.push(BlockOff {
-                attn_norm: add(p("attn_norm"), 1, c.dim, false),
-                wq: add(p("attn_q"), c.dim, c.dim, true),
-                wk: add(p("attn_k"), kvd, c.dim, true),
-                wv: add(p("attn_v"), kvd, c.dim, true),
-                wo: add(p("attn_output"), c.dim, c.dim, true),
-                ffn_norm: add(p("ffn_norm"), 1, c.dim, false),
-                wg: add(p("ffn_gate"), c.ffn, c.dim, true),
-                wu: add(p("ffn_up"), c.ffn, c.dim, true),
-                wd: add(p("ffn_down"), c.dim, c.ffn, true),
+                attn_norm,
+                wq,
+                wo,
+                ffn_norm,
+                wg,
+                wd,
             });
         }
         let out_norm = add("output_norm.weight".into(), 1, c.dim, false);
@@ -210,16 +216,15 @@ pub fn init_params(c: &ModelConfig, seed: u64) -> Vec<f32> {
 struct BlockActs {
     r1: Vec<f32>,
     h1: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// q | k | v per row (one fused projection; q and k rotated)
+    qkv: Vec<f32>,
     state: Vec<f32>,
     att: Vec<f32>,
     x2: Vec<f32>,
     r2: Vec<f32>,
     h2: Vec<f32>,
-    gate: Vec<f32>,
-    up: Vec<f32>,
+    /// gate | up per row (one fused projection)
+    gu: Vec<f32>,
     a: Vec<f32>,
 }
 
@@ -231,7 +236,7 @@ pub struct Workspace {
     blocks: Vec<BlockActs>,
     rf: Vec<f32>,
     hf: Vec<f32>,
-    grad: [Vec<f32>; 10],
+    grad: [Vec<f32>; 7],
     inputs: Vec<u32>,
     targets: Vec<u32>,
     dhead: Vec<f32>,
@@ -257,30 +262,29 @@ impl Model {
         }
         let c = &self.cfg;
         let n = b * t;
-        let (qw, kw) = (c.dim, c.kv_heads * c.head_dim());
+        let qw = c.dim;
         let s = self.attn_shape(b, t);
+        let w = s.qkv_width();
         ws.shape = (b, t);
         ws.xs = (0..=c.layers).map(|_| vec![0f32; n * c.dim]).collect();
         ws.blocks = (0..c.layers)
             .map(|_| BlockActs {
                 r1: vec![0.0; n],
                 h1: vec![0.0; n * c.dim],
-                q: vec![0.0; n * qw],
-                k: vec![0.0; n * kw],
-                v: vec![0.0; n * kw],
+                qkv: vec![0.0; n * w],
                 state: vec![0.0; s.state_len()],
                 att: vec![0.0; n * qw],
                 x2: vec![0.0; n * c.dim],
                 r2: vec![0.0; n],
                 h2: vec![0.0; n * c.dim],
-                gate: vec![0.0; n * c.ffn],
-                up: vec![0.0; n * c.ffn],
+                gu: vec![0.0; n * 2 * c.ffn],
                 a: vec![0.0; n * c.ffn],
             })
             .collect();
         ws.rf = vec![0.0; n];
         ws.hf = vec![0.0; n * c.dim];
-        let widths = [c.dim, c.dim, c.dim, c.ffn, c.ffn, c.ffn, qw, qw, kw, kw];
+        // dx, dx2, dh, da, dgu, datt, dqkv
+        let widths = [c.dim, c.dim, c.dim, c.ffn, 2 * c.ffn, qw, w];
         ws.grad = widths.map(|w| vec![0f32; n * w]);
     }
 
@@ -339,12 +343,11 @@ impl Model {
                 &mut a.h1,
                 &mut a.r1,
             );
-            linear(&a.h1, &p[o.wq..o.wq + dim * dim], dim, dim, &mut a.q);
-            linear(&a.h1, &p[o.wk..o.wk + kw * dim], dim, kw, &mut a.k);
-            linear(&a.h1, &p[o.wv..o.wv + kw * dim], dim, kw, &mut a.v);
-            rope_rows(&mut a.q, dim, hd, t, &self.rope, false);
-            rope_rows(&mut a.k, kw, hd, t, &self.rope, false);
-            attention_fwd(s, &a.q, &a.k, &a.v, &mut a.att, &mut a.state);
+            // q, k and v weights lie one after another: one [dim + 2 kv, dim] matrix
+            let w = s.qkv_width();
+            linear(&a.h1, &p[o.wq..o.wq + w * dim], dim, w, &mut a.qkv);
+            rope_rows(&mut a.qkv, w, dim + kw, hd, t, &self.rope, false);
+            attention_fwd(s, &a.qkv, &mut a.att, &mut a.state);
             linear(&a.att, &p[o.wo..o.wo + dim * dim], dim, dim, &mut a.x2);
             add_into(&mut a.x2, x);
             rmsnorm_fwd(
@@ -355,9 +358,9 @@ impl Model {
                 &mut a.r2,
             );
             let f = c.ffn;
-            linear(&a.h2, &p[o.wg..o.wg + f * dim], dim, f, &mut a.gate);
-            linear(&a.h2, &p[o.wu..o.wu + f * dim], dim, f, &mut a.up);
-            swiglu_fwd(&a.gate, &a.up, &mut a.a);
+            // gate and up weights lie one after another too
+            linear(&a.h2, &p[o.wg..o.wg + 2 * f * dim], dim, 2 * f, &mut a.gu);
+            swiglu_fwd(&a.gu, f, &mut a.a);
             linear(&a.a, &p[o.wd..o.wd + dim * f], f, dim, xo);
             add_into(xo, &a.x2);
         }
@@ -402,7 +405,8 @@ impl Model {
         let (dim, hd, f) = (c.dim, c.head_dim(), c.ffn);
         let kw = c.kv_heads * hd;
         let s = self.attn_shape(b, t);
-        let [dx, dx2, dh, da, dgate, dup, datt, dq, dk, dv] = &mut ws.grad;
+        let [dx, dx2, dh, da, dgu, datt, dqkv] = &mut ws.grad;
+        let w = s.qkv_width();
         let head = l.head..l.head + c.vocab * dim;
         let loss = {
             let dhead = &mut ws.dhead;
@@ -436,26 +440,17 @@ impl Model {
                 &mut g[o.wd..o.wd + dim * f],
                 false,
             );
-            swiglu_back(&a.gate, &a.up, da, dgate, dup);
+            swiglu_back(&a.gu, f, da, dgu);
+            let gu = o.wg..o.wg + 2 * f * dim;
             linear_back(
                 &a.h2,
-                &p[o.wg..o.wg + f * dim],
-                dgate,
+                &p[gu.clone()],
+                dgu,
                 dim,
-                f,
+                2 * f,
                 dh,
-                &mut g[o.wg..o.wg + f * dim],
+                &mut g[gu],
                 false,
-            );
-            linear_back(
-                &a.h2,
-                &p[o.wu..o.wu + f * dim],
-                dup,
-                dim,
-                f,
-                dh,
-                &mut g[o.wu..o.wu + f * dim],
-                true,
             );
             dx2.copy_from_slice(dx);
             let fnr = o.ffn_norm..o.ffn_norm + dim;
@@ -471,39 +466,10 @@ impl Model {
                 &mut g[o.wo..o.wo + dim * dim],
                 false,
             );
-            attention_back(s, &a.q, &a.k, &a.v, &a.state, datt, dq, dk, dv);
-            rope_rows(dq, dim, hd, t, &self.rope, true);
-            rope_rows(dk, kw, hd, t, &self.rope, true);
-            linear_back(
-                &a.h1,
-                &p[o.wq..o.wq + dim * dim],
-                dq,
-                dim,
-                dim,
-                dh,
-                &mut g[o.wq..o.wq + dim * dim],
-                false,
-            );
-            linear_back(
-                &a.h1,
-                &p[o.wk..o.wk + kw * dim],
-                dk,
-                dim,
-                kw,
-                dh,
-                &mut g[o.wk..o.wk + kw * dim],
-                true,
-            );
-            linear_back(
-                &a.h1,
-                &p[o.wv..o.wv + kw * dim],
-                dv,
-                dim,
-                kw,
-                dh,
-                &mut g[o.wv..o.wv + kw * dim],
-                true,
-            );
+            attention_back(s, &a.qkv, &a.state, datt, dqkv);
+            rope_rows(dqkv, w, dim + kw, hd, t, &self.rope, true);
+            let qkv = o.wq..o.wq + w * dim;
+            linear_back(&a.h1, &p[qkv.clone()], dqkv, dim, w, dh, &mut g[qkv], false);
             dx.copy_from_slice(dx2);
             let anr = o.attn_norm..o.attn_norm + dim;
             rmsnorm_back(x, &p[anr.clone()], &a.r1, dh, dx, &mut g[anr]);
