@@ -356,3 +356,81 @@ fn bad_input_is_a_one_line_error() {
     ]));
     assert!(e.contains("not UTF-8"), "{e}");
 }
+
+/// Ctrl-C (SIGINT) ends a run cleanly: a checkpoint at the step reached, exit status 0,
+/// and `--resume` carries on from it.
+#[test]
+fn interrupt_saves_a_checkpoint_and_resume_continues() {
+    let d = scratch("pretrain-sigint");
+    let text = corpus(&d);
+    let data = d.join("data");
+    ok(&run(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        "char",
+        "-o",
+        data.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ]));
+    let rd = d.join("run");
+    let args = [
+        "train",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        rd.to_str().unwrap(),
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--dim",
+        "32",
+        "--ctx",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "100000",
+        "--eval-every",
+        "0",
+        "--log-every",
+        "1",
+        "--save-every",
+        "0",
+        "-t",
+        "1",
+    ];
+    let child = llmos()
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(rd.join("metrics.jsonl")).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 60, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let st = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stopped at step"), "{err}");
+    let steps = metrics(&rd).last().unwrap()["step"].as_u64().unwrap();
+    assert!(rd.join("checkpoint.bin").is_file());
+    // resume to a few steps past the interruption
+    let target = (steps + 3).to_string();
+    let mut resume: Vec<&str> = args.to_vec();
+    let at = resume.iter().position(|a| *a == "100000").unwrap();
+    resume[at] = &target;
+    resume.push("--resume");
+    ok(&llmos().args(&resume).output().unwrap());
+    assert_eq!(
+        metrics(&rd).last().unwrap()["step"].as_u64().unwrap(),
+        steps + 3
+    );
+}
