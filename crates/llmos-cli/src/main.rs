@@ -100,6 +100,10 @@ struct BenchCmd {
     /// Skip the memory bandwidth sweep (bandwidth figures read 0).
     #[arg(long)]
     no_bandwidth: bool,
+    /// Only measure the f32 GEMM rate (the MFU denominator of `llmos train`) for each
+    /// thread count; no model is loaded.
+    #[arg(long)]
+    gemm: bool,
 }
 
 #[derive(Args)]
@@ -568,6 +572,27 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
     };
     if threads.contains(&0) || b.reps == 0 {
         bail!("thread counts and --reps must be at least 1");
+    }
+    if b.gemm {
+        llmos_tensor::init_threads(*threads.iter().max().expect("one thread count"));
+        let mut res = Vec::new();
+        for &t in &threads {
+            llmos_tensor::pool::init(t);
+            let best = (0..b.reps)
+                .map(|_| llmos_tensor::gemm::peak_gflops())
+                .fold(0.0, f64::max);
+            res.push(serde_json::json!({"threads": t, "gflops": best}));
+            if !b.json {
+                println!(
+                    "f32 GEMM 1024^3, {t} thread(s): {best:.1} GFLOP/s (best of {} one-second runs)",
+                    b.reps
+                );
+            }
+        }
+        if b.json {
+            println!("{}", serde_json::json!({"gemm": res}));
+        }
+        return Ok(());
     }
     let l = load(&b.model)?;
     let path = resolve(&b.model.model)?;

@@ -7,6 +7,7 @@
 use llmos_tensor::gemm::{MatRef, sgemm};
 use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs, silu};
 use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
+use llmos_tensor::q8::softmax_scaled_lanes;
 
 /// Query rows per attention block: each block meets only the keys up to its last row.
 const QB: usize = 64;
@@ -241,19 +242,8 @@ pub fn attention_fwd(s: AttnShape, qkv: &[f32], out: &mut [f32], state: &mut [f3
                 );
                 for (ii, row) in pb.chunks_exact_mut(t).take(i1 - i0).enumerate() {
                     let i = i0 + ii;
-                    let live = &mut row[..=i];
-                    let mut max = f32::NEG_INFINITY;
-                    for x in live.iter_mut() {
-                        *x *= scale;
-                        max = max.max(*x);
-                    }
-                    let mut sum = 0f32;
-                    for x in live.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x;
-                    }
-                    let inv = 1.0 / sum;
-                    live.iter_mut().for_each(|x| *x *= inv);
+                    // scale, max, exp, normalise: layer 1's 8-lane softmax
+                    softmax_scaled_lanes(&mut row[..=i], scale);
                     row[i + 1..].fill(0.0);
                 }
                 let pm = MatRef {
@@ -416,8 +406,11 @@ pub fn swiglu_back(gu: &[f32], f: usize, da: &[f32], dgu: &mut [f32]) {
     });
 }
 
-/// Rows of logits computed at once by the fused head + cross-entropy.
-const CE_CHUNK: usize = 256;
+/// Rows of logits computed at once by the fused head + cross-entropy: as many as fit in
+/// about 32 MB of logits (fewer repacks of the head weight), at least 256.
+fn ce_chunk(vocab: usize) -> usize {
+    ((8usize << 20) / vocab.max(1)).max(256)
+}
 
 /// Mean cross-entropy of `targets` under logits h W^T, without keeping the [N, V] logits:
 /// rows go through in chunks. When `grads` is given, adds the gradients of `scale` x the
@@ -431,11 +424,12 @@ pub fn head_ce(
     grads: Option<(&mut [f32], &mut [f32], f32)>,
 ) -> f64 {
     let n = targets.len();
-    let mut logits = vec![0f32; CE_CHUNK.min(n) * vocab];
+    let chunk = ce_chunk(vocab);
+    let mut logits = vec![0f32; chunk.min(n) * vocab];
     let mut total = 0f64;
     let mut grads = grads;
-    for r0 in (0..n).step_by(CE_CHUNK) {
-        let rows = CE_CHUNK.min(n - r0);
+    for r0 in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - r0);
         let hc = &h[r0 * c..(r0 + rows) * c];
         let lg = &mut logits[..rows * vocab];
         linear(hc, w, c, vocab, lg);
@@ -448,15 +442,17 @@ pub fn head_ce(
             |ci, [lc, lo]| {
                 for (j, row) in lc.chunks_exact_mut(vocab).enumerate() {
                     let tgt = tg[ci * 16 + j] as usize;
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0f64;
-                    for x in row.iter_mut() {
-                        *x = (*x - max).exp();
-                        sum += *x as f64;
+                    let (mut am, mut max) = (0, f32::NEG_INFINITY);
+                    for (k, &x) in row.iter().enumerate() {
+                        if x > max {
+                            (am, max) = (k, x);
+                        }
                     }
-                    lo[j] = (sum.ln() - (row[tgt] as f64).ln()) as f32;
-                    let inv = (1.0 / sum) as f32;
-                    row.iter_mut().for_each(|x| *x *= inv);
+                    let x_tgt = row[tgt];
+                    softmax_scaled_lanes(row, 1.0);
+                    // p[argmax] = 1 / sum exp(x - max), so log-sum-exp = max - ln p[argmax]
+                    // (p[argmax] >= 1 / vocab never underflows, unlike p[target])
+                    lo[j] = ((max as f64 - (row[am] as f64).ln()) - x_tgt as f64) as f32;
                 }
             },
         );
@@ -662,7 +658,12 @@ pub(crate) mod tests {
     fn fused_head_cross_entropy_matches_finite_differences() {
         crate::tests::init_pool();
         // more rows than one chunk, so the chunked path is covered
-        let (n, c, v) = (CE_CHUNK + 9, 6, 11);
+        // a target 200 nats below the best logit: its probability underflows in f32, the
+        // loss must not
+        let far = head_ce(&[1.0], &[100.0, -100.0], 1, 2, &[1], None);
+        assert!((far - 200.0).abs() < 1e-3, "{far}");
+        let v = 20_000;
+        let (n, c) = (ce_chunk(v) + 9, 6);
         let mut h = rand_vec(n * c, 16, 1.0);
         let mut w = rand_vec(v * c, 17, 1.0);
         let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();

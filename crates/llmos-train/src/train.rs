@@ -310,8 +310,10 @@ pub fn train(
         )
     };
     // the run directory describes itself: config, data meta (tokenizer) for export
-    let cfg_json =
-        serde_json::json!({"train": cfg, "model": mcfg, "data": data.display().to_string()});
+    let peak = llmos_tensor::gemm::peak_gflops() * 1e9;
+    on_start(peak / 1e9);
+    let cfg_json = serde_json::json!({"train": cfg, "model": mcfg, "data": data.display().to_string(),
+        "matmul_params": mcfg.matmul_params(), "gemm_peak_gflops": peak / 1e9});
     write_atomic(
         &run.join("config.json"),
         serde_json::to_string_pretty(&cfg_json)
@@ -343,8 +345,6 @@ pub fn train(
         .filter(|t| t.decay)
         .map(|t| t.range())
         .collect();
-    let peak = llmos_tensor::gemm::peak_gflops() * 1e9;
-    on_start(peak / 1e9);
     let flops_per_token = 6.0 * mcfg.matmul_params() as f64;
     let min_lr = cfg.min_lr.unwrap_or(cfg.lr / 10.0);
     let mut ws = Workspace::default();
