@@ -737,15 +737,7 @@ fn cmd_tokenizer_train(
     let t0 = Instant::now();
     let mut texts = Vec::with_capacity(files.len());
     for f in files {
-        let b = std::fs::read(f).with_context(|| format!("{}: cannot read", f.display()))?;
-        let t = String::from_utf8(b).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not UTF-8 (byte {})",
-                f.display(),
-                e.utf8_error().valid_up_to()
-            )
-        })?;
-        texts.push(t);
+        texts.push(read_utf8(f)?);
     }
     let bytes: usize = texts.iter().map(String::len).sum();
     eprintln!("counting pieces in {} files ({bytes} bytes)", files.len());
@@ -808,14 +800,12 @@ fn compressed_len(cmd: &str, args: &[&str], data: &[u8]) -> Option<usize> {
 fn cmd_eval_bpb(a: BpbArgs) -> Result<()> {
     let l = load(&a.model)?;
     let ctx = ctx_of(&a.model, &l.model)?;
-    let bytes = std::fs::read(&a.file).with_context(|| format!("{}", a.file.display()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|e| {
-        anyhow::anyhow!("{}: not UTF-8 (byte {})", a.file.display(), e.valid_up_to())
-    })?;
+    let text = read_utf8(&a.file)?;
+    let bytes = text.as_bytes();
     if bytes.is_empty() {
         bail!("{}: empty file", a.file.display());
     }
-    let ids = l.tok.encode(text, false, false);
+    let ids = l.tok.encode(&text, false, false);
     let bos = if l.tok.add_bos { l.tok.bos } else { None };
     let bar = indicatif::ProgressBar::new(ids.len() as u64);
     bar.set_style(
@@ -841,7 +831,7 @@ fn cmd_eval_bpb(a: BpbArgs) -> Result<()> {
     .map(|(name, cmd, args)| {
         (
             name,
-            compressed_len(cmd, &args, &bytes).map(|c| c as f64 * 8.0 / n),
+            compressed_len(cmd, &args, bytes).map(|c| c as f64 * 8.0 / n),
         )
     })
     .collect();
@@ -886,4 +876,17 @@ fn cmd_eval_logits(a: &ModelArgs, prompt: &str) -> Result<()> {
     let rows: Vec<&[f32]> = logits.chunks_exact(v).collect();
     println!("{}", serde_json::json!({"ids": ids, "logits": rows}));
     Ok(())
+}
+
+/// A text file's contents; a file that is not UTF-8 is a one-line error naming the first
+/// bad byte.
+pub(crate) fn read_utf8(p: &std::path::Path) -> Result<String> {
+    let b = std::fs::read(p).with_context(|| format!("{}: cannot read", p.display()))?;
+    String::from_utf8(b).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not UTF-8 (byte {})",
+            p.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }

@@ -46,15 +46,7 @@ pub fn cmd_data(c: DataCmd) -> Result<()> {
     }
     let mut texts = Vec::new();
     for f in &files {
-        let b = std::fs::read(f).with_context(|| format!("{}", f.display()))?;
-        let t = String::from_utf8(b).map_err(|e| {
-            anyhow::anyhow!(
-                "{}: not UTF-8 (byte {})",
-                f.display(),
-                e.utf8_error().valid_up_to()
-            )
-        })?;
-        texts.push((f.display().to_string(), t));
+        texts.push((f.display().to_string(), crate::read_utf8(f)?));
     }
     let (spec, codec) = match tokenizer.as_str() {
         "char" => {

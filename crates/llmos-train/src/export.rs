@@ -47,13 +47,14 @@ pub fn run_vocab(run: &Path) -> Result<Vocab, TrainError> {
     let table = llmos_tokenizer::byte_to_char();
     let byte_tokens =
         |bytes: &[u8]| -> String { bytes.iter().map(|&b| table[b as usize]).collect() };
-    let simple = |tokens: Vec<String>| {
+    // a vocabulary of single-byte tokens: no merges, no special tokens, plain-text chat
+    let single_bytes = |tokens: Vec<String>| -> Vocab {
         let vocab: serde_json::Map<String, J> = tokens
             .iter()
             .enumerate()
             .map(|(i, t)| (t.clone(), json!(i)))
             .collect();
-        json!({
+        let hf_json = json!({
             "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
             "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false},
             "post_processor": null,
@@ -61,7 +62,17 @@ pub fn run_vocab(run: &Path) -> Result<Vocab, TrainError> {
             "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                 "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                 "vocab": vocab, "merges": []}
-        })
+        });
+        Vocab {
+            types: vec![1; tokens.len()],
+            merges: vec![],
+            pre: "default".into(),
+            hf_json,
+            tokens,
+            bos: None,
+            eos: None,
+            chat_template: Some(PLAIN_TEMPLATE.to_string()),
+        }
     };
     match &meta.tokenizer {
         TokenizerSpec::Char { chars } => {
@@ -73,31 +84,13 @@ pub fn run_vocab(run: &Path) -> Result<Vocab, TrainError> {
                     ),
                 ));
             }
-            let tokens: Vec<String> = chars.iter().map(|&c| byte_tokens(&[c as u8])).collect();
-            Ok(Vocab {
-                types: vec![1; tokens.len()],
-                merges: vec![],
-                pre: "default".into(),
-                hf_json: simple(tokens.clone()),
-                tokens,
-                bos: None,
-                eos: None,
-                chat_template: Some(PLAIN_TEMPLATE.to_string()),
-            })
+            Ok(single_bytes(
+                chars.iter().map(|&c| byte_tokens(&[c as u8])).collect(),
+            ))
         }
-        TokenizerSpec::Byte => {
-            let tokens: Vec<String> = (0..=255u8).map(|b| byte_tokens(&[b])).collect();
-            Ok(Vocab {
-                types: vec![1; 256],
-                merges: vec![],
-                pre: "default".into(),
-                hf_json: simple(tokens.clone()),
-                tokens,
-                bos: None,
-                eos: None,
-                chat_template: Some(PLAIN_TEMPLATE.to_string()),
-            })
-        }
+        TokenizerSpec::Byte => Ok(single_bytes(
+            (0..=255u8).map(|b| byte_tokens(&[b])).collect(),
+        )),
         TokenizerSpec::Hf { file } => {
             let p = run.join(file);
             let text = std::fs::read_to_string(&p).map_err(|e| bad(&p, e.to_string()))?;
