@@ -6,8 +6,12 @@ use std::time::Instant;
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
-        .map(|s| s.parse().expect("sizes are integers"))
+        .filter_map(|s| s.parse().ok())
         .collect();
+    if args.len() < 3 || args[..3].contains(&0) {
+        eprintln!("usage: gemm_speed M N K [THREADS]  (positive integers)");
+        std::process::exit(2);
+    }
     let [m, n, k] = [args[0], args[1], args[2]];
     llmos_tensor::init_threads(args.get(3).copied().unwrap_or(1));
     let a = vec![0.5f32; m * k];
