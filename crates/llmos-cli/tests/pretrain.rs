@@ -20,6 +20,22 @@ fn corpus(d: &Path) -> std::path::PathBuf {
     p
 }
 
+/// `llmos data prepare` of `text` into d/data with the given tokenizer.
+fn prepare(d: &Path, text: &Path, tokenizer: &str) -> std::path::PathBuf {
+    let data = d.join("data");
+    let (ds, ts) = (data.to_str().unwrap(), text.to_str().unwrap());
+    ok(&run(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        tokenizer,
+        "-o",
+        ds,
+        ts,
+    ]));
+    data
+}
+
 fn ok(o: &std::process::Output) -> String {
     assert!(
         o.status.success(),
@@ -171,16 +187,7 @@ fn prepare_train_export_run_and_eval() {
 fn resume_continues_where_the_run_stopped() {
     let d = scratch("pretrain-resume");
     let text = corpus(&d);
-    let data = d.join("data");
-    ok(&run(&[
-        "data",
-        "prepare",
-        "--tokenizer",
-        "byte",
-        "-o",
-        data.to_str().unwrap(),
-        text.to_str().unwrap(),
-    ]));
+    let data = prepare(&d, &text, "byte");
     let args = |run_dir: &Path, steps: &str| -> Vec<String> {
         [
             "train",
@@ -363,16 +370,7 @@ fn bad_input_is_a_one_line_error() {
 fn interrupt_saves_a_checkpoint_and_resume_continues() {
     let d = scratch("pretrain-sigint");
     let text = corpus(&d);
-    let data = d.join("data");
-    ok(&run(&[
-        "data",
-        "prepare",
-        "--tokenizer",
-        "char",
-        "-o",
-        data.to_str().unwrap(),
-        text.to_str().unwrap(),
-    ]));
+    let data = prepare(&d, &text, "char");
     let rd = d.join("run");
     let args = [
         "train",

@@ -48,6 +48,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
+/// Writes `v` as pretty JSON, atomically.
+pub fn write_json(path: &Path, v: &impl Serialize) -> Result<(), DataError> {
+    write_atomic(
+        path,
+        serde_json::to_string_pretty(v)
+            .expect("serializes")
+            .as_bytes(),
+    )
+}
+
 /// Serializes a shard: u16 tokens when the vocabulary fits, u32 otherwise.
 pub fn shard_bytes(vocab: usize, tokens: &[u32]) -> Vec<u8> {
     let width: u32 = if vocab <= 1 << 16 { 2 } else { 4 };
@@ -395,8 +405,7 @@ pub fn prepare(
         seed,
         files: texts.iter().map(|(n, _)| n.clone()).collect(),
     };
-    let json = serde_json::to_string_pretty(&meta).expect("meta serializes");
-    write_atomic(&out.join("meta.json"), json.as_bytes())?;
+    write_json(&out.join("meta.json"), &meta)?;
     Ok(meta)
 }
 

@@ -27,16 +27,7 @@ pub fn bits(
     let half = ctx / 2;
     let mut cache = model.new_cache(ctx);
     let mut total = 0f64;
-    let nll = |row: &[f32], target: u32| -> f64 {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = max
-            + row
-                .iter()
-                .map(|&x| (x as f64 - max).exp())
-                .sum::<f64>()
-                .ln();
-        (lse - row[target as usize] as f64) / std::f64::consts::LN_2
-    };
+    let nll = |row: &[f32], target: u32| nll(row, target) / std::f64::consts::LN_2;
     // the first window, from the start (after BOS when the model has one; BOS takes a
     // position, so the window holds one token less)
     let off = usize::from(bos.is_some());
@@ -71,4 +62,16 @@ pub fn bits(
         progress(done);
     }
     Ok(total)
+}
+
+/// -ln softmax(row)[target], summed in f64.
+pub fn nll(row: &[f32], target: u32) -> f64 {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + row
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    lse - row[target as usize] as f64
 }

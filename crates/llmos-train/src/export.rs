@@ -3,7 +3,7 @@
 //! tokens) that `llmos run` and llama.cpp load, and a Hugging Face directory
 //! (config.json, model.safetensors, tokenizer.json) that `transformers` loads.
 
-use crate::data::{Meta, TokenizerSpec, write_atomic};
+use crate::data::{Meta, TokenizerSpec, write_atomic, write_json};
 use crate::model::{Layout, ModelConfig};
 use crate::train::{Checkpoint, TrainError, checkpoint_path};
 use llmos_formats::{GgufWriter, Value};
@@ -348,12 +348,7 @@ pub fn write_hf(m: &Exportable, dir: &Path) -> Result<(), TrainError> {
         "bos_token_id": v.bos,
         "eos_token_id": v.eos,
     });
-    write_atomic(
-        &dir.join("config.json"),
-        serde_json::to_string_pretty(&config)
-            .expect("json")
-            .as_bytes(),
-    )?;
+    write_json(&dir.join("config.json"), &config)?;
     let layout = Layout::new(c);
     let kvd = c.kv_heads * c.head_dim();
     let mut owned: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
@@ -395,10 +390,7 @@ pub fn write_hf(m: &Exportable, dir: &Path) -> Result<(), TrainError> {
     if let Some(t) = &v.chat_template {
         tc["chat_template"] = json!(t);
     }
-    write_atomic(
-        &dir.join("tokenizer_config.json"),
-        serde_json::to_string_pretty(&tc).expect("json").as_bytes(),
-    )?;
+    write_json(&dir.join("tokenizer_config.json"), &tc)?;
     Ok(())
 }
 
@@ -500,17 +492,11 @@ mod roundtrip {
             let mut cache = im.new_cache(64);
             let logits = im.forward(&mut cache, &tokens[..t], true).unwrap();
             let v = m.cfg.vocab;
-            let mut nll = 0f64;
-            for (i, row) in logits.chunks_exact(v).enumerate() {
-                let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
-                let lse = max
-                    + row
-                        .iter()
-                        .map(|&x| (x as f64 - max).exp())
-                        .sum::<f64>()
-                        .ln();
-                nll += lse - row[tokens[i + 1] as usize] as f64;
-            }
+            let nll: f64 = logits
+                .chunks_exact(v)
+                .enumerate()
+                .map(|(i, row)| crate::eval::nll(row, tokens[i + 1]))
+                .sum();
             let got = nll / t as f64;
             assert!(
                 (got - want).abs() < 1e-4,

@@ -2,7 +2,9 @@
 //! checkpoint. Everything that decides the loss sequence (parameters, optimizer moments,
 //! data order) is in the checkpoint, so a resumed run continues bit for bit.
 
-use crate::data::{DataError, Meta, eval_windows, read_shard, sample_batch, write_atomic};
+use crate::data::{
+    DataError, Meta, eval_windows, read_shard, sample_batch, write_atomic, write_json,
+};
 use crate::model::{Model, ModelConfig, Rng, Workspace, init_params};
 use crate::optim::{AdamW, Decay, clip_grad, lr_at};
 use serde::{Deserialize, Serialize};
@@ -314,18 +316,8 @@ pub fn train(
     on_start(peak / 1e9);
     let cfg_json = serde_json::json!({"train": cfg, "model": mcfg, "data": data.display().to_string(),
         "matmul_params": mcfg.matmul_params(), "gemm_peak_gflops": peak / 1e9});
-    write_atomic(
-        &run.join("config.json"),
-        serde_json::to_string_pretty(&cfg_json)
-            .expect("json")
-            .as_bytes(),
-    )?;
-    write_atomic(
-        &run.join("data-meta.json"),
-        serde_json::to_string_pretty(&meta)
-            .expect("json")
-            .as_bytes(),
-    )?;
+    write_json(&run.join("config.json"), &cfg_json)?;
+    write_json(&run.join("data-meta.json"), &meta)?;
     if let crate::data::TokenizerSpec::Hf { file } = &meta.tokenizer {
         let b = std::fs::read(data.join(file)).map_err(io_err(&data.join(file)))?;
         write_atomic(&run.join(file), &b)?;
@@ -624,17 +616,19 @@ mod tests {
         let data = root.join("data");
         tiny_data(&data);
         let no = AtomicBool::new(false);
+        let quiet = |run: &Path, resume: bool| {
+            train(
+                &data,
+                run,
+                &tiny_cfg(40),
+                resume,
+                &no,
+                &mut |_| {},
+                &mut |_| {},
+            )
+        };
         let (a, b) = (root.join("a"), root.join("b"));
-        train(
-            &data,
-            &a,
-            &tiny_cfg(40),
-            false,
-            &no,
-            &mut |_| {},
-            &mut |_| {},
-        )
-        .unwrap();
+        quiet(&a, false).unwrap();
         let full = losses(&a);
         assert_eq!(full.len(), 40);
         let first = f64::from_bits(full[0].1);
@@ -660,16 +654,7 @@ mod tests {
         .unwrap();
         assert_eq!(out, Outcome::Stopped(17));
         assert_eq!(losses(&b).len(), 17);
-        let out = train(
-            &data,
-            &b,
-            &tiny_cfg(40),
-            true,
-            &no,
-            &mut |_| {},
-            &mut |_| {},
-        )
-        .unwrap();
+        let out = quiet(&b, true).unwrap();
         assert_eq!(out, Outcome::Finished);
         assert_eq!(losses(&b), full);
         assert!(
