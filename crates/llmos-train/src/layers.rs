@@ -414,16 +414,48 @@ fn ce_chunk(vocab: usize) -> usize {
 
 /// Mean cross-entropy of `targets` under logits h W^T, without keeping the [N, V] logits:
 /// rows go through in chunks. When `grads` is given, adds the gradients of `scale` x the
-/// mean loss to dh (set) and dW (added).
+/// loss to dh (set) and dW (added). `weights` makes the loss the weighted sum
+/// sum_r w_r (-log p(target_r)) instead of the mean (a weight of 0 leaves a row out: the
+/// prompt tokens of a conversation).
 pub fn head_ce(
     h: &[f32],
     w: &[f32],
     c: usize,
     vocab: usize,
     targets: &[u32],
+    weights: Option<&[f32]>,
     grads: Option<(&mut [f32], &mut [f32], f32)>,
 ) -> f64 {
+    head_ce_rows(h, w, c, vocab, targets, weights, grads, None)
+}
+
+/// Each row's -log p(target) under logits h W^T, into `out` (the per-token log-likelihoods
+/// that preference and policy objectives combine).
+pub fn head_nll_rows(
+    h: &[f32],
+    w: &[f32],
+    c: usize,
+    vocab: usize,
+    targets: &[u32],
+    out: &mut [f32],
+) {
+    head_ce_rows(h, w, c, vocab, targets, None, None, Some(out));
+}
+
+#[allow(clippy::too_many_arguments)]
+fn head_ce_rows(
+    h: &[f32],
+    w: &[f32],
+    c: usize,
+    vocab: usize,
+    targets: &[u32],
+    weights: Option<&[f32]>,
+    grads: Option<(&mut [f32], &mut [f32], f32)>,
+    mut rows_out: Option<&mut [f32]>,
+) -> f64 {
     let n = targets.len();
+    // without weights: the mean (divided once at the end, as the pretraining loss always was)
+    let weight = |r: usize| weights.map_or(1.0, |w| w[r]);
     let chunk = ce_chunk(vocab);
     let mut logits = vec![0f32; chunk.min(n) * vocab];
     let mut total = 0f64;
@@ -456,10 +488,20 @@ pub fn head_ce(
                 }
             },
         );
-        total += row_loss.iter().map(|&l| l as f64).sum::<f64>();
+        total += row_loss
+            .iter()
+            .enumerate()
+            .map(|(j, &l)| l as f64 * weight(r0 + j) as f64)
+            .sum::<f64>();
+        if let Some(out) = rows_out.as_mut() {
+            out[r0..r0 + rows].copy_from_slice(&row_loss);
+        }
         if let Some((dh, dw, scale)) = grads.as_mut() {
-            let k = *scale / n as f32;
-            for (row, &tgt) in lg.chunks_exact_mut(vocab).zip(&targets[r0..r0 + rows]) {
+            for (j, (row, &tgt)) in lg.chunks_exact_mut(vocab).zip(tg).enumerate() {
+                let k = match weights {
+                    Some(w) => *scale * w[r0 + j],
+                    None => *scale / n as f32,
+                };
                 row[tgt as usize] -= 1.0;
                 row.iter_mut().for_each(|x| *x *= k);
             }
@@ -475,7 +517,11 @@ pub fn head_ce(
             );
         }
     }
-    total / n as f64
+    if weights.is_some() {
+        total
+    } else {
+        total / n as f64
+    }
 }
 
 #[cfg(test)]
@@ -660,7 +706,7 @@ pub(crate) mod tests {
         // more rows than one chunk, so the chunked path is covered
         // a target 200 nats below the best logit: its probability underflows in f32, the
         // loss must not
-        let far = head_ce(&[1.0], &[100.0, -100.0], 1, 2, &[1], None);
+        let far = head_ce(&[1.0], &[100.0, -100.0], 1, 2, &[1], None, None);
         assert!((far - 200.0).abs() < 1e-3, "{far}");
         let v = 20_000;
         let (n, c) = (ce_chunk(v) + 9, 6);
@@ -668,7 +714,7 @@ pub(crate) mod tests {
         let mut w = rand_vec(v * c, 17, 1.0);
         let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
         let (mut dh, mut dw) = (vec![0f32; n * c], vec![0f32; v * c]);
-        let loss = head_ce(&h, &w, c, v, &targets, Some((&mut dh, &mut dw, 1.0)));
+        let loss = head_ce(&h, &w, c, v, &targets, None, Some((&mut dh, &mut dw, 1.0)));
         // the loss itself equals a plain log-softmax
         let mut want = 0f64;
         for i in 0..n {
@@ -686,11 +732,11 @@ pub(crate) mod tests {
         assert!((loss - want / n as f64).abs() < 1e-4);
         let wc = w.clone();
         check_grad("dh", &mut h, &dh, 50, &mut |h| {
-            head_ce(h, &wc, c, v, &targets, None)
+            head_ce(h, &wc, c, v, &targets, None, None)
         });
         let hc = h.clone();
         check_grad("dw", &mut w, &dw, 40, &mut |w| {
-            head_ce(&hc, w, c, v, &targets, None)
+            head_ce(&hc, w, c, v, &targets, None, None)
         });
     }
 }

@@ -376,12 +376,44 @@ impl Model {
 
     /// Mean next-token loss of `tokens` (b rows of t + 1 tokens), in nats.
     pub fn loss(&self, p: &[f32], tokens: &[u32], b: usize, t: usize, ws: &mut Workspace) -> f64 {
+        self.loss_weighted(p, tokens, None, b, t, ws)
+    }
+
+    /// With `weights` (one per predicted token, b x t), the loss is sum_r w_r (-log p_r);
+    /// without, the mean.
+    pub fn loss_weighted(
+        &self,
+        p: &[f32],
+        tokens: &[u32],
+        weights: Option<&[f32]>,
+        b: usize,
+        t: usize,
+        ws: &mut Workspace,
+    ) -> f64 {
         self.prepare(ws, b, t);
         self.split(ws, tokens, b, t);
         self.forward(p, ws, b, t);
         let c = &self.cfg;
         let head = &p[self.layout.head..self.layout.head + c.vocab * c.dim];
-        head_ce(&ws.hf, head, c.dim, c.vocab, &ws.targets, None)
+        head_ce(&ws.hf, head, c.dim, c.vocab, &ws.targets, weights, None)
+    }
+
+    /// -log p of every predicted token (b x t values, row-major) into `out`.
+    pub fn token_nll(
+        &self,
+        p: &[f32],
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        ws: &mut Workspace,
+        out: &mut [f32],
+    ) {
+        self.prepare(ws, b, t);
+        self.split(ws, tokens, b, t);
+        self.forward(p, ws, b, t);
+        let c = &self.cfg;
+        let head = &p[self.layout.head..self.layout.head + c.vocab * c.dim];
+        head_nll_rows(&ws.hf, head, c.dim, c.vocab, &ws.targets, out);
     }
 
     /// The loss, and `scale` x its gradient added into `g` (same layout as `p`).
@@ -396,6 +428,25 @@ impl Model {
         scale: f32,
         ws: &mut Workspace,
     ) -> f64 {
+        self.loss_and_grad_weighted(p, g, tokens, None, b, t, scale, ws)
+    }
+
+    /// `loss_weighted` and `scale` x its gradient added into `g`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grad_weighted(
+        &self,
+        p: &[f32],
+        g: &mut [f32],
+        tokens: &[u32],
+        weights: Option<&[f32]>,
+        b: usize,
+        t: usize,
+        scale: f32,
+        ws: &mut Workspace,
+    ) -> f64 {
+        if let Some(w) = weights {
+            assert_eq!(w.len(), b * t, "one weight per predicted token");
+        }
         assert_eq!(g.len(), p.len());
         self.prepare(ws, b, t);
         self.split(ws, tokens, b, t);
@@ -418,6 +469,7 @@ impl Model {
                 dim,
                 c.vocab,
                 &ws.targets,
+                weights,
                 Some((dh, dhead, scale)),
             );
             add_into(&mut g[head], dhead);
@@ -542,6 +594,50 @@ mod tests {
                 });
             }
         }
+    }
+
+    /// The weighted (masked) loss of fine-tuning: its gradient against finite differences,
+    /// and a target with weight 0 has no say at all.
+    #[test]
+    fn weighted_loss_gradient_and_mask() {
+        crate::tests::init_pool();
+        let cfg = tiny(false, 1);
+        let m = Model::new(cfg.clone());
+        let p: Vec<f32> = init_params(&cfg, 3).iter().map(|x| x * 3.0).collect();
+        let (b, t) = (2, 5);
+        let mut tokens: Vec<u32> = (0..b * (t + 1)).map(|i| (i * 3 % 13) as u32).collect();
+        let w: Vec<f32> = (0..b * t)
+            .map(|i| if i % 3 == 0 { 0.0 } else { 0.1 * i as f32 })
+            .collect();
+        let mut ws = Workspace::default();
+        let mut g = vec![0f32; p.len()];
+        let loss = m.loss_and_grad_weighted(&p, &mut g, &tokens, Some(&w), b, t, 1.0, &mut ws);
+        let mut nll = vec![0f32; b * t];
+        m.token_nll(&p, &tokens, b, t, &mut ws, &mut nll);
+        let want: f64 = nll.iter().zip(&w).map(|(&l, &w)| l as f64 * w as f64).sum();
+        assert!((loss - want).abs() < 1e-4 * want.abs(), "{loss} vs {want}");
+        for name in [
+            "blk.0.attn_q.weight",
+            "blk.1.ffn_down.weight",
+            "output.weight",
+        ] {
+            let ti = m.layout.tensors.iter().find(|x| x.name == name).unwrap();
+            let r = ti.range();
+            let mut sub = p[r.clone()].to_vec();
+            let an = g[r.clone()].to_vec();
+            let mut full = p.clone();
+            let mut ws2 = Workspace::default();
+            check_grad(name, &mut sub, &an, 12, &mut |v| {
+                full[r.clone()].copy_from_slice(v);
+                m.loss_weighted(&full, &tokens, Some(&w), b, t, &mut ws2)
+            });
+        }
+        // the last target of row 1 (token 11, weight index 9) has weight 0: changing it
+        // changes nothing
+        assert_eq!(w[9], 0.0);
+        tokens[11] = (tokens[11] + 1) % 13;
+        let again = m.loss_weighted(&p, &tokens, Some(&w), b, t, &mut ws);
+        assert_eq!(again.to_bits(), loss.to_bits());
     }
 
     #[test]
