@@ -486,7 +486,21 @@ mod roundtrip {
             let t = tokens.len() - 1;
             let tm = Model::new(m.cfg.clone());
             let want = tm.loss(&m.params, &tokens, 1, t, &mut Workspace::default());
-            let g = std::sync::Arc::new(llmos_formats::Gguf::open(&path).unwrap());
+            // the fine-tuning import reads back exactly this model, and writes it back
+            let g = llmos_formats::Gguf::open(&path).unwrap();
+            let cfg2 = crate::import::config_of(&g, m.cfg.ctx).unwrap();
+            assert_eq!(cfg2, m.cfg);
+            let p2 = crate::import::params_of(&g, &cfg2).unwrap();
+            assert!(p2 == m.params, "imported parameters differ");
+            let again = root.join(format!("again-{tied}.gguf"));
+            crate::import::write_like(&g, &cfg2, &p2, &again, "t2").unwrap();
+            let g2 = llmos_formats::Gguf::open(&again).unwrap();
+            assert!(crate::import::params_of(&g2, &cfg2).unwrap() == m.params);
+            assert_eq!(
+                g2.get("tokenizer.chat_template"),
+                g.get("tokenizer.chat_template")
+            );
+            let g = std::sync::Arc::new(g);
             let mut im = llmos_model::Model::load(g).unwrap();
             im.act = llmos_tensor::ActMode::F32;
             let mut cache = im.new_cache(64);

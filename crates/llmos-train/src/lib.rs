@@ -6,9 +6,11 @@
 pub mod data;
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod layers;
 pub mod model;
 pub mod optim;
+pub mod sft;
 pub mod train;
 
 pub use model::{Layout, Model, ModelConfig, Rng, TensorInfo, Workspace, init_params};
