@@ -270,7 +270,7 @@ pub fn finetune(
     if train.is_empty() {
         return Err(TrainError::Config("no training conversations".into()));
     }
-    if sc.batch == 0 || !(sc.lr > 0.0) {
+    if sc.batch == 0 || !sc.lr.is_finite() || sc.lr <= 0.0 {
         return Err(TrainError::Config(
             "--batch and --lr must be positive".into(),
         ));
@@ -502,7 +502,7 @@ mod tests {
             let _ = id;
         }
         // cut at the context: a conversation whose assistant text is all cut is dropped
-        let p = prepare(&tpl, &tok, &[conv.clone()], 8, 300).unwrap();
+        let p = prepare(&tpl, &tok, std::slice::from_ref(&conv), 8, 300).unwrap();
         assert_eq!((p.rows.len(), p.truncated, p.dropped), (0, 1, 1));
         let p = prepare(&tpl, &tok, &[conv], 1000, 300).unwrap();
         assert_eq!((p.rows.len(), p.truncated, p.dropped), (1, 0, 0));
