@@ -1,9 +1,11 @@
 //! The `llmos` binary: argument parsing and wiring of the library crates. Errors are
 //! printed here, as one line, with a non-zero exit.
 
+mod evalcmd;
 mod perf;
 mod pull;
 mod trainer;
+mod tune;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
@@ -61,9 +63,12 @@ enum Cmd {
     Data(trainer::DataCmd),
     /// Pretrain a model from scratch on prepared token shards.
     Train(Box<trainer::TrainArgs>),
-    /// Evaluations: `bpb` (bits per byte of a text, beside gzip, xz and zstd).
-    #[command(subcommand)]
-    Eval(EvalCmd),
+    /// Evaluations: `--task chatformat|arith|gsm8k` (checked answers, accuracy), `bpb` (bits
+    /// per byte of a text beside gzip, xz and zstd), `logits`.
+    Eval(Box<EvalArgs>),
+    /// Supervised fine-tuning on conversations (JSONL, OpenAI messages), loss on the
+    /// assistant's tokens only; writes OUT/model.gguf.
+    Sft(Box<tune::SftArgs>),
     /// Export a trained run as GGUF (llmos run, llama.cpp) and/or a HF directory.
     Export(trainer::ExportArgs),
     /// Write a GGUF with its weights quantized to another type.
@@ -154,6 +159,15 @@ const CHAT_SPECIALS: &[&str] = &[
     "<|output_start|>",
     "<|output_end|>",
 ];
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct EvalArgs {
+    #[command(subcommand)]
+    cmd: Option<EvalCmd>,
+    #[command(flatten)]
+    task: evalcmd::TaskArgs,
+}
 
 #[derive(Subcommand)]
 enum EvalCmd {
@@ -330,8 +344,12 @@ fn main() {
         Cmd::Data(c) => trainer::cmd_data(c),
         Cmd::Train(a) => trainer::cmd_train(*a),
         Cmd::Export(a) => trainer::cmd_export(a),
-        Cmd::Eval(EvalCmd::Bpb(a)) => cmd_eval_bpb(a),
-        Cmd::Eval(EvalCmd::Logits { model, prompt }) => cmd_eval_logits(&model, &prompt),
+        Cmd::Sft(a) => tune::cmd_sft(*a),
+        Cmd::Eval(e) => match e.cmd {
+            Some(EvalCmd::Bpb(a)) => cmd_eval_bpb(a),
+            Some(EvalCmd::Logits { model, prompt }) => cmd_eval_logits(&model, &prompt),
+            None => evalcmd::cmd_eval_task(e.task),
+        },
         Cmd::Quantize { input, output, ty } => {
             perf::parse_type(&ty).and_then(|t| perf::quantize(&input, &output, t))
         }
@@ -465,17 +483,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 }
 
 fn chat_template(l: &Loaded) -> Result<ChatTemplate> {
-    let src = l
-        .tok
-        .chat_template
-        .as_deref()
-        .context("this model has no chat template (tokenizer.chat_template); use `llmos run` for raw completion")?;
-    let text = |id: Option<u32>| {
-        id.and_then(|i| l.tok.token_text(i))
-            .unwrap_or("")
-            .to_string()
-    };
-    Ok(ChatTemplate::new(src, &text(l.tok.bos), &text(l.tok.eos))?)
+    tune::template_of(&l.tok)
 }
 
 fn cmd_chat(a: ChatArgs) -> Result<()> {

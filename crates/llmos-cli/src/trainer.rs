@@ -160,7 +160,18 @@ pub struct TrainArgs {
     log_every: Option<usize>,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub(crate) static STOP: AtomicBool = AtomicBool::new(false);
+
+/// The first Ctrl-C asks a training loop to save and stop at the next step; a second one
+/// exits at once.
+pub(crate) fn install_stop_handler() -> Result<()> {
+    ctrlc::set_handler(|| {
+        if STOP.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    })
+    .context("installing the Ctrl-C handler")
+}
 
 fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
     let mut c = match &a.config {
@@ -220,13 +231,7 @@ fn build_config(a: &TrainArgs) -> Result<TrainConfig> {
 pub fn cmd_train(a: TrainArgs) -> Result<()> {
     let cfg = build_config(&a)?;
     llmos_tensor::init_threads(cfg.threads);
-    ctrlc::set_handler(|| {
-        if STOP.swap(true, Ordering::SeqCst) {
-            // a second Ctrl-C: give up at once
-            std::process::exit(130);
-        }
-    })
-    .context("installing the Ctrl-C handler")?;
+    install_stop_handler()?;
     let meta = llmos_train::data::Meta::load(&a.data)?;
     let m = cfg.model(meta.vocab);
     m.validate()

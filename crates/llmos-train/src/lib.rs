@@ -5,12 +5,14 @@
 
 pub mod data;
 pub mod eval;
+pub mod evals;
 pub mod export;
 pub mod import;
 pub mod layers;
 pub mod model;
 pub mod optim;
 pub mod sft;
+pub mod tasks;
 pub mod train;
 
 pub use model::{Layout, Model, ModelConfig, Rng, TensorInfo, Workspace, init_params};

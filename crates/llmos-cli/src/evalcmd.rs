@@ -1,0 +1,248 @@
+//! `llmos eval -m MODEL --task T`: the task harness of llmos-train with a progress bar, a
+//! table and `--json`.
+
+use crate::{ModelArgs, ctx_of, load};
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use llmos_train::evals::{Format, Item, Runner};
+use llmos_train::tasks::{Problem, Split, arith_set};
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Args)]
+pub struct TaskArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// chatformat (replies end with the end-of-turn token, never write the user's turn),
+    /// arith (generated word problems, held-out split), gsm8k (grade-school math test set).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Evaluate at most this many items (default: arith 200, others all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Difficulty of arith, 1 (one-digit sums) to 5 (three-step word problems).
+    #[arg(long, default_value_t = 2)]
+    pub level: u32,
+    /// Few-shot examples for base models (0: chat with the model's template).
+    #[arg(long, default_value_t = 0)]
+    pub shots: usize,
+    /// Items file: conversations JSONL for chatformat (the first user message of each is the
+    /// prompt), the test JSONL for gsm8k (default: $LLMOS_HOME/data/gsm8k/test.jsonl from
+    /// scripts/fetch-eval-data).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Longest reply, in tokens (default: chatformat 128, arith 64, gsm8k 256).
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Write every item (prompt, reply, verdict) to this JSONL file.
+    #[arg(long)]
+    pub details: Option<PathBuf>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// GSM8K lines `{"question", "answer": "... #### N"}`.
+fn gsm8k(path: &std::path::Path) -> Result<Vec<Problem>> {
+    let text = crate::read_utf8(path)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let q = v["question"]
+            .as_str()
+            .with_context(|| format!("{}: no \"question\" string", at()))?;
+        let a = v["answer"]
+            .as_str()
+            .with_context(|| format!("{}: no \"answer\" string", at()))?;
+        let n = a
+            .rsplit_once("####")
+            .and_then(|(_, n)| n.trim().replace(',', "").parse::<i64>().ok())
+            .with_context(|| format!("{}: answer has no \"#### N\" integer", at()))?;
+        out.push(Problem {
+            prompt: q.to_string(),
+            answer: n,
+        });
+    }
+    Ok(out)
+}
+
+/// First user message of each conversation in a JSONL file.
+fn chat_prompts(path: &std::path::Path) -> Result<Vec<String>> {
+    let convs = llmos_train::sft::parse_conversations(path, &crate::read_utf8(path)?)?;
+    Ok(convs
+        .into_iter()
+        .filter_map(|c| c.messages.into_iter().find(|m| m.role == "user"))
+        .map(|m| m.content)
+        .collect())
+}
+
+/// Worked few-shot examples for arith (from the training side of the split).
+fn arith_shots(level: u32, k: usize) -> Vec<(String, String)> {
+    arith_set(level, Split::Train, k, 777)
+        .into_iter()
+        .map(|p| (p.prompt, p.answer.to_string()))
+        .collect()
+}
+
+pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
+    let task = a
+        .task
+        .clone()
+        .context("give --task chatformat|arith|gsm8k, or a subcommand (bpb, logits)")?;
+    if !(1..=5).contains(&a.level) {
+        bail!("--level {} must be between 1 and 5", a.level);
+    }
+    // items first: a bad file fails before the model loads
+    enum Items {
+        Chat(Vec<String>),
+        Problems(Vec<Problem>, Vec<(String, String)>),
+    }
+    let home = crate::pull::llmos_home();
+    let (items, max_tokens) = match task.as_str() {
+        "chatformat" => {
+            let p = a
+                .data
+                .clone()
+                .context("chatformat needs --data FILE.jsonl (held-out conversations)")?;
+            (Items::Chat(chat_prompts(&p)?), 128)
+        }
+        "arith" => (
+            Items::Problems(
+                arith_set(a.level, Split::Test, a.limit.unwrap_or(200), 2026),
+                arith_shots(a.level, a.shots),
+            ),
+            64,
+        ),
+        "gsm8k" => {
+            let p = a
+                .data
+                .clone()
+                .unwrap_or_else(|| home.join("data/gsm8k/test.jsonl"));
+            if !p.exists() {
+                bail!(
+                    "{}: not found; run scripts/fetch-eval-data first (or give --data)",
+                    p.display()
+                );
+            }
+            let all = gsm8k(&p)?;
+            // few-shot examples come from the end of the file and are not evaluated
+            let k = a.shots.min(all.len().saturating_sub(1));
+            let (test, shots) = all.split_at(all.len() - k);
+            let shots = shots
+                .iter()
+                .map(|p| (p.prompt.clone(), p.answer.to_string()))
+                .collect();
+            (Items::Problems(test.to_vec(), shots), 256)
+        }
+        other => bail!("unknown task {other:?} (chatformat, arith, gsm8k)"),
+    };
+    let items = match items {
+        Items::Chat(mut v) => {
+            v.truncate(a.limit.unwrap_or(usize::MAX));
+            Items::Chat(v)
+        }
+        Items::Problems(mut v, s) => {
+            v.truncate(a.limit.unwrap_or(usize::MAX));
+            Items::Problems(v, s)
+        }
+    };
+    let n = match &items {
+        Items::Chat(v) => v.len(),
+        Items::Problems(v, _) => v.len(),
+    };
+    if n == 0 {
+        bail!("no items to evaluate");
+    }
+    let l = load(&a.model)?;
+    let ctx = ctx_of(&a.model, &l.model)?;
+    let tpl = match (a.shots, &items) {
+        (0, _) | (_, Items::Chat(_)) => Some(crate::tune::template_of(&l.tok)?),
+        _ => None,
+    };
+    let mut runner = Runner::new(&l.model, &l.tok, ctx, a.max_tokens.unwrap_or(max_tokens));
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut details = match &a.details {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
+        )),
+        None => None,
+    };
+    let (mut done, mut ok) = (0usize, 0usize);
+    let mut on_item = |it: &Item| {
+        done += 1;
+        ok += usize::from(it.ok);
+        bar.inc(1);
+        bar.set_message(format!("accuracy {:.1}%", 100.0 * ok as f64 / done as f64));
+        if let Some(w) = details.as_mut() {
+            let _ = writeln!(w, "{}", serde_json::to_string(it).expect("item serializes"));
+        }
+    };
+    let t0 = Instant::now();
+    let (format_name, res) = match &items {
+        Items::Chat(prompts) => (
+            "chat",
+            runner.chatformat(tpl.as_ref().expect("chat template"), prompts, &mut on_item),
+        ),
+        Items::Problems(problems, shots) => match &tpl {
+            Some(t) => (
+                "chat",
+                runner.problems(&Format::Chat(t), problems, &mut on_item),
+            ),
+            None => (
+                "fewshot",
+                runner.problems(&Format::FewShot(shots.clone()), problems, &mut on_item),
+            ),
+        },
+    };
+    let results = res.map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    if let Some(mut w) = details {
+        w.flush()?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let correct = results.iter().filter(|i| i.ok).count();
+    let acc = correct as f64 / results.len() as f64;
+    if a.json {
+        let mut v = serde_json::json!({
+            "task": task, "n": results.len(), "correct": correct, "accuracy": acc,
+            "wall_s": wall, "model": a.model.model, "format": format_name, "shots": a.shots,
+        });
+        if task == "arith" {
+            v["level"] = a.level.into();
+        }
+        println!("{v}");
+    } else {
+        println!("| task | model | format | n | correct | accuracy | wall |");
+        println!("|---|---|---|---:|---:|---:|---:|");
+        let name = if task == "arith" {
+            format!("arith (level {})", a.level)
+        } else {
+            task.clone()
+        };
+        let fmt = if format_name == "fewshot" {
+            format!("{}-shot", a.shots)
+        } else {
+            "chat".into()
+        };
+        println!(
+            "| {name} | {} | {fmt} | {} | {correct} | {:.1}% | {wall:.1} s |",
+            a.model.model,
+            results.len(),
+            acc * 100.0
+        );
+    }
+    Ok(())
+}

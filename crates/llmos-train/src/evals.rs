@@ -1,0 +1,206 @@
+//! The eval harness: tasks whose answers are checked by program (exact final number,
+//! well-formed chat turns), run with the inference engine, greedy, one shared session so a
+//! repeated few-shot prefix is computed once.
+//!
+//! Prompt formats (documented in the README; the same for every model):
+//! - chat (models with a chat template, the default): one user message holding the
+//!   question; the reply ends at the model's end-of-turn token.
+//! - few-shot (`shots` > 0, for base models): `Question: {q}\nAnswer: {a}\n\n` per example
+//!   from the training side, then `Question: {q}\nAnswer:`; the reply ends at a blank line
+//!   or the next `Question:`.
+//!   In both, the answer is the last integer of the reply.
+
+use crate::tasks::{Problem, last_number};
+use llmos_engine::{GenParams, Sampler, SamplerConfig, Session, StopReason};
+use llmos_model::Model;
+use llmos_tokenizer::{ChatTemplate, Message, Tokenizer};
+use serde::Serialize;
+
+/// How prompts are put to the model.
+pub enum Format<'a> {
+    Chat(&'a ChatTemplate),
+    FewShot(Vec<(String, String)>),
+}
+
+/// One item's outcome.
+#[derive(Clone, Debug, Serialize)]
+pub struct Item {
+    pub prompt: String,
+    pub reply: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answer: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub got: Option<i64>,
+}
+
+/// The model, its tokenizer and the context the tasks run in.
+pub struct Runner<'a> {
+    pub session: Session<'a>,
+    pub max_tokens: usize,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(model: &'a Model, tok: &'a Tokenizer, ctx: usize, max_tokens: usize) -> Runner<'a> {
+        Runner {
+            session: Session::new(model, tok, ctx),
+            max_tokens,
+        }
+    }
+
+    /// Greedy reply to `prompt_ids`, cut at any of `stops`. Returns the reply text, the
+    /// reply with special tokens spelled out, and how it stopped.
+    fn reply(
+        &mut self,
+        prompt_ids: &[u32],
+        stops: &[&str],
+    ) -> Result<(String, String, StopReason), llmos_engine::EngineError> {
+        let mut sampler = Sampler::new(SamplerConfig::greedy());
+        let params = GenParams {
+            max_tokens: self.max_tokens,
+            ignore_eos: false,
+        };
+        let mut text = String::new();
+        let g = self
+            .session
+            .generate(prompt_ids, &params, &mut sampler, |piece| {
+                text.push_str(piece);
+                !stops.iter().any(|s| text.contains(s))
+            })?;
+        let mut text = g.text.clone();
+        if let Some(at) = stops.iter().filter_map(|s| text.find(s)).min() {
+            text.truncate(at);
+        }
+        let tok = self.session.tokenizer;
+        let raw: Vec<u8> = g
+            .ids
+            .iter()
+            .flat_map(|&i| tok.token_bytes(i, true))
+            .collect();
+        Ok((text, String::from_utf8_lossy(&raw).into_owned(), g.stop))
+    }
+
+    fn prompt_ids(&self, format: &Format, question: &str) -> Result<Vec<u32>, String> {
+        let tok = self.session.tokenizer;
+        Ok(match format {
+            Format::Chat(t) => {
+                let text = t
+                    .render(&[Message::new("user", question)], true)
+                    .map_err(|e| e.to_string())?;
+                tok.encode(&text, false, true)
+            }
+            Format::FewShot(shots) => {
+                let mut text = String::new();
+                for (q, a) in shots {
+                    text.push_str(&format!("Question: {q}\nAnswer: {a}\n\n"));
+                }
+                text.push_str(&format!("Question: {question}\nAnswer:"));
+                tok.encode(&text, true, false)
+            }
+        })
+    }
+
+    /// Exact final-number match on each problem.
+    pub fn problems(
+        &mut self,
+        format: &Format,
+        problems: &[Problem],
+        on_item: &mut dyn FnMut(&Item),
+    ) -> Result<Vec<Item>, String> {
+        let stops: &[&str] = match format {
+            Format::Chat(_) => &[],
+            Format::FewShot(_) => &["\n\n", "Question:"],
+        };
+        let mut out = Vec::new();
+        for p in problems {
+            let ids = self.prompt_ids(format, &p.prompt)?;
+            let (reply, _, _) = self.reply(&ids, stops).map_err(|e| e.to_string())?;
+            let got = last_number(&reply);
+            let item = Item {
+                prompt: p.prompt.clone(),
+                ok: got == Some(p.answer),
+                reply,
+                answer: Some(p.answer),
+                got,
+            };
+            on_item(&item);
+            out.push(item);
+        }
+        Ok(out)
+    }
+
+    /// Chat format: the reply ends with the end-of-turn token within the token limit and
+    /// never writes the user's turn (the template's user-turn marker).
+    pub fn chatformat(
+        &mut self,
+        template: &ChatTemplate,
+        prompts: &[String],
+        on_item: &mut dyn FnMut(&Item),
+    ) -> Result<Vec<Item>, String> {
+        let marker = user_marker(template)?;
+        let mut out = Vec::new();
+        for q in prompts {
+            let ids = self.prompt_ids(&Format::Chat(template), q)?;
+            let (reply, raw, stop) = self.reply(&ids, &[]).map_err(|e| e.to_string())?;
+            let item = Item {
+                prompt: q.clone(),
+                ok: stop == StopReason::Eos && !raw.contains(&marker),
+                reply,
+                answer: None,
+                got: None,
+            };
+            on_item(&item);
+            out.push(item);
+        }
+        Ok(out)
+    }
+}
+
+/// The text a template puts before a user's words in a later turn (for ChatML,
+/// `<|im_start|>user`): what an assistant writing the user's turn would produce.
+pub fn user_marker(t: &ChatTemplate) -> Result<String, String> {
+    let (a, u) = ("\u{1}ASSISTANT\u{1}", "\u{1}USER\u{1}");
+    let text = t
+        .render(
+            &[
+                Message::new("user", "hello"),
+                Message::new("assistant", a),
+                Message::new("user", u),
+            ],
+            false,
+        )
+        .map_err(|e| e.to_string())?;
+    let (s, e) = match (text.find(a), text.find(u)) {
+        (Some(s), Some(e)) if s < e => (s + a.len(), e),
+        _ => return Err("the chat template does not show both turns' text".into()),
+    };
+    // the assistant's end-of-turn text, then the user's header: keep the part after the
+    // end marker (everything from the last special-looking start)
+    let between = &text[s..e];
+    let m = between
+        .rfind("<|")
+        .or_else(|| between.rfind('<'))
+        .map_or(between, |i| &between[i..]);
+    let m = m.trim();
+    if m.is_empty() {
+        return Err("the chat template has no user-turn marker".into());
+    }
+    Ok(m.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_markers_of_common_templates() {
+        let chatml = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n'}}{% endfor %}";
+        let t = ChatTemplate::new(chatml, "", "").unwrap();
+        assert_eq!(user_marker(&t).unwrap(), "<|im_start|>user");
+        let t = ChatTemplate::new(crate::export::CHAT_TEMPLATE, "<|bos|>", "").unwrap();
+        assert_eq!(user_marker(&t).unwrap(), "<|user_start|>");
+        let gemma = "{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}";
+        let t = ChatTemplate::new(gemma, "", "").unwrap();
+        assert_eq!(user_marker(&t).unwrap(), "<start_of_turn>user");
+    }
+}
