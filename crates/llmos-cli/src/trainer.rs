@@ -31,16 +31,109 @@ pub enum DataCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Generate seeded conversations (JSONL, OpenAI messages): `identity` (who the model
+    /// is), `arith` (arithmetic questions answered "The answer is N."), or `arith-tasks`
+    /// (the problems as {"prompt", "answer"} lines, for GRPO).
+    Gen {
+        /// identity, arith or arith-tasks
+        kind: String,
+        #[arg(short, long, default_value_t = 1000)]
+        n: usize,
+        /// arith difficulty, 1 to 5 (0: a mix of levels 1 to 3)
+        #[arg(long, default_value_t = 0)]
+        level: u32,
+        /// train or test side of the arith split
+        #[arg(long, default_value = "train")]
+        split: String,
+        /// The assistant's name in identity conversations.
+        #[arg(long, default_value = "llmos-chat")]
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cmd_data_gen(
+    kind: &str,
+    n: usize,
+    level: u32,
+    split: &str,
+    name: &str,
+    seed: u64,
+    out: &Path,
+) -> Result<()> {
+    use llmos_train::tasks::{Split, arith_reply, arith_set, identity_pairs};
+    let split = match split {
+        "train" => Split::Train,
+        "test" => Split::Test,
+        s => bail!("--split {s:?}: train or test"),
+    };
+    if level > 5 {
+        bail!("--level {level} must be between 0 and 5");
+    }
+    let conv = |q: &str, a: &str| serde_json::json!({"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]});
+    let problems = |n: usize| -> Vec<llmos_train::tasks::Problem> {
+        if level > 0 {
+            return arith_set(level, split, n, seed);
+        }
+        let mut all: Vec<_> = (1..=3)
+            .flat_map(|l| arith_set(l, split, n.div_ceil(3), seed + l as u64))
+            .collect();
+        // interleave levels deterministically, then cut to n
+        let mut rng = llmos_train::Rng(seed);
+        for i in (1..all.len()).rev() {
+            all.swap(i, rng.below(i + 1));
+        }
+        all.truncate(n);
+        all
+    };
+    let lines: Vec<serde_json::Value> = match kind {
+        "identity" => identity_pairs(name, &mut llmos_train::Rng(seed), n)
+            .iter()
+            .map(|(q, a)| conv(q, a))
+            .collect(),
+        "arith" => problems(n)
+            .iter()
+            .map(|p| conv(&p.prompt, &arith_reply(p)))
+            .collect(),
+        "arith-tasks" => problems(n)
+            .iter()
+            .map(|p| serde_json::json!({"prompt": p.prompt, "answer": p.answer.to_string()}))
+            .collect(),
+        k => bail!("unknown kind {k:?} (identity, arith, arith-tasks)"),
+    };
+    let mut text = String::new();
+    for l in &lines {
+        text.push_str(&l.to_string());
+        text.push('\n');
+    }
+    llmos_train::data::write_atomic(out, text.as_bytes())?;
+    eprintln!("{}: {} lines", out.display(), lines.len());
+    Ok(())
 }
 
 pub fn cmd_data(c: DataCmd) -> Result<()> {
-    let DataCmd::Prepare {
-        tokenizer,
-        val_fraction,
-        seed,
-        out,
-        files,
-    } = c;
+    let (tokenizer, val_fraction, seed, out, files) = match c {
+        DataCmd::Gen {
+            kind,
+            n,
+            level,
+            split,
+            name,
+            seed,
+            out,
+        } => return cmd_data_gen(&kind, n, level, &split, &name, seed, &out),
+        DataCmd::Prepare {
+            tokenizer,
+            val_fraction,
+            seed,
+            out,
+            files,
+        } => (tokenizer, val_fraction, seed, out, files),
+    };
     if !(0.0..1.0).contains(&val_fraction) {
         bail!("--val-fraction {val_fraction} must be in [0, 1)");
     }

@@ -112,9 +112,9 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
     crate::trainer::install_stop_handler()?;
     let path = crate::resolve(&a.model)?;
     let g = Gguf::open(&path)?;
+    let cfg = import::config_of(&g, a.ctx)?;
     let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
     let tpl = template_of(&tok)?;
-    let cfg = import::config_of(&g, a.ctx)?;
     let params = import::params_of(&g, &cfg)?;
     let train = sft::prepare(&tpl, &tok, &convs, a.ctx, cfg.vocab)?;
     let valp = sft::prepare(&tpl, &tok, &val, a.ctx, cfg.vocab)?;

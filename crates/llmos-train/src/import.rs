@@ -106,6 +106,14 @@ pub fn write_like(
         }
     }
     w.set("general.name", Value::String(name.to_string()));
+    // positions up to the fine-tuning context have now been trained
+    if let Some(arch) = base.get("general.architecture").and_then(Value::as_str) {
+        let key = format!("{arch}.context_length");
+        let base_ctx = base.get(&key).and_then(Value::as_u64).unwrap_or(0);
+        if (cfg.ctx as u64) > base_ctx {
+            w.set(&key, Value::U32(cfg.ctx as u32));
+        }
+    }
     // all tensors are F32 now
     w.set("general.file_type", Value::U32(0));
     for t in &Layout::new(cfg).tensors {

@@ -1,0 +1,267 @@
+//! Fine-tuning end to end in miniature: a BPE tokenizer with the reserved chat tokens, a
+//! tiny pretrained base, `llmos sft` on generated identity conversations, and `llmos eval
+//! --task chatformat` before and after; plus bad input to sft and eval.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// A tiny base model made by llmos train on plain prose (no conversations in it).
+fn tiny_base(d: &Path) -> PathBuf {
+    let text: String = (0..300)
+        .map(|i| {
+            format!(
+                "Chapter {i}. The small boat went down the river, and the {} birds sang.\nIt was a quiet day in the town of {}.\n\n\n",
+                ["red", "blue", "green"][i % 3],
+                ["Oakham", "Bree", "Dale"][i % 3]
+            )
+        })
+        .collect();
+    let corpus = d.join("corpus.txt");
+    std::fs::write(&corpus, text).unwrap();
+    let tok = d.join("tok.json");
+    ok(&run(&[
+        "tokenizer",
+        "train",
+        "--vocab-size",
+        "400",
+        "-o",
+        s(&tok),
+        s(&corpus),
+    ]));
+    let data = d.join("data");
+    ok(&run(&[
+        "data",
+        "prepare",
+        "--tokenizer",
+        s(&tok),
+        "-o",
+        s(&data),
+        s(&corpus),
+    ]));
+    let runp = d.join("base-run");
+    ok(&run(&[
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&runp),
+        "--layers",
+        "2",
+        "--heads",
+        "2",
+        "--dim",
+        "48",
+        "--ffn",
+        "96",
+        "--ctx",
+        "128",
+        "--batch",
+        "8",
+        "--steps",
+        "60",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "5",
+        "--eval-every",
+        "0",
+        "--threads",
+        "2",
+    ]));
+    let gguf = d.join("base.gguf");
+    ok(&run(&["export", s(&runp), "--gguf", s(&gguf)]));
+    gguf
+}
+
+fn chatformat(model: &Path, val: &Path) -> serde_json::Value {
+    let out = ok(&run(&[
+        "eval",
+        "-m",
+        s(model),
+        "--task",
+        "chatformat",
+        "--data",
+        s(val),
+        "--max-tokens",
+        "100",
+        "--json",
+        "-t",
+        "2",
+    ]));
+    serde_json::from_str(out.trim()).unwrap()
+}
+
+/// The SFT acceptance in miniature: a base model that never saw a conversation
+/// rarely ends a reply with the end-of-turn token; after SFT on conversations it does, on
+/// held-out prompts, and the held-out loss fell.
+#[test]
+fn sft_teaches_the_chat_format() {
+    let d = scratch("sft-e2e");
+    let base = tiny_base(&d);
+    let train = d.join("train.jsonl");
+    let val = d.join("val.jsonl");
+    ok(&run(&[
+        "data",
+        "gen",
+        "identity",
+        "-n",
+        "300",
+        "--seed",
+        "1",
+        "-o",
+        s(&train),
+    ]));
+    ok(&run(&[
+        "data",
+        "gen",
+        "identity",
+        "-n",
+        "20",
+        "--seed",
+        "2",
+        "-o",
+        s(&val),
+    ]));
+    let before = chatformat(&base, &val);
+    assert_eq!(before["task"], "chatformat");
+    assert_eq!(before["n"], 20);
+    let acc0 = before["accuracy"].as_f64().unwrap();
+    let out = d.join("sft");
+    let o = run(&[
+        "sft",
+        "-m",
+        s(&base),
+        "--data",
+        s(&train),
+        "--val",
+        s(&val),
+        "--out",
+        s(&out),
+        "--steps",
+        "300",
+        "--batch",
+        "8",
+        "--ctx",
+        "128",
+        "--lr",
+        "5e-3",
+        "--warmup",
+        "5",
+        "--eval-every",
+        "100",
+        "-t",
+        "2",
+    ]);
+    ok(&o);
+    let log: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let vals: Vec<f64> = log.iter().filter_map(|l| l["val_loss"].as_f64()).collect();
+    assert!(vals.len() >= 3, "{log:?}");
+    let first_loss = log[0]["loss"].as_f64().unwrap();
+    assert!(
+        *vals.last().unwrap() < 0.5 * first_loss,
+        "held-out loss {vals:?} vs first training loss {first_loss}"
+    );
+    let after = chatformat(&out.join("model.gguf"), &val);
+    let acc1 = after["accuracy"].as_f64().unwrap();
+    assert!(acc0 < 0.2, "base already follows the chat format: {before}");
+    assert!(acc1 >= 0.95, "after SFT: {after} (before {acc0})");
+    // the fine-tuned model answers through `llmos chat` with its identity
+    let reply = ok(&run(&[
+        "chat",
+        "-m",
+        s(&out.join("model.gguf")),
+        "--temp",
+        "0",
+        "-n",
+        "100",
+        "Who are you?",
+    ]));
+    assert!(reply.contains("llmos"), "{reply}");
+}
+
+#[test]
+fn bad_sft_and_eval_input_is_a_one_line_error() {
+    let d = scratch("sft-bad");
+    let bad = d.join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"yo\"}]}\n{\"messages\": 3}\n",
+    )
+    .unwrap();
+    let out = d.join("o");
+    let e = one_line_error(&run(&[
+        "sft",
+        "-m",
+        "nope.gguf",
+        "--data",
+        s(&bad),
+        "--out",
+        s(&out),
+    ]));
+    assert!(e.contains("bad.jsonl:2"), "{e}");
+    let e = one_line_error(&run(&[
+        "sft",
+        "-m",
+        "nope.gguf",
+        "--data",
+        s(&d.join("missing.jsonl")),
+        "--out",
+        s(&out),
+    ]));
+    assert!(e.contains("missing.jsonl"), "{e}");
+    let e = one_line_error(&run(&["eval", "--task", "nope"]));
+    assert!(e.contains("unknown task"), "{e}");
+    let e = one_line_error(&run(&["eval", "--task", "chatformat"]));
+    assert!(e.contains("--data"), "{e}");
+    let e = one_line_error(&run(&["eval", "--task", "arith", "--level", "9"]));
+    assert!(e.contains("--level"), "{e}");
+    let e = one_line_error(&run(&["data", "gen", "poems", "-o", s(&d.join("p.jsonl"))]));
+    assert!(e.contains("unknown kind"), "{e}");
+    // gsm8k lines without a "#### N" answer
+    let g = d.join("g.jsonl");
+    std::fs::write(&g, "{\"question\": \"q\", \"answer\": \"no number\"}\n").unwrap();
+    let e = one_line_error(&run(&["eval", "--task", "gsm8k", "--data", s(&g)]));
+    assert!(e.contains("g.jsonl:1") && e.contains("####"), "{e}");
+    // an architecture the trainer does not know is refused before any work
+    let good = d.join("good.jsonl");
+    ok(&run(&[
+        "data",
+        "gen",
+        "identity",
+        "-n",
+        "3",
+        "-o",
+        s(&good),
+    ]));
+    let e = one_line_error(&run(&[
+        "sft",
+        "-m",
+        s(&model("gemma3")),
+        "--data",
+        s(&good),
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        e.contains("gemma3") && e.contains("cannot be fine-tuned"),
+        "{e}"
+    );
+}
