@@ -44,8 +44,10 @@ pub struct TaskArgs {
     pub json: bool,
 }
 
-/// GSM8K lines `{"question", "answer": "... #### N"}`.
-fn gsm8k(path: &std::path::Path) -> Result<Vec<Problem>> {
+/// GSM8K lines `{"question", "answer": "... #### N"}`: the problems, and each worked
+/// solution as a few-shot answer (calculator annotations `<<...>>` removed, `#### N` spelled
+/// "The answer is N.").
+fn gsm8k(path: &std::path::Path) -> Result<Vec<(Problem, String)>> {
     let text = crate::read_utf8(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -65,10 +67,22 @@ fn gsm8k(path: &std::path::Path) -> Result<Vec<Problem>> {
             .rsplit_once("####")
             .and_then(|(_, n)| n.trim().replace(',', "").parse::<i64>().ok())
             .with_context(|| format!("{}: answer has no \"#### N\" integer", at()))?;
-        out.push(Problem {
-            prompt: q.to_string(),
-            answer: n,
-        });
+        let (work, _) = a.rsplit_once("####").expect("checked above");
+        let mut shown = String::new();
+        let mut rest = work;
+        while let Some(i) = rest.find("<<") {
+            shown.push_str(&rest[..i]);
+            rest = rest[i..].find(">>").map_or("", |j| &rest[i + j + 2..]);
+        }
+        shown.push_str(rest);
+        let shown = format!("{} The answer is {n}.", shown.trim().replace("\n\n", "\n"));
+        out.push((
+            Problem {
+                prompt: q.to_string(),
+                answer: n,
+            },
+            shown,
+        ));
     }
     Ok(out)
 }
@@ -137,9 +151,10 @@ pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
             let (test, shots) = all.split_at(all.len() - k);
             let shots = shots
                 .iter()
-                .map(|p| (p.prompt.clone(), p.answer.to_string()))
+                .map(|(p, worked)| (p.prompt.clone(), worked.clone()))
                 .collect();
-            (Items::Problems(test.to_vec(), shots), 256)
+            let test = test.iter().map(|(p, _)| p.clone()).collect();
+            (Items::Problems(test, shots), 256)
         }
         other => bail!("unknown task {other:?} (chatformat, arith, gsm8k)"),
     };

@@ -549,7 +549,18 @@ pub(crate) mod tests {
         probes: usize,
         f: &mut dyn FnMut(&[f32]) -> f64,
     ) {
-        let eps = 1e-2f32;
+        check_grad_eps(name, x, analytic, probes, 1e-2, f)
+    }
+
+    /// `check_grad` with central differences of step `eps`.
+    pub fn check_grad_eps(
+        name: &str,
+        x: &mut [f32],
+        analytic: &[f32],
+        probes: usize,
+        eps: f32,
+        f: &mut dyn FnMut(&[f32]) -> f64,
+    ) {
         let step = (x.len() / probes).max(1);
         let mut worst = 0f64;
         for i in (0..x.len()).step_by(step) {

@@ -10,6 +10,7 @@ pub mod export;
 pub mod import;
 pub mod layers;
 pub mod model;
+pub mod objectives;
 pub mod optim;
 pub mod sft;
 pub mod tasks;

@@ -453,11 +453,8 @@ impl Model {
         self.forward(p, ws, b, t);
         let c = &self.cfg;
         let l = &self.layout;
-        let (dim, hd, f) = (c.dim, c.head_dim(), c.ffn);
-        let kw = c.kv_heads * hd;
-        let s = self.attn_shape(b, t);
-        let [dx, dx2, dh, da, dgu, datt, dqkv] = &mut ws.grad;
-        let w = s.qkv_width();
+        let dim = c.dim;
+        let dh = &mut ws.grad[2];
         let head = l.head..l.head + c.vocab * dim;
         let loss = {
             let dhead = &mut ws.dhead;
@@ -475,6 +472,56 @@ impl Model {
             add_into(&mut g[head], dhead);
             loss
         };
+        self.backward_trunk(p, g, ws, b, t);
+        loss
+    }
+
+    /// Runs the model on `tokens` (b rows of t + 1; the last token of a row is only a
+    /// target) and returns the final normed hidden states, b x t rows of `dim`: the input
+    /// of any head (the LM head, a reward model's scalar head).
+    pub fn hidden<'w>(
+        &self,
+        p: &[f32],
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        ws: &'w mut Workspace,
+    ) -> &'w [f32] {
+        self.prepare(ws, b, t);
+        self.split(ws, tokens, b, t);
+        self.forward(p, ws, b, t);
+        &ws.hf
+    }
+
+    /// After `hidden` on the same tokens: adds into `g` the gradient of a loss whose
+    /// gradient with respect to the hidden states is `dh`.
+    pub fn backward_hidden(
+        &self,
+        p: &[f32],
+        g: &mut [f32],
+        dh: &[f32],
+        b: usize,
+        t: usize,
+        ws: &mut Workspace,
+    ) {
+        assert_eq!(
+            ws.shape,
+            (b, t),
+            "backward_hidden follows hidden on the same shape"
+        );
+        ws.grad[2].copy_from_slice(dh);
+        self.backward_trunk(p, g, ws, b, t);
+    }
+
+    /// Backward from dL/d(final normed hidden), held in the workspace's dh.
+    fn backward_trunk(&self, p: &[f32], g: &mut [f32], ws: &mut Workspace, b: usize, t: usize) {
+        let c = &self.cfg;
+        let l = &self.layout;
+        let (dim, hd, f) = (c.dim, c.head_dim(), c.ffn);
+        let kw = c.kv_heads * hd;
+        let s = self.attn_shape(b, t);
+        let [dx, dx2, dh, da, dgu, datt, dqkv] = &mut ws.grad;
+        let w = s.qkv_width();
         dx.fill(0.0);
         let on = l.out_norm..l.out_norm + dim;
         rmsnorm_back(&ws.xs[c.layers], &p[on.clone()], &ws.rf, dh, dx, &mut g[on]);
@@ -533,7 +580,6 @@ impl Model {
                 .zip(row)
                 .for_each(|(a, b)| *a += b);
         }
-        loss
     }
 }
 
