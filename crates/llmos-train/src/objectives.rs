@@ -223,8 +223,7 @@ pub fn grpo_loss_and_grad(
     let n = rows.mask.iter().filter(|&&m| m > 0.0).count().max(1) as f64;
     let mut w = vec![0f32; b * t];
     let (mut loss, mut kl) = (0.0, 0.0);
-    for r in 0..b {
-        let a = adv[r];
+    for (r, &a) in adv.iter().enumerate().take(b) {
         for j in r * t..(r + 1) * t {
             if rows.mask[j] == 0.0 {
                 continue;
