@@ -69,6 +69,14 @@ enum Cmd {
     /// Supervised fine-tuning on conversations (JSONL, OpenAI messages), loss on the
     /// assistant's tokens only; writes OUT/model.gguf.
     Sft(Box<tune::SftArgs>),
+    /// Train a reward model (the base plus a scalar head, Bradley-Terry loss) on comparisons
+    /// JSONL {"prompt", "chosen", "rejected"}; `rm score` scores answers with one.
+    Rm(Box<tune::RmArgs>),
+    /// Direct preference optimisation on comparisons against the frozen starting model.
+    Dpo(Box<tune::PrefArgs>),
+    /// Group-relative policy optimisation on verifiable tasks (sampled answers rewarded by
+    /// a checker or a reward model, normalised within each group).
+    Grpo(Box<tune::GrpoArgs>),
     /// Export a trained run as GGUF (llmos run, llama.cpp) and/or a HF directory.
     Export(trainer::ExportArgs),
     /// Write a GGUF with its weights quantized to another type.
@@ -345,6 +353,9 @@ fn main() {
         Cmd::Train(a) => trainer::cmd_train(*a),
         Cmd::Export(a) => trainer::cmd_export(a),
         Cmd::Sft(a) => tune::cmd_sft(*a),
+        Cmd::Rm(a) => tune::cmd_rm(*a),
+        Cmd::Dpo(a) => tune::cmd_dpo(*a),
+        Cmd::Grpo(a) => tune::cmd_grpo(*a),
         Cmd::Eval(e) => match e.cmd {
             Some(EvalCmd::Bpb(a)) => cmd_eval_bpb(a),
             Some(EvalCmd::Logits { model, prompt }) => cmd_eval_logits(&model, &prompt),

@@ -31,6 +31,9 @@ pub enum DataCmd {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Comparisons from a model's own samples on verifiable tasks: per prompt, a sample
+    /// that is correct and well-formed is chosen over one that is wrong or malformed.
+    Pairs(Box<crate::tune::PairsArgs>),
     /// Generate seeded conversations (JSONL, OpenAI messages): `identity` (who the model
     /// is), `arith` (arithmetic questions answered "The answer is N."), or `arith-tasks`
     /// (the problems as {"prompt", "answer"} lines, for GRPO).
@@ -117,6 +120,7 @@ fn cmd_data_gen(
 
 pub fn cmd_data(c: DataCmd) -> Result<()> {
     let (tokenizer, val_fraction, seed, out, files) = match c {
+        DataCmd::Pairs(a) => return crate::tune::cmd_pairs(*a),
         DataCmd::Gen {
             kind,
             n,

@@ -68,6 +68,58 @@ pub fn template_of(tok: &Tokenizer) -> Result<ChatTemplate> {
     Ok(ChatTemplate::new(src, &text(tok.bos), &text(tok.eos))?)
 }
 
+/// A model to fine-tune: the file, its trainer shape and f32 parameters, tokenizer and chat
+/// template.
+pub struct Base {
+    pub path: PathBuf,
+    pub g: Gguf,
+    pub cfg: llmos_train::ModelConfig,
+    pub params: Vec<f32>,
+    pub tok: Tokenizer,
+    pub tpl: ChatTemplate,
+}
+
+pub fn load_base(spec: &str, ctx: usize) -> Result<Base> {
+    let path = crate::resolve(spec)?;
+    let g = Gguf::open(&path)?;
+    let cfg = import::config_of(&g, ctx)?;
+    let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let tpl = template_of(&tok)?;
+    let params = import::params_of(&g, &cfg)?;
+    eprintln!(
+        "base {}: {} layers, dim {}, vocab {}: {:.1} M parameters (f32 copy)",
+        path.display(),
+        cfg.layers,
+        cfg.dim,
+        cfg.vocab,
+        params.len() as f64 / 1e6
+    );
+    Ok(Base {
+        path,
+        g,
+        cfg,
+        params,
+        tok,
+        tpl,
+    })
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+fn run_name(out: &std::path::Path, default: &str) -> String {
+    out.file_name()
+        .map_or(default.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
 pub fn cmd_sft(a: SftArgs) -> Result<()> {
     if !(0.0..1.0).contains(&a.val_fraction) {
         bail!("--val-fraction {} must be in [0, 1)", a.val_fraction);
@@ -110,12 +162,14 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
     };
     llmos_tensor::init_threads(a.threads);
     crate::trainer::install_stop_handler()?;
-    let path = crate::resolve(&a.model)?;
-    let g = Gguf::open(&path)?;
-    let cfg = import::config_of(&g, a.ctx)?;
-    let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
-    let tpl = template_of(&tok)?;
-    let params = import::params_of(&g, &cfg)?;
+    let Base {
+        g,
+        cfg,
+        params,
+        tok,
+        tpl,
+        ..
+    } = load_base(&a.model, a.ctx)?;
     let train = sft::prepare(&tpl, &tok, &convs, a.ctx, cfg.vocab)?;
     let valp = sft::prepare(&tpl, &tok, &val, a.ctx, cfg.vocab)?;
     let learn: usize = train
@@ -124,14 +178,6 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
         .map(|r| r.learn[1..].iter().filter(|&&l| l).count())
         .sum();
     let total: usize = train.rows.iter().map(|r| r.ids.len()).sum();
-    eprintln!(
-        "base {}: {} layers, dim {}, vocab {}: {:.1} M parameters (f32 copy)",
-        path.display(),
-        cfg.layers,
-        cfg.dim,
-        cfg.vocab,
-        params.len() as f64 / 1e6
-    );
     eprintln!(
         "train: {} conversations, {total} tokens, {learn} of them the assistant's (the loss); held out: {}",
         train.rows.len(),
@@ -147,13 +193,7 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let pad = tok.eos.unwrap_or(0);
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = progress_bar();
     let mut last_val = String::new();
     let mut on_log = |l: &StepLog, steps: usize| {
         bar.set_length(steps as u64);
@@ -186,7 +226,612 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
     let name = a.out.file_name().map_or("llmos-sft".to_string(), |n| {
         n.to_string_lossy().into_owned()
     });
-    import::write_like(&g, &cfg, &params, &out, &name)?;
+    import::write_like(&g, &cfg, &params, None, &out, &name)?;
     eprintln!("{}: after {done} steps", out.display());
+    Ok(())
+}
+
+/// `llmos rm` (train a reward model) and `llmos dpo`: comparisons in, a model out.
+#[derive(Args)]
+pub struct PrefArgs {
+    /// Starting model: alias, GGUF path, pypi:... or hf:...
+    #[arg(short, long)]
+    model: String,
+    /// Comparisons, JSONL: {"prompt", "chosen", "rejected"}.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Held-out comparisons (default: --val-fraction of --data, picked by --seed).
+    #[arg(long)]
+    val: Option<PathBuf>,
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Run directory: model.gguf, metrics.jsonl.
+    #[arg(short, long)]
+    out: Option<PathBuf>,
+    /// Optimizer steps (default: --epochs passes).
+    #[arg(long, default_value_t = 0)]
+    steps: usize,
+    #[arg(long, default_value_t = 1.0)]
+    epochs: f64,
+    /// Comparisons per step.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    #[arg(long, default_value_t = 1e-5)]
+    lr: f32,
+    #[arg(long, default_value_t = 10)]
+    warmup: usize,
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f32,
+    /// DPO: strength of the pull towards the reference model.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 5)]
+    log_every: usize,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RmCmd {
+    /// Score answers with a reward model: pairwise accuracy on comparisons (--data), or the
+    /// reward of one answer (--prompt and --answer).
+    Score {
+        #[arg(short, long)]
+        model: String,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long)]
+        answer: Option<String>,
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(short, long, default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct RmArgs {
+    #[command(subcommand)]
+    cmd: Option<RmCmd>,
+    #[command(flatten)]
+    train: Option<PrefArgs>,
+}
+
+fn split_val<T>(items: &mut Vec<T>, frac: f64, seed: u64) -> Vec<T> {
+    let n = (items.len() as f64 * frac).round() as usize;
+    let n = if frac > 0.0 && items.len() >= 2 {
+        n.max(1)
+    } else {
+        n
+    };
+    let mut rng = llmos_train::Rng(seed ^ 0x7a1);
+    (0..n)
+        .map(|_| items.swap_remove(rng.below(items.len())))
+        .collect()
+}
+
+pub fn cmd_rm(a: RmArgs) -> Result<()> {
+    match (a.cmd, a.train) {
+        (
+            Some(RmCmd::Score {
+                model,
+                data,
+                prompt,
+                answer,
+                ctx,
+                json,
+                threads,
+            }),
+            _,
+        ) => rm_score(&model, data, prompt, answer, ctx, json, threads),
+        (None, Some(t)) => cmd_pref(t, true),
+        (None, None) => bail!("give -m BASE --data PAIRS.jsonl --out RUN, or `llmos rm score`"),
+    }
+}
+
+pub fn cmd_dpo(a: PrefArgs) -> Result<()> {
+    cmd_pref(a, false)
+}
+
+fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
+    use llmos_train::prefs::{self, Objective, PrefConfig, PrefEval};
+    let data = a.data.clone().context("--data PAIRS.jsonl is required")?;
+    let out = a.out.clone().context("--out RUN is required")?;
+    if !(0.0..1.0).contains(&a.val_fraction) {
+        bail!("--val-fraction {} must be in [0, 1)", a.val_fraction);
+    }
+    if !(a.beta > 0.0 && a.beta.is_finite()) {
+        bail!("--beta must be positive");
+    }
+    let mut comps = prefs::parse_comparisons(&data, &crate::read_utf8(&data)?)?;
+    let val = match &a.val {
+        Some(p) => prefs::parse_comparisons(p, &crate::read_utf8(p)?)?,
+        None => split_val(&mut comps, a.val_fraction, a.seed),
+    };
+    llmos_tensor::init_threads(a.threads);
+    crate::trainer::install_stop_handler()?;
+    let base = load_base(&a.model, a.ctx)?;
+    let (train, cut1) = prefs::render_pairs(&base.tpl, &base.tok, &comps, a.ctx, base.cfg.vocab)?;
+    let (valp, cut2) = prefs::render_pairs(&base.tpl, &base.tok, &val, a.ctx, base.cfg.vocab)?;
+    eprintln!(
+        "{}: {} training comparisons, {} held out",
+        if rm { "reward model" } else { "DPO" },
+        train.len(),
+        valp.len()
+    );
+    if cut1 + cut2 > 0 {
+        eprintln!(
+            "warning: {} comparisons cut at --ctx {}",
+            cut1 + cut2,
+            a.ctx
+        );
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("{}", out.display()))?;
+    let pc = PrefConfig {
+        steps: a.steps,
+        epochs: a.epochs,
+        batch: a.batch,
+        ctx: a.ctx,
+        lr: a.lr,
+        warmup: a.warmup,
+        grad_clip: a.grad_clip,
+        seed: a.seed,
+        beta: a.beta,
+        eval_every: a.eval_every,
+        log_every: a.log_every,
+    };
+    let pad = base.tok.eos.unwrap_or(0);
+    let bar = progress_bar();
+    let mut last_val = String::new();
+    let mut on_log = |l: &StepLog, e: Option<&PrefEval>, steps: usize| {
+        bar.set_length(steps as u64);
+        if let Some(e) = e {
+            last_val = format!(" | val acc {:.1}%", e.accuracy * 100.0);
+            bar.println(format!(
+                "step {}: held-out loss {:.4}, pairwise accuracy {:.1}%",
+                l.step,
+                e.loss,
+                e.accuracy * 100.0
+            ));
+        }
+        bar.set_position(l.step as u64);
+        if l.step > 0 {
+            bar.set_message(format!(
+                "loss {:.4}{last_val} | {:.0} tok/s | lr {:.2e}",
+                l.loss, l.tok_s, l.lr
+            ));
+        }
+    };
+    // a fresh head: small random weights from the seed, no bias
+    let mut head: Vec<f32> = {
+        let mut rng = llmos_train::Rng(a.seed ^ 0x4ead);
+        let s = 1.0 / (base.cfg.dim as f64).sqrt();
+        (0..base.cfg.dim)
+            .map(|_| (rng.normal() * s * 0.1) as f32)
+            .chain(std::iter::once(0.0))
+            .collect()
+    };
+    let objective = if rm {
+        Objective::Reward { head: &mut head }
+    } else {
+        Objective::Dpo
+    };
+    let (params, done) = prefs::train_prefs(
+        &base.cfg,
+        base.params.clone(),
+        objective,
+        &train,
+        &valp,
+        pad,
+        &pc,
+        &out,
+        &crate::trainer::STOP,
+        &mut on_log,
+    )?;
+    bar.finish();
+    let path = out.join("model.gguf");
+    let name = run_name(&out, if rm { "llmos-rm" } else { "llmos-dpo" });
+    import::write_like(
+        &base.g,
+        &base.cfg,
+        &params,
+        rm.then_some(&head[..]),
+        &path,
+        &name,
+    )?;
+    eprintln!("{}: after {done} steps", path.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rm_score(
+    model: &str,
+    data: Option<PathBuf>,
+    prompt: Option<String>,
+    answer: Option<String>,
+    ctx: usize,
+    json: bool,
+    threads: usize,
+) -> Result<()> {
+    use llmos_train::prefs;
+    llmos_tensor::init_threads(threads);
+    let base = load_base(model, ctx)?;
+    let head = import::reward_head(&base.g, &base.cfg)?.with_context(|| {
+        format!(
+            "{}: not a reward model (no {})",
+            base.path.display(),
+            import::RM_HEAD
+        )
+    })?;
+    let m = llmos_train::Model::new(base.cfg.clone());
+    let mut ws = llmos_train::Workspace::default();
+    let pad = base.tok.eos.unwrap_or(0);
+    match (data, prompt, answer) {
+        (Some(d), None, None) => {
+            let comps = prefs::parse_comparisons(&d, &crate::read_utf8(&d)?)?;
+            let (pairs, _) =
+                prefs::render_pairs(&base.tpl, &base.tok, &comps, ctx, base.cfg.vocab)?;
+            let e = prefs::eval_rm(&m, &base.params, &head, &pairs, 4, pad, &mut ws);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"n": pairs.len(), "accuracy": e.accuracy, "loss": e.loss})
+                );
+            } else {
+                println!(
+                    "{} comparisons: pairwise accuracy {:.1}%, loss {:.4}",
+                    pairs.len(),
+                    e.accuracy * 100.0,
+                    e.loss
+                );
+            }
+        }
+        (None, Some(p), Some(ans)) => {
+            let c = prefs::Comparison {
+                prompt: p,
+                chosen: ans.clone(),
+                rejected: ans,
+            };
+            let (pairs, _) = prefs::render_pairs(&base.tpl, &base.tok, &[c], ctx, base.cfg.vocab)?;
+            let rows = prefs::pair_rows(&[&pairs[0]], pad);
+            let r = llmos_train::objectives::rewards(&m, &base.params, &head, &rows, &mut ws)[0];
+            if json {
+                println!("{}", serde_json::json!({"reward": r}));
+            } else {
+                println!("{r:.4}");
+            }
+        }
+        _ => bail!("give --data PAIRS.jsonl, or --prompt and --answer"),
+    }
+    Ok(())
+}
+
+/// `llmos data pairs`: comparisons from the model's own samples, ranked by the checker.
+#[derive(Args)]
+pub struct PairsArgs {
+    #[command(flatten)]
+    model: crate::ModelArgs,
+    /// Verifiable tasks, JSONL {"prompt", "answer"} (e.g. `llmos data gen arith-tasks`).
+    #[arg(long)]
+    tasks: PathBuf,
+    /// Samples per prompt.
+    #[arg(long, default_value_t = 4)]
+    samples: usize,
+    #[arg(long, default_value_t = 0.9)]
+    temp: f32,
+    #[arg(long, default_value_t = 96)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Output comparisons JSONL.
+    #[arg(short, long)]
+    out: PathBuf,
+}
+
+/// Verifiable tasks: lines {"prompt", "answer"} with an integer answer.
+pub fn read_tasks(path: &std::path::Path) -> Result<Vec<llmos_train::tasks::Problem>> {
+    let text = crate::read_utf8(path)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let prompt = v["prompt"]
+            .as_str()
+            .with_context(|| format!("{}: no \"prompt\" string", at()))?;
+        let answer = match &v["answer"] {
+            serde_json::Value::String(s) => s.trim().replace(',', "").parse::<i64>().ok(),
+            serde_json::Value::Number(n) => n.as_i64(),
+            _ => None,
+        }
+        .with_context(|| format!("{}: \"answer\" is not an integer", at()))?;
+        out.push(llmos_train::tasks::Problem {
+            prompt: prompt.to_string(),
+            answer,
+        });
+    }
+    if out.is_empty() {
+        bail!("{}: no tasks", path.display());
+    }
+    Ok(out)
+}
+
+pub fn cmd_pairs(a: PairsArgs) -> Result<()> {
+    use llmos_engine::{Sampler, SamplerConfig};
+    use llmos_train::evals::{Format, Runner, check_answer, user_marker};
+    if a.samples < 2 {
+        bail!("--samples must be at least 2 to make a comparison");
+    }
+    let tasks = read_tasks(&a.tasks)?;
+    let l = crate::load(&a.model)?;
+    let ctx = crate::ctx_of(&a.model, &l.model)?;
+    let tpl = template_of(&l.tok)?;
+    let marker = user_marker(&tpl).map_err(anyhow::Error::msg)?;
+    let mut runner = Runner::new(&l.model, &l.tok, ctx, a.max_tokens);
+    let mut sampler = Sampler::new(SamplerConfig {
+        temperature: a.temp,
+        top_k: 0,
+        top_p: 1.0,
+        min_p: 0.0,
+        seed: a.seed,
+        ..SamplerConfig::default()
+    });
+    let bar = progress_bar();
+    bar.set_length(tasks.len() as u64);
+    let (mut lines, mut good_total, mut n_total) = (String::new(), 0usize, 0usize);
+    let mut pairs = 0;
+    for t in &tasks {
+        let ids = runner
+            .prompt_ids(&Format::Chat(&tpl), &t.prompt)
+            .map_err(anyhow::Error::msg)?;
+        let (mut good, mut bad) = (None, None);
+        for _ in 0..a.samples {
+            let r = runner.sample(&ids, &[], &mut sampler)?;
+            let (wf, correct) = check_answer(&r.raw, r.stop, &marker, Some(t.answer), &r.text);
+            let reply = r.text;
+            n_total += 1;
+            if wf && correct {
+                good_total += 1;
+                good.get_or_insert(reply);
+            } else {
+                bad.get_or_insert(reply);
+            }
+        }
+        if let (Some(c), Some(r)) = (good, bad) {
+            let v = serde_json::json!({"prompt": t.prompt, "chosen": c, "rejected": r});
+            lines.push_str(&v.to_string());
+            lines.push('\n');
+            pairs += 1;
+        }
+        bar.inc(1);
+        bar.set_message(format!(
+            "{pairs} pairs | samples correct and well-formed {:.1}%",
+            100.0 * good_total as f64 / n_total as f64
+        ));
+    }
+    bar.finish_and_clear();
+    llmos_train::data::write_atomic(&a.out, lines.as_bytes())?;
+    eprintln!(
+        "{}: {pairs} comparisons from {} prompts x {} samples ({:.1}% of samples correct and well-formed)",
+        a.out.display(),
+        tasks.len(),
+        a.samples,
+        100.0 * good_total as f64 / n_total.max(1) as f64
+    );
+    Ok(())
+}
+
+/// `llmos grpo`: reinforcement learning with verifiable rewards.
+#[derive(Args)]
+pub struct GrpoArgs {
+    /// Starting policy: alias, GGUF path, pypi:... or hf:...
+    #[arg(short, long)]
+    model: String,
+    /// Training tasks, JSONL {"prompt", "answer"} (e.g. `llmos data gen arith-tasks`).
+    #[arg(long)]
+    tasks: PathBuf,
+    /// Held-out tasks for greedy accuracy during training (same format).
+    #[arg(long)]
+    eval_tasks: Option<PathBuf>,
+    /// Run directory: model.gguf, metrics.jsonl, reward.svg.
+    #[arg(short, long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 50)]
+    steps: usize,
+    /// Prompts per step.
+    #[arg(long, default_value_t = 4)]
+    prompts: usize,
+    /// Answers sampled per prompt.
+    #[arg(long, default_value_t = 8)]
+    group: usize,
+    #[arg(long, default_value_t = 2e-6)]
+    lr: f32,
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Weight of the KL penalty to the starting model.
+    #[arg(long, default_value_t = 0.04)]
+    beta: f64,
+    /// Ratio clip epsilon.
+    #[arg(long, default_value_t = 0.2)]
+    clip: f64,
+    #[arg(long, default_value_t = 1.0)]
+    temp: f32,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 512)]
+    ctx: usize,
+    /// number (exact final integer, well-formed), regex:PATTERN (reply matches), or
+    /// rm:PATH (a reward model from `llmos rm`).
+    #[arg(long, default_value = "number")]
+    reward: String,
+    #[arg(long, default_value_t = 10)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+}
+
+/// Scores a reply with a reward model.
+struct RmReward {
+    base: Base,
+    head: Vec<f32>,
+    model: llmos_train::Model,
+    ws: llmos_train::Workspace,
+}
+
+impl llmos_train::grpo::Reward for RmReward {
+    fn score(&mut self, task: &llmos_train::tasks::Problem, r: &llmos_train::evals::Reply) -> f64 {
+        let c = llmos_train::prefs::Comparison {
+            prompt: task.prompt.clone(),
+            chosen: r.text.clone(),
+            rejected: r.text.clone(),
+        };
+        let b = &self.base;
+        match llmos_train::prefs::render_pairs(&b.tpl, &b.tok, &[c], b.cfg.ctx, b.cfg.vocab) {
+            Ok((pairs, _)) => {
+                let rows = llmos_train::prefs::pair_rows(&[&pairs[0]], b.tok.eos.unwrap_or(0));
+                llmos_train::objectives::rewards(
+                    &self.model,
+                    &b.params,
+                    &self.head,
+                    &rows,
+                    &mut self.ws,
+                )[0]
+            }
+            Err(_) => 0.0,
+        }
+    }
+}
+
+pub fn cmd_grpo(a: GrpoArgs) -> Result<()> {
+    use llmos_train::grpo::{self, ExactNumber, GrpoConfig, GrpoLog, Pattern, Policy, Reward};
+    let train = read_tasks(&a.tasks)?;
+    let eval = match &a.eval_tasks {
+        Some(p) => read_tasks(p)?,
+        None => Vec::new(),
+    };
+    if a.group < 2 || a.prompts == 0 || a.steps == 0 {
+        bail!("--group must be at least 2, --prompts and --steps at least 1");
+    }
+    if !(a.lr > 0.0 && a.lr.is_finite()) || a.beta < 0.0 || a.clip <= 0.0 {
+        bail!("--lr and --clip must be positive, --beta at least 0");
+    }
+    llmos_tensor::init_threads(a.threads);
+    crate::trainer::install_stop_handler()?;
+    let base = load_base(&a.model, a.ctx)?;
+    let marker = llmos_train::evals::user_marker(&base.tpl).map_err(anyhow::Error::msg)?;
+    let mut reward: Box<dyn Reward> = match a.reward.as_str() {
+        "number" => Box::new(ExactNumber {
+            user_marker: marker,
+        }),
+        r if r.starts_with("regex:") => Box::new(Pattern {
+            re: regex::Regex::new(&r["regex:".len()..])
+                .with_context(|| format!("--reward {r}: not a valid regular expression"))?,
+            user_marker: marker,
+        }),
+        r if r.starts_with("rm:") => {
+            let rm = load_base(&r["rm:".len()..], a.ctx)?;
+            let head = import::reward_head(&rm.g, &rm.cfg)?.with_context(|| {
+                format!(
+                    "{}: not a reward model (no {})",
+                    rm.path.display(),
+                    import::RM_HEAD
+                )
+            })?;
+            Box::new(RmReward {
+                model: llmos_train::Model::new(rm.cfg.clone()),
+                head,
+                base: rm,
+                ws: llmos_train::Workspace::default(),
+            })
+        }
+        r => bail!("unknown --reward {r:?} (number, regex:PATTERN, rm:PATH)"),
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    let gc = GrpoConfig {
+        steps: a.steps,
+        prompts: a.prompts,
+        group: a.group,
+        lr: a.lr,
+        warmup: a.warmup,
+        beta: a.beta,
+        clip_eps: a.clip,
+        temperature: a.temp,
+        max_tokens: a.max_tokens,
+        ctx: a.ctx,
+        seed: a.seed,
+        eval_every: a.eval_every,
+    };
+    eprintln!(
+        "GRPO: {} training tasks, {} held out; {} steps of {} prompts x {} samples",
+        train.len(),
+        eval.len(),
+        a.steps,
+        a.prompts,
+        a.group
+    );
+    let bar = progress_bar();
+    bar.set_length(a.steps as u64);
+    let mut last_eval = String::new();
+    let mut on_log = |l: &GrpoLog| {
+        if let Some(acc) = l.eval_accuracy {
+            last_eval = format!(" | held-out {:.1}%", acc * 100.0);
+            bar.println(format!(
+                "step {}: held-out accuracy {:.1}%",
+                l.step,
+                acc * 100.0
+            ));
+        }
+        bar.set_position(l.step as u64);
+        if l.step > 0 {
+            bar.set_message(format!(
+                "reward {:.3} | KL {:.4}{last_eval} | sample {:.0} s, train {:.0} s",
+                l.mean_reward, l.kl, l.sample_s, l.train_s
+            ));
+        }
+    };
+    let policy = Policy {
+        base: &base.g,
+        cfg: &base.cfg,
+        tok: &base.tok,
+        tpl: &base.tpl,
+    };
+    let (params, done) = grpo::grpo(
+        &policy,
+        base.params.clone(),
+        &train,
+        &eval,
+        &gc,
+        reward.as_mut(),
+        &a.out,
+        &crate::trainer::STOP,
+        &mut on_log,
+    )?;
+    bar.finish();
+    let path = a.out.join("model.gguf");
+    import::write_like(
+        &base.g,
+        &base.cfg,
+        &params,
+        None,
+        &path,
+        &run_name(&a.out, "llmos-grpo"),
+    )?;
+    eprintln!("{}: after {done} steps", path.display());
     Ok(())
 }

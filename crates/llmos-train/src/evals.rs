@@ -34,6 +34,18 @@ pub struct Item {
     pub got: Option<i64>,
 }
 
+/// One generated reply.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// The text, cut at the first stop string.
+    pub text: String,
+    /// Every generated token's text, special tokens spelled out.
+    pub raw: String,
+    pub stop: StopReason,
+    /// The generated ids (the end-of-turn token included when produced).
+    pub ids: Vec<u32>,
+}
+
 /// The model, its tokenizer and the context the tasks run in.
 pub struct Runner<'a> {
     pub session: Session<'a>,
@@ -54,8 +66,18 @@ impl<'a> Runner<'a> {
         &mut self,
         prompt_ids: &[u32],
         stops: &[&str],
-    ) -> Result<(String, String, StopReason), llmos_engine::EngineError> {
+    ) -> Result<Reply, llmos_engine::EngineError> {
         let mut sampler = Sampler::new(SamplerConfig::greedy());
+        self.sample(prompt_ids, stops, &mut sampler)
+    }
+
+    /// A reply drawn with `sampler`, as `reply`.
+    pub fn sample(
+        &mut self,
+        prompt_ids: &[u32],
+        stops: &[&str],
+        sampler: &mut Sampler,
+    ) -> Result<Reply, llmos_engine::EngineError> {
         let params = GenParams {
             max_tokens: self.max_tokens,
             ignore_eos: false,
@@ -63,7 +85,7 @@ impl<'a> Runner<'a> {
         let mut text = String::new();
         let g = self
             .session
-            .generate(prompt_ids, &params, &mut sampler, |piece| {
+            .generate(prompt_ids, &params, sampler, |piece| {
                 text.push_str(piece);
                 !stops.iter().any(|s| text.contains(s))
             })?;
@@ -77,10 +99,15 @@ impl<'a> Runner<'a> {
             .iter()
             .flat_map(|&i| tok.token_bytes(i, true))
             .collect();
-        Ok((text, String::from_utf8_lossy(&raw).into_owned(), g.stop))
+        Ok(Reply {
+            text,
+            raw: String::from_utf8_lossy(&raw).into_owned(),
+            stop: g.stop,
+            ids: g.ids,
+        })
     }
 
-    fn prompt_ids(&self, format: &Format, question: &str) -> Result<Vec<u32>, String> {
+    pub fn prompt_ids(&self, format: &Format, question: &str) -> Result<Vec<u32>, String> {
         let tok = self.session.tokenizer;
         Ok(match format {
             Format::Chat(t) => {
@@ -114,7 +141,7 @@ impl<'a> Runner<'a> {
         let mut out = Vec::new();
         for p in problems {
             let ids = self.prompt_ids(format, &p.prompt)?;
-            let (reply, _, _) = self.reply(&ids, stops).map_err(|e| e.to_string())?;
+            let reply = self.reply(&ids, stops).map_err(|e| e.to_string())?.text;
             let got = last_number(&reply);
             let item = Item {
                 prompt: p.prompt.clone(),
@@ -141,11 +168,11 @@ impl<'a> Runner<'a> {
         let mut out = Vec::new();
         for q in prompts {
             let ids = self.prompt_ids(&Format::Chat(template), q)?;
-            let (reply, raw, stop) = self.reply(&ids, &[]).map_err(|e| e.to_string())?;
+            let r = self.reply(&ids, &[]).map_err(|e| e.to_string())?;
             let item = Item {
                 prompt: q.clone(),
-                ok: stop == StopReason::Eos && !raw.contains(&marker),
-                reply,
+                ok: r.stop == StopReason::Eos && !r.raw.contains(&marker),
+                reply: r.text,
                 answer: None,
                 got: None,
             };
@@ -154,6 +181,20 @@ impl<'a> Runner<'a> {
         }
         Ok(out)
     }
+}
+
+/// The verifiable checker of generated answers: well-formed (ended with the end-of-turn
+/// token, never wrote the user's turn) and, for a problem, the right final number.
+pub fn check_answer(
+    raw: &str,
+    stop: StopReason,
+    user_marker: &str,
+    answer: Option<i64>,
+    reply: &str,
+) -> (bool, bool) {
+    let well_formed = stop == StopReason::Eos && !raw.contains(user_marker);
+    let correct = answer.is_none_or(|a| last_number(reply) == Some(a));
+    (well_formed, correct)
 }
 
 /// The text a template puts before a user's words in a later turn (for ChatML,

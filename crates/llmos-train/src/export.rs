@@ -493,7 +493,7 @@ mod roundtrip {
             let p2 = crate::import::params_of(&g, &cfg2).unwrap();
             assert!(p2 == m.params, "imported parameters differ");
             let again = root.join(format!("again-{tied}.gguf"));
-            crate::import::write_like(&g, &cfg2, &p2, &again, "t2").unwrap();
+            crate::import::write_like(&g, &cfg2, &p2, None, &again, "t2").unwrap();
             let g2 = llmos_formats::Gguf::open(&again).unwrap();
             assert!(crate::import::params_of(&g2, &cfg2).unwrap() == m.params);
             assert_eq!(

@@ -56,7 +56,7 @@ pub fn config_of(g: &Gguf, ctx: usize) -> Result<ModelConfig, TrainError> {
 pub fn params_of(g: &Gguf, cfg: &ModelConfig) -> Result<Vec<f32>, TrainError> {
     let layout = Layout::new(cfg);
     for t in &g.tensors {
-        if !layout.tensors.iter().any(|l| l.name == t.name) {
+        if t.name != RM_HEAD && !layout.tensors.iter().any(|l| l.name == t.name) {
             return Err(bad(
                 g,
                 format!(
@@ -91,14 +91,58 @@ pub fn params_of(g: &Gguf, cfg: &ModelConfig) -> Result<Vec<f32>, TrainError> {
     Ok(p)
 }
 
-/// Writes `params` (shape `cfg`) as an all-F32 GGUF carrying `base`'s metadata, atomically.
+/// The scalar head of a reward model, [w (dim), bias], stored beside the trunk.
+pub const RM_HEAD: &str = "llmos.reward_head.weight";
+
+/// A reward model's head, when the file has one.
+pub fn reward_head(g: &Gguf, cfg: &ModelConfig) -> Result<Option<Vec<f32>>, TrainError> {
+    let Some(t) = g.tensor(RM_HEAD) else {
+        return Ok(None);
+    };
+    if t.dims != [cfg.dim as u64 + 1] {
+        return Err(bad(
+            g,
+            format!(
+                "{RM_HEAD} has dims {:?}, expected [{}]",
+                t.dims,
+                cfg.dim + 1
+            ),
+        ));
+    }
+    let mut h = vec![0f32; cfg.dim + 1];
+    llmos_tensor::quant::dequantize_row(t.dtype, g.tensor_data(t), &mut h)
+        .map_err(|e| bad(g, format!("{RM_HEAD}: {e}")))?;
+    Ok(Some(h))
+}
+
+/// Writes `params` (shape `cfg`) as an all-F32 GGUF carrying `base`'s metadata, atomically;
+/// with `head`, as a reward model.
 pub fn write_like(
     base: &Gguf,
     cfg: &ModelConfig,
     params: &[f32],
+    head: Option<&[f32]>,
     path: &Path,
     name: &str,
 ) -> Result<(), TrainError> {
+    gguf_like(base, cfg, params, head, DType::F32, name)
+        .write(path)
+        .map_err(|err| TrainError::Io {
+            path: path.to_path_buf(),
+            err,
+        })
+}
+
+/// The GGUF `write_like` writes, in memory (the policy that GRPO samples from is rebuilt
+/// from the parameters this way after every update).
+pub fn gguf_like(
+    base: &Gguf,
+    cfg: &ModelConfig,
+    params: &[f32],
+    head: Option<&[f32]>,
+    matrices: DType,
+    name: &str,
+) -> GgufWriter {
     let mut w = GgufWriter::new();
     for (k, v) in &base.metadata {
         if k != "general.alignment" {
@@ -114,22 +158,35 @@ pub fn write_like(
             w.set(&key, Value::U32(cfg.ctx as u32));
         }
     }
-    // all tensors are F32 now
-    w.set("general.file_type", Value::U32(0));
+    // all tensors F32 (file type 0), or mostly Q8_0 (7)
+    w.set(
+        "general.file_type",
+        Value::U32(if matrices == DType::Q8_0 { 7 } else { 0 }),
+    );
     for t in &Layout::new(cfg).tensors {
         let dims: Vec<u64> = if t.rows == 1 {
             vec![t.cols as u64]
         } else {
             vec![t.cols as u64, t.rows as u64]
         };
-        let bytes = params[t.range()]
-            .iter()
-            .flat_map(|x| x.to_le_bytes())
-            .collect();
-        w.add_tensor(&t.name, &dims, DType::F32, bytes);
+        let v = &params[t.range()];
+        // matrices in the requested type where its blocks fit the rows
+        let quantized = (t.rows > 1 && matrices != DType::F32)
+            .then(|| llmos_tensor::quantize::quantize_rows(matrices, v, t.cols).ok())
+            .flatten();
+        match quantized {
+            Some(q) => w.add_tensor(&t.name, &dims, matrices, q),
+            None => w.add_tensor(
+                &t.name,
+                &dims,
+                DType::F32,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+        };
     }
-    w.write(path).map_err(|err| TrainError::Io {
-        path: path.to_path_buf(),
-        err,
-    })
+    if let Some(h) = head {
+        let bytes = h.iter().flat_map(|x| x.to_le_bytes()).collect();
+        w.add_tensor(RM_HEAD, &[h.len() as u64], DType::F32, bytes);
+    }
+    w
 }
