@@ -265,3 +265,257 @@ fn bad_sft_and_eval_input_is_a_one_line_error() {
         "{e}"
     );
 }
+
+/// Comparisons whose better answer is recognisable from its words: what a reward model
+/// and DPO must pick up.
+fn word_pairs(path: &Path, n: usize, seed: usize) {
+    let prompts = [
+        "Who are you?",
+        "Say something.",
+        "Hello!",
+        "What do you like?",
+    ];
+    let text: String = (0..n)
+        .map(|i| {
+            let p = prompts[(i + seed) % prompts.len()];
+            let k = (i * 7 + seed) % 5;
+            serde_json::json!({
+                "prompt": p,
+                "chosen": format!("I am llmos and I like rivers {k}."),
+                "rejected": format!("banana banana town {k} day"),
+            })
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+fn last_metrics(run: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+#[test]
+fn reward_model_and_dpo_learn_the_preference() {
+    let d = scratch("prefs-e2e");
+    let base = tiny_base(&d);
+    let (train, val) = (d.join("pairs.jsonl"), d.join("val.jsonl"));
+    word_pairs(&train, 80, 0);
+    word_pairs(&val, 20, 3);
+    let rm = d.join("rm");
+    ok(&run(&[
+        "rm",
+        "-m",
+        s(&base),
+        "--data",
+        s(&train),
+        "--val",
+        s(&val),
+        "--out",
+        s(&rm),
+        "--steps",
+        "40",
+        "--batch",
+        "4",
+        "--ctx",
+        "64",
+        "--lr",
+        "1e-3",
+        "--eval-every",
+        "20",
+        "-t",
+        "2",
+    ]));
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(rm.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["step"], 0);
+    let end = last_metrics(&rm);
+    assert!(end["val_accuracy"].as_f64().unwrap() >= 0.95, "{end}");
+    // the saved reward model scores the held-out pairs the same way
+    let o = ok(&run(&[
+        "rm",
+        "score",
+        "-m",
+        s(&rm.join("model.gguf")),
+        "--data",
+        s(&val),
+        "--json",
+        "--ctx",
+        "64",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(o.trim()).unwrap();
+    assert_eq!(v["n"], 20);
+    assert_eq!(v["accuracy"].as_f64(), end["val_accuracy"].as_f64());
+    let score = |answer: &str| -> f64 {
+        let o = ok(&run(&[
+            "rm",
+            "score",
+            "-m",
+            s(&rm.join("model.gguf")),
+            "--prompt",
+            "Hello!",
+            "--answer",
+            answer,
+            "--json",
+            "--ctx",
+            "64",
+        ]));
+        serde_json::from_str::<serde_json::Value>(o.trim()).unwrap()["reward"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!(score("I am llmos and I like rivers 2.") > score("banana banana town 2 day"));
+    // the reward model still runs as a language model (the head is an extra tensor)
+    ok(&run(&[
+        "run",
+        "-m",
+        s(&rm.join("model.gguf")),
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "Chapter",
+    ]));
+    // a plain model is not a reward model
+    let e = one_line_error(&run(&["rm", "score", "-m", s(&base), "--data", s(&val)]));
+    assert!(e.contains("not a reward model"), "{e}");
+
+    let dpo = d.join("dpo");
+    ok(&run(&[
+        "dpo",
+        "-m",
+        s(&base),
+        "--data",
+        s(&train),
+        "--val",
+        s(&val),
+        "--out",
+        s(&dpo),
+        "--steps",
+        "30",
+        "--batch",
+        "4",
+        "--ctx",
+        "64",
+        "--lr",
+        "1e-3",
+        "--beta",
+        "0.5",
+        "--eval-every",
+        "15",
+        "-t",
+        "2",
+    ]));
+    let end = last_metrics(&dpo);
+    assert!(end["val_accuracy"].as_f64().unwrap() >= 0.95, "{end}");
+    assert!(dpo.join("model.gguf").is_file());
+}
+
+#[test]
+fn grpo_runs_and_logs_the_reward_curve() {
+    let d = scratch("grpo-e2e");
+    let base = tiny_base(&d);
+    let tasks = d.join("tasks.jsonl");
+    ok(&run(&[
+        "data",
+        "gen",
+        "arith-tasks",
+        "--level",
+        "1",
+        "-n",
+        "8",
+        "-o",
+        s(&tasks),
+    ]));
+    let out = d.join("grpo");
+    // a reward any reply can earn: non-empty text (the format rules still apply)
+    ok(&run(&[
+        "grpo",
+        "-m",
+        s(&base),
+        "--tasks",
+        s(&tasks),
+        "--eval-tasks",
+        s(&tasks),
+        "--out",
+        s(&out),
+        "--steps",
+        "3",
+        "--prompts",
+        "2",
+        "--group",
+        "3",
+        "--max-tokens",
+        "8",
+        "--ctx",
+        "64",
+        "--lr",
+        "1e-3",
+        "--reward",
+        "regex:.",
+        "--eval-every",
+        "2",
+        "-t",
+        "2",
+    ]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0]["eval_accuracy"].is_number() && lines[2]["eval_accuracy"].is_number());
+    for l in &lines[1..] {
+        let r = l["mean_reward"].as_f64().unwrap();
+        assert!(
+            (0.0..=1.0).contains(&r) && l["kl"].as_f64().unwrap() >= 0.0,
+            "{l}"
+        );
+    }
+    assert!(
+        std::fs::read_to_string(out.join("reward.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+    ok(&run(&[
+        "run",
+        "-m",
+        s(&out.join("model.gguf")),
+        "-n",
+        "4",
+        "--temp",
+        "0",
+        "Chapter",
+    ]));
+    let e = one_line_error(&run(&[
+        "grpo",
+        "-m",
+        s(&base),
+        "--tasks",
+        s(&tasks),
+        "--out",
+        s(&out),
+        "--reward",
+        "regex:(",
+    ]));
+    assert!(e.contains("regular expression"), "{e}");
+    let bad = d.join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"x\", \"answer\": \"seven\"}\n").unwrap();
+    let e = one_line_error(&run(&[
+        "grpo",
+        "-m",
+        s(&base),
+        "--tasks",
+        s(&bad),
+        "--out",
+        s(&out),
+    ]));
+    assert!(e.contains("bad.jsonl:1") && e.contains("integer"), "{e}");
+}
