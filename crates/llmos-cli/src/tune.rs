@@ -86,14 +86,6 @@ pub fn load_base(spec: &str, ctx: usize) -> Result<Base> {
     let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
     let tpl = template_of(&tok)?;
     let params = import::params_of(&g, &cfg)?;
-    eprintln!(
-        "base {}: {} layers, dim {}, vocab {}: {:.1} M parameters (f32 copy)",
-        path.display(),
-        cfg.layers,
-        cfg.dim,
-        cfg.vocab,
-        params.len() as f64 / 1e6
-    );
     Ok(Base {
         path,
         g,
@@ -102,6 +94,20 @@ pub fn load_base(spec: &str, ctx: usize) -> Result<Base> {
         tok,
         tpl,
     })
+}
+
+impl Base {
+    /// One line on what is being trained.
+    fn describe(&self) {
+        eprintln!(
+            "base {}: {} layers, dim {}, vocab {}: {:.1} M parameters (f32 copy)",
+            self.path.display(),
+            self.cfg.layers,
+            self.cfg.dim,
+            self.cfg.vocab,
+            self.params.len() as f64 / 1e6
+        );
+    }
 }
 
 fn progress_bar() -> ProgressBar {
@@ -162,6 +168,8 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
     };
     llmos_tensor::init_threads(a.threads);
     crate::trainer::install_stop_handler()?;
+    let base = load_base(&a.model, a.ctx)?;
+    base.describe();
     let Base {
         g,
         cfg,
@@ -169,7 +177,7 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
         tok,
         tpl,
         ..
-    } = load_base(&a.model, a.ctx)?;
+    } = base;
     let train = sft::prepare(&tpl, &tok, &convs, a.ctx, cfg.vocab)?;
     let valp = sft::prepare(&tpl, &tok, &val, a.ctx, cfg.vocab)?;
     let learn: usize = train
@@ -362,6 +370,7 @@ fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
     llmos_tensor::init_threads(a.threads);
     crate::trainer::install_stop_handler()?;
     let base = load_base(&a.model, a.ctx)?;
+    base.describe();
     let (train, cut1) = prefs::render_pairs(&base.tpl, &base.tok, &comps, a.ctx, base.cfg.vocab)?;
     let (valp, cut2) = prefs::render_pairs(&base.tpl, &base.tok, &val, a.ctx, base.cfg.vocab)?;
     eprintln!(
@@ -733,18 +742,27 @@ pub fn cmd_grpo(a: GrpoArgs) -> Result<()> {
     }
     llmos_tensor::init_threads(a.threads);
     crate::trainer::install_stop_handler()?;
-    let base = load_base(&a.model, a.ctx)?;
-    let marker = llmos_train::evals::user_marker(&base.tpl).map_err(anyhow::Error::msg)?;
-    let mut reward: Box<dyn Reward> = match a.reward.as_str() {
-        "number" => Box::new(ExactNumber {
-            user_marker: marker,
-        }),
-        r if r.starts_with("regex:") => Box::new(Pattern {
-            re: regex::Regex::new(&r["regex:".len()..])
+    // the reward's spelling is checked before anything loads
+    let pattern = match a.reward.as_str() {
+        r if r.starts_with("regex:") => Some(
+            regex::Regex::new(&r["regex:".len()..])
                 .with_context(|| format!("--reward {r}: not a valid regular expression"))?,
+        ),
+        r if r == "number" || r.starts_with("rm:") => None,
+        r => bail!("unknown --reward {r:?} (number, regex:PATTERN, rm:PATH)"),
+    };
+    let base = load_base(&a.model, a.ctx)?;
+    base.describe();
+    let marker = llmos_train::evals::user_marker(&base.tpl).map_err(anyhow::Error::msg)?;
+    let mut reward: Box<dyn Reward> = match (a.reward.as_str(), pattern) {
+        (_, Some(re)) => Box::new(Pattern {
+            re,
             user_marker: marker,
         }),
-        r if r.starts_with("rm:") => {
+        ("number", None) => Box::new(ExactNumber {
+            user_marker: marker,
+        }),
+        (r, None) if r.starts_with("rm:") => {
             let rm = load_base(&r["rm:".len()..], a.ctx)?;
             let head = import::reward_head(&rm.g, &rm.cfg)?.with_context(|| {
                 format!(
@@ -760,7 +778,7 @@ pub fn cmd_grpo(a: GrpoArgs) -> Result<()> {
                 ws: llmos_train::Workspace::default(),
             })
         }
-        r => bail!("unknown --reward {r:?} (number, regex:PATTERN, rm:PATH)"),
+        (r, None) => bail!("unknown --reward {r:?} (number, regex:PATTERN, rm:PATH)"),
     };
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let gc = GrpoConfig {

@@ -381,6 +381,7 @@ fn reward_model_and_dpo_learn_the_preference() {
         "4",
         "--temp",
         "0",
+        "-p",
         "Chapter",
     ]));
     // a plain model is not a reward model
@@ -492,6 +493,7 @@ fn grpo_runs_and_logs_the_reward_curve() {
         "4",
         "--temp",
         "0",
+        "-p",
         "Chapter",
     ]));
     let e = one_line_error(&run(&[

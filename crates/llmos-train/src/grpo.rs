@@ -259,14 +259,12 @@ pub fn grpo(
             .map(|(a, b)| (a.as_slice(), b.as_slice()))
             .collect();
         let rows = Rows::pack(&refs, pad);
-        // one update per batch: the sampling policy is the current one
-        let mut old = vec![0f32; rows.b * rows.t];
-        model.token_nll(&params, &rows.tokens, rows.b, rows.t, &mut ws, &mut old);
+        // one update per batch: the sampling policy is the current one (ratio 1)
         let mut refn = vec![0f32; rows.b * rows.t];
         model.token_nll(&reference, &rows.tokens, rows.b, rows.t, &mut ws, &mut refn);
         grads.fill(0.0);
         let (loss, kl) = grpo_loss_and_grad(
-            &model, &params, &mut grads, &rows, &adv, &old, &refn, lossc, &mut ws,
+            &model, &params, &mut grads, &rows, &adv, None, &refn, lossc, &mut ws,
         );
         if !loss.is_finite() {
             return Err(TrainError::Config(format!(

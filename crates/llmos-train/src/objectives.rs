@@ -200,8 +200,8 @@ pub fn group_advantages(rewards: &[f64], group: usize) -> Vec<f64> {
 }
 
 /// The GRPO loss over completions (rows; mask = completion tokens), each with its
-/// advantage, the per-token -log p under the sampling policy (`old_nll`) and the reference
-/// (`ref_nll`), both b x t:
+/// advantage, the per-token -log p under the sampling policy (`old_nll`; None when it is
+/// the current policy, so the ratio is 1) and the reference (`ref_nll`), both b x t:
 /// L = -(1 / completion tokens) sum_tokens [min(rho A, clip(rho) A) - beta k3], with
 /// rho = p / p_old and k3 = p_ref / p - log(p_ref / p) - 1. Adds the gradient into `g`;
 /// returns (loss, mean k3 per token).
@@ -212,7 +212,7 @@ pub fn grpo_loss_and_grad(
     g: &mut [f32],
     rows: &Rows,
     adv: &[f64],
-    old_nll: &[f32],
+    old_nll: Option<&[f32]>,
     ref_nll: &[f32],
     cfg: GrpoLoss,
     ws: &mut Workspace,
@@ -229,7 +229,7 @@ pub fn grpo_loss_and_grad(
                 continue;
             }
             let logp = -(nll[j] as f64);
-            let rho = (logp + old_nll[j] as f64).exp();
+            let rho = old_nll.map_or(1.0, |o| (logp + o[j] as f64).exp());
             let clipped = rho.clamp(1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps);
             let (surr, d_surr) = if rho * a <= clipped * a {
                 (rho * a, rho * a)
@@ -405,12 +405,24 @@ mod tests {
             beta: 0.3,
         };
         let mut g = vec![0f32; p.len()];
-        let (loss, kl) = grpo_loss_and_grad(&m, &p, &mut g, &rows, &adv, &old, &refn, cfg, &mut ws);
+        let (loss, kl) =
+            grpo_loss_and_grad(&m, &p, &mut g, &rows, &adv, Some(&old), &refn, cfg, &mut ws);
         assert!(kl > 0.0);
         let mut ws2 = Workspace::default();
         let mut f = |q: &[f32]| {
             let mut g2 = vec![0f32; q.len()];
-            grpo_loss_and_grad(&m, q, &mut g2, &rows, &adv, &old, &refn, cfg, &mut ws2).0
+            grpo_loss_and_grad(
+                &m,
+                q,
+                &mut g2,
+                &rows,
+                &adv,
+                Some(&old),
+                &refn,
+                cfg,
+                &mut ws2,
+            )
+            .0
         };
         assert!((loss - f(&p)).abs() < 1e-9);
         check_trunk(&m, &p, &g, &mut f);
@@ -425,7 +437,15 @@ mod tests {
         for (a, moves) in [(-1.0, false), (1.0, true)] {
             let mut g = vec![0f32; p.len()];
             grpo_loss_and_grad(
-                &m, &p, &mut g, &rows, &[a; 4], &old_far, &refn, cfg, &mut ws,
+                &m,
+                &p,
+                &mut g,
+                &rows,
+                &[a; 4],
+                Some(&old_far),
+                &refn,
+                cfg,
+                &mut ws,
             );
             assert_eq!(g.iter().any(|&x| x != 0.0), moves, "advantage {a}");
         }
