@@ -210,6 +210,7 @@ fn seq_logps_all(
 
 /// DPO's held-out loss and implicit-reward accuracy, given the reference's log-probs per
 /// chunk of `b` pairs.
+#[allow(clippy::too_many_arguments)]
 fn eval_dpo(
     model: &Model,
     p: &[f32],
