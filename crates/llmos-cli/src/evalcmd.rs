@@ -48,25 +48,18 @@ pub struct TaskArgs {
 /// solution as a few-shot answer (calculator annotations `<<...>>` removed, `#### N` spelled
 /// "The answer is N.").
 fn gsm8k(path: &std::path::Path) -> Result<Vec<(Problem, String)>> {
-    let text = crate::read_utf8(path)?;
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+    for (at, v) in crate::tune::jsonl(path)? {
         let q = v["question"]
             .as_str()
-            .with_context(|| format!("{}: no \"question\" string", at()))?;
+            .with_context(|| format!("{at}: no \"question\" string"))?;
         let a = v["answer"]
             .as_str()
-            .with_context(|| format!("{}: no \"answer\" string", at()))?;
+            .with_context(|| format!("{at}: no \"answer\" string"))?;
         let n = a
             .rsplit_once("####")
             .and_then(|(_, n)| n.trim().replace(',', "").parse::<i64>().ok())
-            .with_context(|| format!("{}: answer has no \"#### N\" integer", at()))?;
+            .with_context(|| format!("{at}: answer has no \"#### N\" integer"))?;
         let (work, _) = a.rsplit_once("####").expect("checked above");
         let mut shown = String::new();
         let mut rest = work;

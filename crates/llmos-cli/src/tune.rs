@@ -48,11 +48,20 @@ pub struct SftArgs {
     weight_decay: f32,
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
+    #[command(flatten)]
+    run: LoopArgs,
+}
+
+/// Settings every fine-tuning loop shares.
+#[derive(Args)]
+pub struct LoopArgs {
+    /// Seed of the data order (and of the held-out pick and the reward head).
     #[arg(long, default_value_t = 1337)]
     seed: u64,
     /// Worker threads (default: all cores).
     #[arg(short, long, default_value_t = 0)]
     threads: usize,
+    /// Held-out evaluation every this many steps (and at the end).
     #[arg(long, default_value_t = 50)]
     eval_every: usize,
     #[arg(long, default_value_t = 5)]
@@ -143,9 +152,9 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
         warmup: a.warmup,
         weight_decay: a.weight_decay,
         grad_clip: a.grad_clip,
-        seed: a.seed,
-        eval_every: a.eval_every,
-        log_every: a.log_every,
+        seed: a.run.seed,
+        eval_every: a.run.eval_every,
+        log_every: a.run.log_every,
     };
     let mut convs = sft::parse_conversations(&a.data, &crate::read_utf8(&a.data)?)?;
     let val = match &a.val {
@@ -158,7 +167,7 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
                 n_val
             };
             // a seeded pick of whole conversations
-            let mut rng = llmos_train::Rng(a.seed ^ 0x7a1);
+            let mut rng = llmos_train::Rng(a.run.seed ^ 0x7a1);
             let mut val = Vec::new();
             for _ in 0..n_val {
                 val.push(convs.swap_remove(rng.below(convs.len())));
@@ -166,7 +175,7 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
             val
         }
     };
-    llmos_tensor::init_threads(a.threads);
+    llmos_tensor::init_threads(a.run.threads);
     crate::trainer::install_stop_handler()?;
     let base = load_base(&a.model, a.ctx)?;
     base.describe();
@@ -275,14 +284,8 @@ pub struct PrefArgs {
     /// DPO: strength of the pull towards the reference model.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
-    #[arg(short, long, default_value_t = 0)]
-    threads: usize,
-    #[arg(long, default_value_t = 50)]
-    eval_every: usize,
-    #[arg(long, default_value_t = 5)]
-    log_every: usize,
+    #[command(flatten)]
+    run: LoopArgs,
 }
 
 #[derive(clap::Subcommand)]
@@ -365,9 +368,9 @@ fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
     let mut comps = prefs::parse_comparisons(&data, &crate::read_utf8(&data)?)?;
     let val = match &a.val {
         Some(p) => prefs::parse_comparisons(p, &crate::read_utf8(p)?)?,
-        None => split_val(&mut comps, a.val_fraction, a.seed),
+        None => split_val(&mut comps, a.val_fraction, a.run.seed),
     };
-    llmos_tensor::init_threads(a.threads);
+    llmos_tensor::init_threads(a.run.threads);
     crate::trainer::install_stop_handler()?;
     let base = load_base(&a.model, a.ctx)?;
     base.describe();
@@ -395,10 +398,10 @@ fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
         lr: a.lr,
         warmup: a.warmup,
         grad_clip: a.grad_clip,
-        seed: a.seed,
+        seed: a.run.seed,
         beta: a.beta,
-        eval_every: a.eval_every,
-        log_every: a.log_every,
+        eval_every: a.run.eval_every,
+        log_every: a.run.log_every,
     };
     let pad = base.tok.eos.unwrap_or(0);
     let bar = progress_bar();
@@ -424,7 +427,7 @@ fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
     };
     // a fresh head: small random weights from the seed, no bias
     let mut head: Vec<f32> = {
-        let mut rng = llmos_train::Rng(a.seed ^ 0x4ead);
+        let mut rng = llmos_train::Rng(a.run.seed ^ 0x4ead);
         let s = 1.0 / (base.cfg.dim as f64).sqrt();
         (0..base.cfg.dim)
             .map(|_| (rng.normal() * s * 0.1) as f32)
@@ -548,26 +551,34 @@ pub struct PairsArgs {
     out: PathBuf,
 }
 
-/// Verifiable tasks: lines {"prompt", "answer"} with an integer answer.
-pub fn read_tasks(path: &std::path::Path) -> Result<Vec<llmos_train::tasks::Problem>> {
+/// The JSON values of a JSONL file, each with its "FILE:LINE" (blank lines skipped).
+pub fn jsonl(path: &std::path::Path) -> Result<Vec<(String, serde_json::Value)>> {
     let text = crate::read_utf8(path)?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let at = || format!("{}:{}", path.display(), i + 1);
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}: not JSON", at()))?;
+        let at = format!("{}:{}", path.display(), i + 1);
+        let v = serde_json::from_str(line).with_context(|| format!("{at}: not JSON"))?;
+        out.push((at, v));
+    }
+    Ok(out)
+}
+
+/// Verifiable tasks: lines {"prompt", "answer"} with an integer answer.
+pub fn read_tasks(path: &std::path::Path) -> Result<Vec<llmos_train::tasks::Problem>> {
+    let mut out = Vec::new();
+    for (at, v) in jsonl(path)? {
         let prompt = v["prompt"]
             .as_str()
-            .with_context(|| format!("{}: no \"prompt\" string", at()))?;
+            .with_context(|| format!("{at}: no \"prompt\" string"))?;
         let answer = match &v["answer"] {
             serde_json::Value::String(s) => s.trim().replace(',', "").parse::<i64>().ok(),
             serde_json::Value::Number(n) => n.as_i64(),
             _ => None,
         }
-        .with_context(|| format!("{}: \"answer\" is not an integer", at()))?;
+        .with_context(|| format!("{at}: \"answer\" is not an integer"))?;
         out.push(llmos_train::tasks::Problem {
             prompt: prompt.to_string(),
             answer,

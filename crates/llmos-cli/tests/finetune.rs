@@ -6,15 +6,6 @@ mod common;
 use common::*;
 use std::path::{Path, PathBuf};
 
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }

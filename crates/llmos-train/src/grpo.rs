@@ -167,7 +167,7 @@ pub fn grpo(
     let mut grads = vec![0f32; params.len()];
     let mut ws = Workspace::default();
     let mut rng = Rng(gc.seed ^ 0x6790);
-    let mut order: Vec<usize> = Vec::new();
+    let mut order = crate::model::Passes::default();
     let pad = policy.tok.eos.unwrap_or(0);
     let metrics_path = run.join("metrics.jsonl");
     let io = |err| TrainError::Io {
@@ -221,13 +221,7 @@ pub fn grpo(
         let mut seqs: Vec<(Vec<u32>, Vec<bool>)> = Vec::new();
         let mut rewards = Vec::new();
         for _ in 0..gc.prompts {
-            if order.is_empty() {
-                order = (0..train.len()).collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-            }
-            let task = &train[order.pop().expect("refilled")];
+            let task = &train[order.next(train.len(), &mut rng)];
             let ids = runner
                 .prompt_ids(&Format::Chat(policy.tpl), &task.prompt)
                 .map_err(TrainError::Config)?;
@@ -266,12 +260,7 @@ pub fn grpo(
         let (loss, kl) = grpo_loss_and_grad(
             &model, &params, &mut grads, &rows, &adv, None, &refn, lossc, &mut ws,
         );
-        if !loss.is_finite() {
-            return Err(TrainError::Config(format!(
-                "loss became {loss} at step {}; lower --lr",
-                step + 1
-            )));
-        }
+        crate::train::check_loss(loss, step)?;
         clip_grad(&mut grads, 1.0);
         opt.step(&mut params, &grads, lr, &[]);
         let done = step + 1;

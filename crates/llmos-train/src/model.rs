@@ -108,6 +108,15 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The parameter ranges weight decay applies to.
+    pub fn decay_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        self.tensors
+            .iter()
+            .filter(|t| t.decay)
+            .map(|t| t.range())
+            .collect()
+    }
+
     pub fn new(c: &ModelConfig) -> Layout {
         let mut tensors = Vec::new();
         let mut at = 0;
@@ -187,6 +196,25 @@ impl Rng {
     }
     pub fn below(&mut self, n: usize) -> usize {
         (self.uniform() * n as f64) as usize % n.max(1)
+    }
+}
+
+/// Indices drawn pass after pass over `n` items, each pass in a fresh order
+/// (Fisher-Yates from the run's generator): the data order of fine-tuning runs.
+#[derive(Clone, Debug, Default)]
+pub struct Passes {
+    left: Vec<usize>,
+}
+
+impl Passes {
+    pub fn next(&mut self, n: usize, rng: &mut Rng) -> usize {
+        if self.left.is_empty() {
+            self.left = (0..n).collect();
+            for i in (1..n).rev() {
+                self.left.swap(i, rng.below(i + 1));
+            }
+        }
+        self.left.pop().expect("n > 0")
     }
 }
 

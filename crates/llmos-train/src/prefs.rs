@@ -301,7 +301,7 @@ pub fn train_prefs(
     let mut ghead = vec![0f32; cfg.dim + 1];
     let no_decay: Vec<std::ops::Range<usize>> = Vec::new();
     let mut rng = Rng(pc.seed ^ 0x9a1);
-    let mut order: Vec<usize> = Vec::new();
+    let mut order = crate::model::Passes::default();
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path).map_err(|err| TrainError::Io {
         path: metrics_path.clone(),
@@ -334,13 +334,7 @@ pub fn train_prefs(
         let lr = lr_at(step, steps, pc.warmup, pc.lr, 0.0, Decay::Linear);
         let mut batch: Vec<&Pair> = Vec::with_capacity(pc.batch);
         while batch.len() < pc.batch {
-            if order.is_empty() {
-                order = (0..train.len()).collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-            }
-            batch.push(&train[order.pop().expect("refilled")]);
+            batch.push(&train[order.next(train.len(), &mut rng)]);
         }
         let rows = pair_rows(&batch, pad);
         grads.fill(0.0);
@@ -355,12 +349,7 @@ pub fn train_prefs(
                 )
             }
         };
-        if !loss.is_finite() {
-            return Err(TrainError::Config(format!(
-                "loss became {loss} at step {}; lower --lr",
-                step + 1
-            )));
-        }
+        crate::train::check_loss(loss, step)?;
         let grad_norm = clip_grad(&mut grads, pc.grad_clip);
         opt.step(&mut params, &grads, lr, &no_decay);
         if let Some(h) = head.as_deref_mut() {

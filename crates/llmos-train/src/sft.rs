@@ -283,18 +283,12 @@ pub fn finetune(
             .ceil()
             .max(1.0) as usize
     };
-    let decay: Vec<_> = model
-        .layout
-        .tensors
-        .iter()
-        .filter(|t| t.decay)
-        .map(|t| t.range())
-        .collect();
+    let decay = model.layout.decay_ranges();
     let mut opt = AdamW::new(params.len(), sc.weight_decay);
     let mut grads = vec![0f32; params.len()];
     let mut ws = Workspace::default();
     let mut rng = Rng(sc.seed ^ 0x5f7);
-    let mut order: Vec<usize> = Vec::new();
+    let mut order = crate::model::Passes::default();
     let (mut tokens, mut weights) = (Vec::new(), Vec::new());
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path).map_err(|err| TrainError::Io {
@@ -309,14 +303,7 @@ pub fn finetune(
         let lr = lr_at(step, steps, sc.warmup, sc.lr, sc.min_lr, Decay::Linear);
         let mut batch: Vec<&Rendered> = Vec::with_capacity(sc.batch);
         while batch.len() < sc.batch {
-            if order.is_empty() {
-                // a new pass in a fresh order (Fisher-Yates from the run's seed)
-                order = (0..train.len()).collect();
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.below(i + 1));
-                }
-            }
-            batch.push(&train[order.pop().expect("refilled")]);
+            batch.push(&train[order.next(train.len(), &mut rng)]);
         }
         let (t, n) = pack(&batch, pad, &mut tokens, &mut weights);
         grads.fill(0.0);
@@ -330,12 +317,7 @@ pub fn finetune(
             1.0,
             &mut ws,
         );
-        if !loss.is_finite() {
-            return Err(TrainError::Config(format!(
-                "loss became {loss} at step {}; lower --lr",
-                step + 1
-            )));
-        }
+        crate::train::check_loss(loss, step)?;
         let grad_norm = clip_grad(&mut grads, sc.grad_clip);
         opt.step(&mut params, &grads, lr, &decay);
         win_loss += loss * n as f64;

@@ -246,6 +246,18 @@ impl Checkpoint {
     }
 }
 
+/// A loss that is not finite ends a run with advice, before it spoils the parameters.
+pub fn check_loss(loss: f64, step: usize) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        Ok(())
+    } else {
+        Err(TrainError::Config(format!(
+            "loss became {loss} at step {}; lower --lr",
+            step + 1
+        )))
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
@@ -330,13 +342,7 @@ pub fn train(
         .open(&metrics_path)
         .map_err(io_err(&metrics_path))?;
 
-    let decay: Vec<_> = model
-        .layout
-        .tensors
-        .iter()
-        .filter(|t| t.decay)
-        .map(|t| t.range())
-        .collect();
+    let decay = model.layout.decay_ranges();
     let flops_per_token = 6.0 * mcfg.matmul_params() as f64;
     let min_lr = cfg.min_lr.unwrap_or(cfg.lr / 10.0);
     let mut ws = Workspace::default();
@@ -380,12 +386,7 @@ pub fn train(
             );
         }
         loss /= cfg.accum as f64;
-        if !loss.is_finite() {
-            return Err(TrainError::Config(format!(
-                "loss became {loss} at step {}; lower --lr",
-                step + 1
-            )));
-        }
+        check_loss(loss, step)?;
         let grad_norm = clip_grad(&mut grads, cfg.grad_clip);
         opt.step(&mut params, &grads, lr, &decay);
         elapsed += t0.elapsed().as_secs_f64();

@@ -50,6 +50,16 @@ pub fn ids(v: &serde_json::Value) -> Vec<u64> {
         .collect()
 }
 
+/// stdout of a run that must succeed (its stderr in the failure message).
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// stderr of a failed run: must be exactly one line starting with "error: ".
 pub fn one_line_error(o: &Output) -> String {
     assert!(
