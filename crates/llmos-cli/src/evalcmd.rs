@@ -22,7 +22,7 @@ pub struct TaskArgs {
     /// Evaluate at most this many items (default: arith 200, others all).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Difficulty of arith, 1 (one-digit sums) to 5 (three-step word problems).
+    /// Difficulty of arith, 1 (sums of numbers up to 30) to 5 (three-step word problems).
     #[arg(long, default_value_t = 2)]
     pub level: u32,
     /// Few-shot examples for base models (0: chat with the model's template).

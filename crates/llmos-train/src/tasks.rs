@@ -44,14 +44,14 @@ const THINGS: [&str; 10] = [
 ];
 
 /// One problem of `level` (1 to 5):
-/// 1: a + b, single digits;  2: a + b or a - b, two digits;  3: a x b with a one-digit
+/// 1: a + b with both up to 30;  2: a + b or a - b, two digits;  3: a x b with a one-digit
 /// factor, or a + b - c;  4: word problems of two steps;  5: word problems of three steps
 /// with a product.
 pub fn arith_problem(level: u32, rng: &mut Rng) -> Problem {
     let mut r = |lo: i64, hi: i64| lo + rng.below((hi - lo + 1) as usize) as i64;
     match level {
         0 | 1 => {
-            let (a, b) = (r(0, 9), r(0, 9));
+            let (a, b) = (r(0, 30), r(0, 30));
             Problem {
                 prompt: format!("What is {a} + {b}?"),
                 answer: a + b,
@@ -118,7 +118,7 @@ pub fn arith_set(level: u32, split: Split, n: usize, seed: u64) -> Vec<Problem> 
     let mut rng = Rng(seed ^ ((level as u64) << 32));
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(n);
-    // level 1 has only 100 questions: stop when the space is exhausted
+    // level 1 has only 961 questions: stop when the space is exhausted
     let mut misses = 0;
     while out.len() < n && misses < 10_000 {
         let p = arith_problem(level, &mut rng);
