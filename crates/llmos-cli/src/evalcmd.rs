@@ -170,6 +170,9 @@ pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
     }
     let l = load(&a.model)?;
     let ctx = ctx_of(&a.model, &l.model)?;
+    if a.shots == 0 && l.tok.chat_template.is_none() && matches!(items, Items::Problems(..)) {
+        bail!("this model has no chat template: give --shots K for a few-shot prompt");
+    }
     let tpl = match (a.shots, &items) {
         (0, _) | (_, Items::Chat(_)) => Some(crate::tune::template_of(&l.tok)?),
         _ => None,

@@ -284,8 +284,18 @@ pub struct PrefArgs {
     /// DPO: strength of the pull towards the reference model.
     #[arg(long, default_value_t = 0.1)]
     beta: f64,
-    #[command(flatten)]
-    run: LoopArgs,
+    // the loop flags are spelled out here rather than flattened from LoopArgs: `llmos rm`
+    // holds these arguments as an Option, and clap cannot tell a nested group is present
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Worker threads (default: all cores).
+    #[arg(short, long, default_value_t = 0)]
+    threads: usize,
+    /// Held-out evaluation every this many steps (and at the end).
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 5)]
+    log_every: usize,
 }
 
 #[derive(clap::Subcommand)]
@@ -368,9 +378,9 @@ fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
     let mut comps = prefs::parse_comparisons(&data, &crate::read_utf8(&data)?)?;
     let val = match &a.val {
         Some(p) => prefs::parse_comparisons(p, &crate::read_utf8(p)?)?,
-        None => split_val(&mut comps, a.val_fraction, a.run.seed),
+        None => split_val(&mut comps, a.val_fraction, a.seed),
     };
-    llmos_tensor::init_threads(a.run.threads);
+    llmos_tensor::init_threads(a.threads);
     crate::trainer::install_stop_handler()?;
     let base = load_base(&a.model, a.ctx)?;
     base.describe();
@@ -398,10 +408,10 @@ fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
         lr: a.lr,
         warmup: a.warmup,
         grad_clip: a.grad_clip,
-        seed: a.run.seed,
+        seed: a.seed,
         beta: a.beta,
-        eval_every: a.run.eval_every,
-        log_every: a.run.log_every,
+        eval_every: a.eval_every,
+        log_every: a.log_every,
     };
     let pad = base.tok.eos.unwrap_or(0);
     let bar = progress_bar();
@@ -427,7 +437,7 @@ fn cmd_pref(a: PrefArgs, rm: bool) -> Result<()> {
     };
     // a fresh head: small random weights from the seed, no bias
     let mut head: Vec<f32> = {
-        let mut rng = llmos_train::Rng(a.run.seed ^ 0x4ead);
+        let mut rng = llmos_train::Rng(a.seed ^ 0x4ead);
         let s = 1.0 / (base.cfg.dim as f64).sqrt();
         (0..base.cfg.dim)
             .map(|_| (rng.normal() * s * 0.1) as f32)
