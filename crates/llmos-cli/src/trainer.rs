@@ -3,7 +3,6 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use llmos_train::data::{Codec, TokenizerSpec, char_vocab, prepare};
 use llmos_train::optim::Decay;
 use llmos_train::train::{Outcome, StepLog, TrainConfig, train};
@@ -333,13 +332,8 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
     let m = cfg.model(meta.vocab);
     m.validate()
         .map_err(|e| anyhow::anyhow!("model shape: {e}"))?;
-    let bar = ProgressBar::new(cfg.steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = crate::tune::progress_bar();
+    bar.set_length(cfg.steps as u64);
     let mut last_val = String::new();
     let mut on_log = |l: &StepLog| {
         if let (Some(v), Some(b)) = (l.val_loss, l.val_bpb) {

@@ -67,8 +67,12 @@ pub fn rewards(
     rows: &Rows,
     ws: &mut Workspace,
 ) -> Vec<f64> {
-    let dim = model.cfg.dim;
     let h = model.hidden(p, &rows.tokens, rows.b, rows.t, ws);
+    rewards_of(h, model.cfg.dim, head, rows)
+}
+
+/// Rewards from hidden states already computed for `rows`.
+fn rewards_of(h: &[f32], dim: usize, head: &[f32], rows: &Rows) -> Vec<f64> {
     (0..rows.b)
         .map(|r| {
             let hr = &h[(r * rows.t + rows.last[r]) * dim..][..dim];
@@ -98,7 +102,8 @@ pub fn rm_loss_and_grad(
         "chosen and rejected rows in pairs"
     );
     let (k, dim, t) = (rows.b / 2, model.cfg.dim, rows.t);
-    let r = rewards(model, p, head, rows, ws);
+    let h = model.hidden(p, &rows.tokens, rows.b, t, ws).to_vec();
+    let r = rewards_of(&h, dim, head, rows);
     let mut dr = vec![0f64; rows.b];
     let (mut loss, mut right) = (0.0, 0usize);
     for i in 0..k {
@@ -110,7 +115,6 @@ pub fn rm_loss_and_grad(
         dr[i] = gd;
         dr[k + i] = -gd;
     }
-    let h = model.hidden(p, &rows.tokens, rows.b, t, ws).to_vec();
     let mut dh = vec![0f32; h.len()];
     for (row, &d) in dr.iter().enumerate() {
         let at = (row * t + rows.last[row]) * dim;

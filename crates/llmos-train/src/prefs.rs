@@ -262,13 +262,7 @@ pub fn train_prefs(
         ));
     }
     let model = Model::new(cfg.clone());
-    let steps = if pc.steps > 0 {
-        pc.steps
-    } else {
-        ((train.len() as f64 * pc.epochs) / pc.batch as f64)
-            .ceil()
-            .max(1.0) as usize
-    };
+    let steps = crate::train::steps_for(pc.steps, pc.epochs, train.len(), pc.batch);
     let mut ws = Workspace::default();
     // DPO's reference: the starting model, its log-probs computed once
     let (dpo_train_ref, dpo_val_ref) = match objective {

@@ -276,13 +276,7 @@ pub fn finetune(
         ));
     }
     let model = Model::new(cfg.clone());
-    let steps = if sc.steps > 0 {
-        sc.steps
-    } else {
-        ((train.len() as f64 * sc.epochs) / sc.batch as f64)
-            .ceil()
-            .max(1.0) as usize
-    };
+    let steps = crate::train::steps_for(sc.steps, sc.epochs, train.len(), sc.batch);
     let decay = model.layout.decay_ranges();
     let mut opt = AdamW::new(params.len(), sc.weight_decay);
     let mut grads = vec![0f32; params.len()];

@@ -258,6 +258,18 @@ pub fn check_loss(loss: f64, step: usize) -> Result<(), TrainError> {
     }
 }
 
+/// Optimizer steps of a fine-tuning run: `steps` when given (> 0), else as many as `epochs`
+/// passes over `items` in batches of `batch` take (at least one).
+pub fn steps_for(steps: usize, epochs: f64, items: usize, batch: usize) -> usize {
+    if steps > 0 {
+        steps
+    } else {
+        ((items as f64 * epochs) / batch.max(1) as f64)
+            .ceil()
+            .max(1.0) as usize
+    }
+}
+
 /// How a run ended.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
