@@ -252,3 +252,57 @@ fn smollm2_q8_activations_equal_llamacpp_greedy() {
         "32 greedy ids vs llama.cpp"
     );
 }
+
+/// Continuous batching: several sequences of different lengths run in one call (prompts
+/// together, then one token each per step) give each sequence exactly the logits it gets
+/// alone, bit for bit, on both architectures.
+#[test]
+fn batched_sequences_equal_each_alone() {
+    llmos_tensor::pool::init(2);
+    for name in ["smollm2", "gemma3"] {
+        let g = Arc::new(Gguf::open(model(name)).unwrap());
+        let m = Model::load(g).unwrap();
+        let v = m.config.n_vocab;
+        let prompts: [&[u32]; 3] = [
+            &[2, 504, 3575, 282, 4649, 314],
+            &[2, 7042, 30],
+            &[2, 198, 504, 3575, 282, 4649, 314, 7042, 30],
+        ];
+        let steps: [[u32; 3]; 4] = [[30, 31, 32], [1000, 2000, 3000], [7, 8, 9], [400, 500, 600]];
+        // each alone
+        let mut alone = Vec::new();
+        for (i, p) in prompts.iter().enumerate() {
+            let mut cache = m.new_cache(64);
+            let mut out = vec![m.forward(&mut cache, p, false).unwrap()];
+            for s in &steps {
+                out.push(m.forward(&mut cache, &[s[i]], false).unwrap());
+            }
+            alone.push(out);
+        }
+        // together
+        let mut caches: Vec<_> = (0..3).map(|_| m.new_cache(64)).collect();
+        let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+        let first = m.forward_batch(&mut refs, &prompts).unwrap();
+        let mut together = vec![first];
+        for s in &steps {
+            let toks: Vec<&[u32]> = s.iter().map(std::slice::from_ref).collect();
+            together.push(m.forward_batch(&mut refs, &toks).unwrap());
+        }
+        for (k, batch) in together.iter().enumerate() {
+            for i in 0..3 {
+                let a = &alone[i][k];
+                let b = &batch[i * v..(i + 1) * v];
+                let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(
+                    same,
+                    "{name}: sequence {i}, step {k} differs from running alone"
+                );
+            }
+        }
+        // a sequence that would overflow its cache is refused before anything runs
+        let mut small = m.new_cache(4);
+        let mut refs: Vec<&mut _> = vec![&mut small];
+        assert!(m.forward_batch(&mut refs, &[prompts[0]]).is_err());
+        assert_eq!(small.len(), 0);
+    }
+}

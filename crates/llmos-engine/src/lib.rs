@@ -2,9 +2,13 @@
 //! session that keeps the KV cache across turns and reuses the longest shared prefix.
 //! It works on token ids; text only enters through the tokenizer for streaming output.
 
+mod batch;
 pub mod sampler;
 mod session;
 
+pub use batch::{
+    Batcher, Constraint, Event, Finish, Request, Sink, Stats, SubmitError, TokenLogprob,
+};
 pub use sampler::{Rng, Sampler, SamplerConfig};
 pub use session::{GenParams, Generation, Session, StopReason};
 

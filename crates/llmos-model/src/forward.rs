@@ -108,31 +108,68 @@ impl Model {
         tokens: &[u32],
         all_logits: bool,
     ) -> Result<Vec<f32>, ModelError> {
-        let c = &self.config;
-        let t_n = tokens.len();
-        if t_n == 0 {
+        if tokens.is_empty() {
             return Ok(Vec::new());
         }
-        if cache.len + t_n > cache.ctx {
-            return Err(ModelError::ContextFull {
-                need: cache.len + t_n,
-                ctx: cache.ctx,
-                train: c.ctx_train,
-            });
+        self.forward_seqs(&mut [cache], &[tokens], all_logits)
+    }
+
+    /// One step for several sequences at once (continuous batching): sequence `i` runs
+    /// `tokens[i]` after the positions in `caches[i]`. Every weight matrix is read once for
+    /// all of their rows, and each sequence's result equals what [`Model::forward`] gives it
+    /// alone, bit for bit. Returns the last token's logits of each sequence, [S, V].
+    pub fn forward_batch(
+        &self,
+        caches: &mut [&mut KvCache],
+        tokens: &[&[u32]],
+    ) -> Result<Vec<f32>, ModelError> {
+        assert_eq!(caches.len(), tokens.len(), "one token list per cache");
+        if let Some(i) = tokens.iter().position(|t| t.is_empty()) {
+            return Err(ModelError::EmptySequence(i));
         }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.n_vocab) {
-            return Err(ModelError::BadToken {
-                id,
-                vocab: c.n_vocab,
-            });
+        if tokens.is_empty() {
+            return Ok(Vec::new());
         }
+        self.forward_seqs(caches, tokens, false)
+    }
+
+    fn forward_seqs(
+        &self,
+        caches: &mut [&mut KvCache],
+        seqs: &[&[u32]],
+        all_logits: bool,
+    ) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        // rows of this call: (sequence, position), sequences one after another
+        let mut row_seq = Vec::new();
+        let mut row_pos = Vec::new();
+        for (si, (cache, toks)) in caches.iter().zip(seqs).enumerate() {
+            if cache.len + toks.len() > cache.ctx {
+                return Err(ModelError::ContextFull {
+                    need: cache.len + toks.len(),
+                    ctx: cache.ctx,
+                    train: c.ctx_train,
+                });
+            }
+            if let Some(&id) = toks.iter().find(|&&id| id as usize >= c.n_vocab) {
+                return Err(ModelError::BadToken {
+                    id,
+                    vocab: c.n_vocab,
+                });
+            }
+            for t in 0..toks.len() {
+                row_seq.push(si);
+                row_pos.push(cache.len + t);
+            }
+        }
+        let tokens: Vec<u32> = seqs.iter().flat_map(|t| t.iter().copied()).collect();
+        let t_n = tokens.len();
         let (e, d, dv) = (c.n_embd, c.head_dim, c.head_dim_v);
         let (nh, nkv) = (c.n_head, c.n_head_kv);
-        let pos0 = cache.len;
         let act = self.act;
         let mm =
             |w: &Weight, x: &[f32], y: &mut [f32], c: &mut ActCache| matmul_cached(w, x, y, act, c);
-        let mut sc = std::mem::take(&mut cache.scratch);
+        let mut sc = std::mem::take(&mut caches[0].scratch);
         let Scratch {
             x,
             h,
@@ -196,8 +233,9 @@ impl Model {
         let ff = self.rope_freqs.as_deref();
         let rope_table = |base: f32, scale: f32| -> Vec<Vec<(f32, f32)>> {
             let inv = rope_inv_freqs(c.rope_dim, base, scale, ff);
-            (pos0..pos0 + t_n)
-                .map(|p| {
+            row_pos
+                .iter()
+                .map(|&p| {
                     if q8 {
                         rope_cos_sin_lanes(p, c.rope_dim, base, scale, ff)
                     } else {
@@ -250,17 +288,26 @@ impl Model {
             r16(k);
             r16(v);
             r16(q);
-            cache.k[l].extend_from_slice(k);
-            cache.v[l].extend_from_slice(v);
+            let mut row0 = 0;
+            for (cache, toks) in caches.iter_mut().zip(seqs) {
+                let rows = row0..row0 + toks.len();
+                cache.k[l].extend_from_slice(&k[rows.start * nkv * d..rows.end * nkv * d]);
+                cache.v[l].extend_from_slice(&v[rows.start * nkv * dv..rows.end * nkv * dv]);
+                row0 = rows.end;
+            }
 
             // scores over cached positions, causal, windowed on sliding-window layers
-            let (kc, vc) = (&cache.k[l], &cache.v[l]);
+            let kvs: Vec<(&[f32], &[f32])> = caches
+                .iter()
+                .map(|cache| (&cache.k[l][..], &cache.v[l][..]))
+                .collect();
             let window = if swa { c.sliding_window } else { None };
             let group = nh / nkv;
             for_each_chunk_mut(att, dv, |i, out| {
                 let (t, head) = (i / nh, i % nh);
                 let kvh = head / group;
-                let qp = pos0 + t;
+                let (kc, vc) = kvs[row_seq[t]];
+                let qp = row_pos[t];
                 let start = window.map_or(0, |w| (qp + 1).saturating_sub(w));
                 let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
                 if q8 {
@@ -325,13 +372,24 @@ impl Model {
             }
             x.iter_mut().zip(o.iter()).for_each(|(a, b)| *a += b);
         }
-        cache.len += t_n;
+        for (cache, toks) in caches.iter_mut().zip(seqs) {
+            cache.len += toks.len();
+        }
 
-        // logits of the last token only, unless all are asked for
-        let rows = if all_logits {
+        // logits of each sequence's last token only, unless all are asked for
+        let last: Vec<f32>;
+        let rows: &[f32] = if all_logits {
             &x[..]
         } else {
-            &x[(t_n - 1) * e..]
+            let mut end = 0;
+            last = seqs
+                .iter()
+                .flat_map(|toks| {
+                    end += toks.len();
+                    x[(end - 1) * e..end * e].iter().copied()
+                })
+                .collect();
+            &last
         };
         let n_rows = rows.len() / e;
         let hn = &mut h[..rows.len()];
@@ -343,7 +401,7 @@ impl Model {
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|x| *x = cap * (*x / cap).tanh());
         }
-        cache.scratch = sc;
+        caches[0].scratch = sc;
         Ok(logits)
     }
 }

@@ -42,4 +42,6 @@ pub enum ModelError {
     },
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
+    #[error("batch sequence {0} has no tokens")]
+    EmptySequence(usize),
 }
