@@ -79,6 +79,9 @@ enum Cmd {
     Grpo(Box<tune::GrpoArgs>),
     /// Export a trained run as GGUF (llmos run, llama.cpp) and/or a HF directory.
     Export(trainer::ExportArgs),
+    /// Serve the OpenAI API (chat, completions, models) with continuous batching, tools and
+    /// JSON-schema output, plus a web chat at / and a compare-and-label page at /label.
+    Serve(ServeArgs),
     /// Write a GGUF with its weights quantized to another type.
     Quantize {
         /// Input GGUF (F32/F16/BF16 weights; quantized ones are requantized with a warning).
@@ -89,6 +92,29 @@ enum Cmd {
         #[arg(long = "type")]
         ty: String,
     },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to bind (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Sequences decoded together in one batch (slots); each has its own KV cache of --ctx.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait for a free slot before the server answers 429.
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Require `Authorization: Bearer KEY` on every API route (or set LLMOS_API_KEY).
+    #[arg(long, env = "LLMOS_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Where /label appends comparisons (default $LLMOS_HOME/labels/comparisons.jsonl).
+    #[arg(long)]
+    labels: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -361,6 +387,7 @@ fn main() {
             Some(EvalCmd::Logits { model, prompt }) => cmd_eval_logits(&model, &prompt),
             None => evalcmd::cmd_eval_task(e.task),
         },
+        Cmd::Serve(a) => cmd_serve(a),
         Cmd::Quantize { input, output, ty } => {
             perf::parse_type(&ty).and_then(|t| perf::quantize(&input, &output, t))
         }
@@ -420,6 +447,53 @@ fn load(a: &ModelArgs) -> Result<Loaded> {
         tok,
         load_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+fn cmd_serve(a: ServeArgs) -> Result<()> {
+    if a.parallel == 0 || a.parallel > 64 {
+        bail!("--parallel must be 1 to 64, got {}", a.parallel);
+    }
+    if a.api_key.as_deref() == Some("") {
+        bail!("--api-key is empty");
+    }
+    let l = load(&a.model)?;
+    let ctx = match a.model.ctx {
+        Some(_) => ctx_of(&a.model, &l.model)?,
+        // each slot holds a whole context: keep the default modest
+        None => l.model.config.ctx_train.min(2048),
+    };
+    let template = tune::template_of(&l.tok).ok();
+    if template.is_none() {
+        eprintln!("llmos serve: the model has no chat template; only /v1/completions will work");
+    }
+    let id = match pull::parse_source(&a.model.model) {
+        Ok(_) if !a.model.model.contains(['/', '.', ':']) => a.model.model.clone(),
+        _ => std::path::Path::new(&a.model.model)
+            .file_stem()
+            .map_or("model".into(), |s| s.to_string_lossy().into_owned()),
+    };
+    let labels = a
+        .labels
+        .unwrap_or_else(|| pull::llmos_home().join("labels").join("comparisons.jsonl"));
+    let cfg = llmos_server::Config {
+        host: a.host,
+        port: a.port,
+        parallel: a.parallel,
+        ctx,
+        api_key: a.api_key,
+        model_id: id,
+        max_queue: a.queue,
+        labels,
+    };
+    eprintln!(
+        "llmos serve: {} ({} slots x {} positions, {} threads)",
+        cfg.model_id,
+        cfg.parallel,
+        cfg.ctx,
+        llmos_tensor::pool::threads()
+    );
+    llmos_server::serve(cfg, Arc::new(l.model), Arc::new(l.tok), template)
+        .map_err(anyhow::Error::msg)
 }
 
 fn ctx_of(a: &ModelArgs, m: &Model) -> Result<usize> {
