@@ -406,6 +406,8 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
         });
         return;
     }
+    // a few tokens (a batch of decoding sequences): rows split across threads, each row
+    // dotted with up to 8 tokens per call so its blocks are unpacked once for all of them
     by_rows(
         w,
         t,
@@ -413,11 +415,30 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
         || (),
         |_, r, out| {
             let row = w.row(r);
-            for (ti, o) in out.iter_mut().enumerate() {
-                *o = vec_dot_n(dt, row, [acts.row(ti)])[0];
-            }
+            let mut ti = 0;
+            ti = dots::<8>(dt, row, acts, ti, out);
+            ti = dots::<4>(dt, row, acts, ti, out);
+            ti = dots::<2>(dt, row, acts, ti, out);
+            dots::<1>(dt, row, acts, ti, out);
         },
     );
+}
+
+/// `out[k] = row . token k` for tokens ti.. in groups of N while N remain; returns the
+/// first token not done.
+fn dots<const N: usize>(
+    dt: DType,
+    row: &[u8],
+    acts: &QuantActs,
+    mut ti: usize,
+    out: &mut [f32],
+) -> usize {
+    while ti + N <= out.len() {
+        let a: [ActRow; N] = std::array::from_fn(|k| acts.row(ti + k));
+        out[ti..ti + N].copy_from_slice(&vec_dot_n(dt, row, a));
+        ti += N;
+    }
+    ti
 }
 
 #[cfg(test)]
@@ -471,7 +492,7 @@ mod tests {
                 .collect();
             let bytes = crate::quantize::quantize_rows(dt, &wf, cols).unwrap();
             let w = Weight::new(dt, &bytes, rows, cols).unwrap();
-            for t in [1usize, 3, 16, 37] {
+            for t in [1usize, 2, 3, 5, 8, 13, 16, 37] {
                 let x: Vec<f32> = (0..t * cols)
                     .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
                     .collect();
