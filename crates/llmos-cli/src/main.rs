@@ -143,6 +143,10 @@ struct BenchCmd {
     /// thread count; no model is loaded.
     #[arg(long)]
     gemm: bool,
+    /// Measure continuous-batched generation instead: for each count B, B sequences of
+    /// -n tokens decoded together by the server's batcher (aggregate tok/s, and x one).
+    #[arg(long, value_delimiter = ',')]
+    batch: Vec<usize>,
 }
 
 #[derive(Args)]
@@ -230,7 +234,7 @@ struct BpbArgs {
     json: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct ModelArgs {
     /// Model: alias (smollm2, gemma3), path, pypi:PACKAGE or hf:ORG/REPO/FILE.
     #[arg(short, long, default_value = "smollm2")]
@@ -686,6 +690,22 @@ fn cmd_bench(b: BenchCmd) -> Result<()> {
             println!("{}", serde_json::json!({"gemm": res}));
         }
         return Ok(());
+    }
+    if !b.batch.is_empty() {
+        if b.batch.contains(&0) || b.tg == 0 {
+            bail!("--batch sizes and -n must be at least 1");
+        }
+        let mut m = b.model.clone();
+        m.threads = *threads.iter().max().expect("one thread count");
+        let l = load(&m)?;
+        return perf::bench_batch(
+            Arc::new(l.model),
+            Arc::new(l.tok),
+            &b.batch,
+            b.tg,
+            b.reps,
+            b.json,
+        );
     }
     let l = load(&b.model)?;
     let path = resolve(&b.model.model)?;

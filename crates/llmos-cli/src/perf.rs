@@ -415,3 +415,77 @@ pub fn quantize(input: &Path, out: &Path, target: DType) -> Result<()> {
     );
     Ok(())
 }
+
+/// Continuous-batched generation: for each batch size B, B sequences (distinct prompts of
+/// 32 tokens) generate `tg` tokens each through the engine's batcher; prints the median
+/// aggregate tokens/s over `reps` and its ratio to B = 1 (or the first size).
+pub fn bench_batch(
+    model: std::sync::Arc<Model>,
+    tok: std::sync::Arc<llmos_tokenizer::Tokenizer>,
+    sizes: &[usize],
+    tg: usize,
+    reps: usize,
+    json: bool,
+) -> Result<()> {
+    use llmos_engine::{Batcher, Event, Request, SamplerConfig};
+    let max = sizes.iter().copied().max().unwrap_or(1);
+    let batcher = Batcher::start(model.clone(), tok, max, 32 + tg + 8, max);
+    let v = model.config.n_vocab as u64;
+    let mut rows = Vec::new();
+    let mut base = None;
+    for &b in sizes {
+        let mut rates = Vec::new();
+        // one untimed warm-up, then the reps
+        for rep in 0..=reps {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let t0 = Instant::now();
+            for i in 0..b {
+                let mut rng = llmos_engine::Rng::new((rep * 1000 + i) as u64 + 1);
+                let prompt: Vec<u32> = (0..32).map(|_| (rng.next_u64() % v) as u32).collect();
+                let cfg = SamplerConfig {
+                    temperature: 0.8,
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    seed: i as u64,
+                    ..Default::default()
+                };
+                let mut r = Request::new(prompt, tg, cfg);
+                r.ignore_eos = true;
+                let tx = tx.clone();
+                batcher
+                    .submit(r, Box::new(move |e| tx.send(e).is_ok()))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            drop(tx);
+            let mut tokens = 0;
+            for e in rx {
+                match e {
+                    Event::Token { .. } => tokens += 1,
+                    Event::Error(e) => bail!("generation failed: {e}"),
+                    Event::Done { .. } => {}
+                }
+            }
+            if rep > 0 {
+                rates.push(tokens as f64 / t0.elapsed().as_secs_f64());
+            }
+        }
+        rates.sort_by(f64::total_cmp);
+        let med = rates[rates.len() / 2];
+        let one = *base.get_or_insert(med / b as f64);
+        let row = serde_json::json!({"batch": b, "tok_s": med, "per_seq_tok_s": med / b as f64,
+            "x_one": med / one, "reps": rates});
+        if !json {
+            println!(
+                "batch {b:>2}: {med:7.1} tok/s aggregate, {:6.1} per sequence, {:.2}x one sequence",
+                med / b as f64,
+                med / one
+            );
+        }
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::json!({"tg": tg, "results": rows}));
+    }
+    Ok(())
+}

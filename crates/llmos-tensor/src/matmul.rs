@@ -406,36 +406,47 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
         });
         return;
     }
-    // a few tokens (a batch of decoding sequences): rows split across threads, each row
-    // dotted with up to 8 tokens per call so its blocks are unpacked once for all of them
-    by_rows(
-        w,
-        t,
-        y,
-        || (),
-        |_, r, out| {
-            let row = w.row(r);
-            let mut ti = 0;
-            ti = dots::<8>(dt, row, acts, ti, out);
-            ti = dots::<4>(dt, row, acts, ti, out);
-            ti = dots::<2>(dt, row, acts, ti, out);
-            dots::<1>(dt, row, acts, ti, out);
-        },
-    );
+    // a few tokens (a batch of decoding sequences): rows split across threads in blocks of
+    // 16, each block dotted with up to 8 tokens per kernel call, so every weight block is
+    // loaded and unpacked once for all the tokens (results row-major, then transposed)
+    let chunk = chunk_rows(w.rows).next_multiple_of(16);
+    let mut yt = vec![0f32; w.rows * t];
+    for_each_chunk_mut(&mut yt, chunk * t, |ci, ys| {
+        let r0 = ci * chunk;
+        let n = ys.len() / t;
+        for b0 in (0..n).step_by(16) {
+            let b1 = (b0 + 16).min(n);
+            let block = &mut ys[b0 * t..b1 * t];
+            let rows = r0 + b0..r0 + b1;
+            let mut ti = tiles::<8>(dt, w, acts, rows.clone(), 0, block);
+            ti = tiles::<4>(dt, w, acts, rows.clone(), ti, block);
+            ti = tiles::<2>(dt, w, acts, rows.clone(), ti, block);
+            tiles::<1>(dt, w, acts, rows, ti, block);
+        }
+    });
+    transpose_into(y, &yt, w.rows, t);
 }
 
-/// `out[k] = row . token k` for tokens ti.. in groups of N while N remain; returns the
-/// first token not done.
-fn dots<const N: usize>(
+/// Weight rows `rows` (at most 16) against tokens ti.. in groups of N while N remain;
+/// `ys` is [rows, T] row-major. Returns the first token not done.
+fn tiles<const N: usize>(
     dt: DType,
-    row: &[u8],
+    w: &Weight,
     acts: &QuantActs,
+    rows: std::ops::Range<usize>,
     mut ti: usize,
-    out: &mut [f32],
+    ys: &mut [f32],
 ) -> usize {
-    while ti + N <= out.len() {
+    let t = ys.len() / rows.len();
+    let rb = w.row_bytes();
+    while ti + N <= t {
         let a: [ActRow; N] = std::array::from_fn(|k| acts.row(ti + k));
-        out[ti..ti + N].copy_from_slice(&vec_dot_n(dt, row, a));
+        let mut out = [[0f32; N]; 16];
+        let out = &mut out[..rows.len()];
+        vec_dot_tile(dt, &w.data[rows.start * rb..rows.end * rb], rb, a, out);
+        for (j, o) in out.iter().enumerate() {
+            ys[j * t + ti..j * t + ti + N].copy_from_slice(o);
+        }
         ti += N;
     }
     ti
