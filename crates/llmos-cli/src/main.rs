@@ -417,9 +417,9 @@ fn cmd_pull(spec: &str) -> Result<()> {
     Ok(())
 }
 
-struct Loaded {
-    model: Model,
-    tok: Tokenizer,
+pub struct Loaded {
+    pub model: Model,
+    pub tok: Tokenizer,
     load_s: f64,
 }
 

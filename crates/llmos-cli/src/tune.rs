@@ -556,6 +556,9 @@ pub struct PairsArgs {
     max_tokens: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Sequences sampled together by the continuous batcher.
+    #[arg(long, default_value_t = 8)]
+    parallel: usize,
     /// Output comparisons JSONL.
     #[arg(short, long)]
     out: PathBuf,
@@ -601,44 +604,67 @@ pub fn read_tasks(path: &std::path::Path) -> Result<Vec<llmos_train::tasks::Prob
 }
 
 pub fn cmd_pairs(a: PairsArgs) -> Result<()> {
-    use llmos_engine::{Sampler, SamplerConfig};
+    use crate::Loaded;
+    use llmos_engine::SamplerConfig;
     use llmos_train::evals::{Format, Runner, check_answer, user_marker};
     if a.samples < 2 {
         bail!("--samples must be at least 2 to make a comparison");
+    }
+    if a.parallel == 0 {
+        bail!("--parallel must be at least 1");
     }
     let tasks = read_tasks(&a.tasks)?;
     let l = crate::load(&a.model)?;
     let ctx = crate::ctx_of(&a.model, &l.model)?;
     let tpl = template_of(&l.tok)?;
     let marker = user_marker(&tpl).map_err(anyhow::Error::msg)?;
-    let mut runner = Runner::new(&l.model, &l.tok, ctx, a.max_tokens);
-    let mut sampler = Sampler::new(SamplerConfig {
-        temperature: a.temp,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-        seed: a.seed,
-        ..SamplerConfig::default()
-    });
-    let bar = progress_bar();
-    bar.set_length(tasks.len() as u64);
-    let (mut lines, mut good_total, mut n_total) = (String::new(), 0usize, 0usize);
-    let mut pairs = 0;
-    for t in &tasks {
+    let runner = Runner::new(&l.model, &l.tok, ctx, a.max_tokens);
+    // every sample of every task goes to the batcher at once; seeds differ per sample
+    let mut jobs = Vec::new();
+    for (ti, t) in tasks.iter().enumerate() {
         let ids = runner
             .prompt_ids(&Format::Chat(&tpl), &t.prompt)
             .map_err(anyhow::Error::msg)?;
+        for k in 0..a.samples {
+            let cfg = SamplerConfig {
+                temperature: a.temp,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: a.seed.wrapping_add((ti * a.samples + k) as u64),
+                ..SamplerConfig::default()
+            };
+            jobs.push((ids.clone(), cfg));
+        }
+    }
+    drop(runner);
+    let bar = progress_bar();
+    bar.set_length(jobs.len() as u64);
+    bar.set_message(format!("sampling {} x {} replies", tasks.len(), a.samples));
+    let Loaded { model, tok, .. } = l;
+    let tok = std::sync::Arc::new(tok);
+    let replies = llmos_train::evals::sample_batch(
+        std::sync::Arc::new(model),
+        tok,
+        ctx,
+        a.max_tokens,
+        a.parallel,
+        jobs,
+        &mut |d| bar.set_position(d as u64),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (mut lines, mut good_total, mut n_total) = (String::new(), 0usize, 0usize);
+    let mut pairs = 0;
+    for (t, group) in tasks.iter().zip(replies.chunks(a.samples)) {
         let (mut good, mut bad) = (None, None);
-        for _ in 0..a.samples {
-            let r = runner.sample(&ids, &[], &mut sampler)?;
+        for r in group {
             let (wf, correct) = check_answer(&r.raw, r.stop, &marker, Some(t.answer), &r.text);
-            let reply = r.text;
             n_total += 1;
             if wf && correct {
                 good_total += 1;
-                good.get_or_insert(reply);
+                good.get_or_insert(r.text.clone());
             } else {
-                bad.get_or_insert(reply);
+                bad.get_or_insert(r.text.clone());
             }
         }
         if let (Some(c), Some(r)) = (good, bad) {
@@ -647,11 +673,6 @@ pub fn cmd_pairs(a: PairsArgs) -> Result<()> {
             lines.push('\n');
             pairs += 1;
         }
-        bar.inc(1);
-        bar.set_message(format!(
-            "{pairs} pairs | samples correct and well-formed {:.1}%",
-            100.0 * good_total as f64 / n_total as f64
-        ));
     }
     bar.finish_and_clear();
     llmos_train::data::write_atomic(&a.out, lines.as_bytes())?;

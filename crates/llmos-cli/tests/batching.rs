@@ -187,3 +187,43 @@ fn a_full_queue_and_a_long_prompt_are_refused() {
 fn b_model() -> Arc<Model> {
     load().0
 }
+
+/// Batched sampling for data generation gives each job exactly what sampling it alone does.
+#[test]
+fn sample_batch_equals_sampling_one_by_one() {
+    use llmos_train::evals::{Runner, sample_batch};
+    let (m, tok) = load();
+    let prompts = ["Tell me a joke.", "What is 2 + 2?", "Name a color."];
+    let jobs: Vec<(Vec<u32>, SamplerConfig)> = (0..6)
+        .map(|i| {
+            let cfg = SamplerConfig {
+                temperature: 0.9,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.0,
+                seed: 100 + i as u64,
+                ..Default::default()
+            };
+            (tok.encode(prompts[i % 3], true, false), cfg)
+        })
+        .collect();
+    let mut runner = Runner::new(&m, &tok, 128, 20);
+    let alone: Vec<_> = jobs
+        .iter()
+        .map(|(ids, cfg)| {
+            runner
+                .sample(ids, &[], &mut Sampler::new(cfg.clone()))
+                .unwrap()
+        })
+        .collect();
+    let mut seen = 0;
+    let batched =
+        sample_batch(m.clone(), tok.clone(), 128, 20, 3, jobs, &mut |d| seen = d).unwrap();
+    assert_eq!(seen, 6);
+    for (a, b) in alone.iter().zip(&batched) {
+        assert_eq!(a.ids, b.ids);
+        assert_eq!(a.text, b.text);
+        assert_eq!(a.raw, b.raw);
+        assert_eq!(a.stop, b.stop);
+    }
+}

@@ -229,6 +229,69 @@ pub fn user_marker(t: &ChatTemplate) -> Result<String, String> {
     Ok(m.to_string())
 }
 
+/// Draws a reply for each (prompt ids, sampler settings) job through the engine's continuous
+/// batcher, `parallel` sequences per step (a sample costs a fraction of what it costs alone);
+/// replies come back in job order, each exactly what [`Runner::sample`] would give with the
+/// same settings. `on_done` hears how many replies are complete so far.
+pub fn sample_batch(
+    model: std::sync::Arc<Model>,
+    tok: std::sync::Arc<Tokenizer>,
+    ctx: usize,
+    max_tokens: usize,
+    parallel: usize,
+    jobs: Vec<(Vec<u32>, SamplerConfig)>,
+    on_done: &mut dyn FnMut(usize),
+) -> Result<Vec<Reply>, String> {
+    use llmos_engine::{Batcher, Event, Finish, Request};
+    let n = jobs.len();
+    let batcher = Batcher::start(model, tok.clone(), parallel, ctx, n.max(1));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (i, (prompt, cfg)) in jobs.into_iter().enumerate() {
+        let tx = tx.clone();
+        let max = max_tokens.min(ctx.saturating_sub(prompt.len()));
+        batcher
+            .submit(
+                Request::new(prompt, max.max(1), cfg),
+                Box::new(move |e| tx.send((i, e)).is_ok()),
+            )
+            .map_err(|e| format!("job {i}: {e}"))?;
+    }
+    drop(tx);
+    let mut out: Vec<Reply> = (0..n)
+        .map(|_| Reply {
+            text: String::new(),
+            raw: String::new(),
+            stop: StopReason::Length,
+            ids: Vec::new(),
+        })
+        .collect();
+    let mut done = 0;
+    for (i, e) in rx {
+        let r = &mut out[i];
+        match e {
+            Event::Token { id, text, .. } => {
+                r.ids.push(id);
+                r.text.push_str(&text);
+                r.raw
+                    .push_str(&String::from_utf8_lossy(&tok.token_bytes(id, true)));
+            }
+            Event::Done { finish, .. } => {
+                r.stop = match finish {
+                    Finish::Stop => StopReason::Eos,
+                    Finish::Length => StopReason::Length,
+                };
+                done += 1;
+                on_done(done);
+            }
+            Event::Error(e) => return Err(format!("job {i}: {e}")),
+        }
+    }
+    if done < n {
+        return Err(format!("only {done} of {n} samples finished"));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
