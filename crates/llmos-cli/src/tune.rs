@@ -84,7 +84,7 @@ pub struct Base {
     pub g: Gguf,
     pub cfg: llmos_train::ModelConfig,
     pub params: Vec<f32>,
-    pub tok: Tokenizer,
+    pub tok: std::sync::Arc<Tokenizer>,
     pub tpl: ChatTemplate,
 }
 
@@ -100,7 +100,7 @@ pub fn load_base(spec: &str, ctx: usize) -> Result<Base> {
         g,
         cfg,
         params,
-        tok,
+        tok: tok.into(),
         tpl,
     })
 }

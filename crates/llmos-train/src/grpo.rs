@@ -11,7 +11,7 @@ use crate::objectives::{GrpoLoss, Rows, group_advantages, grpo_loss_and_grad};
 use crate::optim::{AdamW, Decay, clip_grad, lr_at};
 use crate::tasks::{Problem, last_number};
 use crate::train::TrainError;
-use llmos_engine::{Sampler, SamplerConfig, StopReason};
+use llmos_engine::{SamplerConfig, StopReason};
 use llmos_formats::Gguf;
 use llmos_tensor::DType;
 use llmos_tokenizer::{ChatTemplate, Tokenizer};
@@ -115,7 +115,7 @@ pub struct GrpoLog {
 pub struct Policy<'a> {
     pub base: &'a Gguf,
     pub cfg: &'a ModelConfig,
-    pub tok: &'a Tokenizer,
+    pub tok: &'a std::sync::Arc<Tokenizer>,
     pub tpl: &'a ChatTemplate,
 }
 
@@ -208,39 +208,52 @@ pub fn grpo(
         let t0 = Instant::now();
         let lr = lr_at(step, gc.steps, gc.warmup, gc.lr, gc.lr, Decay::Constant);
         let m = engine_model(policy, &params)?;
-        let mut runner = Runner::new(&m, policy.tok, gc.ctx, gc.max_tokens);
-        let mut sampler = Sampler::new(SamplerConfig {
-            temperature: gc.temperature,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed: gc.seed.wrapping_add(step as u64 * 7919),
-            ..SamplerConfig::default()
-        });
-        // (prompt ids, completion ids) per sample, and rewards
-        let mut seqs: Vec<(Vec<u32>, Vec<bool>)> = Vec::new();
-        let mut rewards = Vec::new();
+        let runner = Runner::new(&m, policy.tok, gc.ctx, gc.max_tokens);
+        // every sample of the step goes to the engine's batcher at once
+        let mut picked = Vec::new();
+        let mut jobs = Vec::new();
         for _ in 0..gc.prompts {
             let task = &train[order.next(train.len(), &mut rng)];
             let ids = runner
                 .prompt_ids(&Format::Chat(policy.tpl), &task.prompt)
                 .map_err(TrainError::Config)?;
             for _ in 0..gc.group {
-                let r = runner
-                    .sample(&ids, &[], &mut sampler)
-                    .map_err(|e| TrainError::Config(e.to_string()))?;
-                rewards.push(reward.score(task, &r));
-                let mut all = ids.clone();
-                all.extend_from_slice(&r.ids);
-                let mut learn = vec![false; ids.len()];
-                learn.extend(std::iter::repeat_n(true, r.ids.len()));
-                all.truncate(gc.ctx);
-                learn.truncate(gc.ctx);
-                seqs.push((all, learn));
+                let cfg = SamplerConfig {
+                    temperature: gc.temperature,
+                    top_k: 0,
+                    top_p: 1.0,
+                    min_p: 0.0,
+                    seed: gc.seed.wrapping_add(step as u64 * 7919 + jobs.len() as u64),
+                    ..SamplerConfig::default()
+                };
+                jobs.push((ids.clone(), cfg));
+                picked.push(task);
             }
         }
         drop(runner);
-        drop(m);
+        let replies = crate::evals::sample_batch(
+            Arc::new(m),
+            policy.tok.clone(),
+            gc.ctx,
+            gc.max_tokens,
+            (gc.prompts * gc.group).min(8),
+            jobs.clone(),
+            &mut |_| {},
+        )
+        .map_err(TrainError::Config)?;
+        // (prompt ids, completion ids) per sample, and rewards
+        let mut seqs: Vec<(Vec<u32>, Vec<bool>)> = Vec::new();
+        let mut rewards = Vec::new();
+        for ((task, (ids, _)), r) in picked.iter().zip(&jobs).zip(&replies) {
+            rewards.push(reward.score(task, r));
+            let mut all = ids.clone();
+            all.extend_from_slice(&r.ids);
+            let mut learn = vec![false; ids.len()];
+            learn.extend(std::iter::repeat_n(true, r.ids.len()));
+            all.truncate(gc.ctx);
+            learn.truncate(gc.ctx);
+            seqs.push((all, learn));
+        }
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let adv = group_advantages(&rewards, gc.group);
