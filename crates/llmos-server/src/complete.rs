@@ -134,13 +134,12 @@ fn prepare(app: &App, body: &[u8], kind: Kind) -> Result<Job, ApiError> {
             let tmpl = app.template.as_ref().ok_or_else(|| {
                 ApiError::bad("this model has no chat template: use /v1/completions")
             })?;
-            let rendered = tmpl
-                .render(&messages, true)
-                .map_err(|e| ApiError::param("messages", e.to_string()))?;
+            let ids = crate::encode_chat(&app.tok, tmpl, &messages)
+                .map_err(|e| ApiError::param("messages", e))?;
             if !matches!(choice, Choice::None) {
                 tools_list = tools;
             }
-            vec![app.tok.encode(&rendered, false, true)]
+            vec![ids]
         }
         Kind::Completion => {
             if req.messages.is_some() {
