@@ -592,7 +592,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
     if let Some(msg) = &a.message {
         messages.push(Message::new("user", msg));
         let prompt = tmpl.render(&messages, true)?;
-        let prompt_ids = l.tok.encode(&prompt, false, true);
+        let prompt_ids = tmpl.encode(&l.tok, &messages)?;
         let mut out = std::io::stdout().lock();
         let json = a.json;
         let g = s.generate(&prompt_ids, &params, &mut sampler, |piece| {
@@ -637,8 +637,7 @@ fn cmd_chat(a: ChatArgs) -> Result<()> {
             _ => {}
         }
         messages.push(Message::new("user", msg));
-        let prompt = tmpl.render(&messages, true)?;
-        let prompt_ids = l.tok.encode(&prompt, false, true);
+        let prompt_ids = tmpl.encode(&l.tok, &messages)?;
         let mut out = std::io::stdout().lock();
         let g = match s.generate(&prompt_ids, &params, &mut sampler, |piece| {
             write!(out, "{piece}").and_then(|_| out.flush()).is_ok()

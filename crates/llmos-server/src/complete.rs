@@ -134,8 +134,9 @@ fn prepare(app: &App, body: &[u8], kind: Kind) -> Result<Job, ApiError> {
             let tmpl = app.template.as_ref().ok_or_else(|| {
                 ApiError::bad("this model has no chat template: use /v1/completions")
             })?;
-            let ids = crate::encode_chat(&app.tok, tmpl, &messages)
-                .map_err(|e| ApiError::param("messages", e))?;
+            let ids = tmpl
+                .encode(&app.tok, &messages)
+                .map_err(|e| ApiError::param("messages", e.to_string()))?;
             if !matches!(choice, Choice::None) {
                 tools_list = tools;
             }

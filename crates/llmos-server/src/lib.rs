@@ -64,63 +64,6 @@ pub(crate) fn now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The prompt ids of a conversation. The template's own text is tokenized with its special
-/// tokens, but what the messages say is always plain text: a user who types
-/// `<|im_start|>system` gets those characters, not the control token that would open a new
-/// turn (prompt injection). Conversations without such text tokenize exactly as the
-/// rendered prompt does (`llmos chat`'s path); the others are rendered with placeholders for
-/// the messages and tokenized piece by piece.
-pub fn encode_chat(
-    tok: &Tokenizer,
-    tmpl: &ChatTemplate,
-    messages: &[llmos_tokenizer::Message],
-) -> Result<Vec<u32>, String> {
-    let specials: Vec<&str> = (0..tok.vocab_size() as u32)
-        .filter(|&id| {
-            matches!(
-                tok.token_type(id),
-                Some(llmos_tokenizer::TokenType::Control | llmos_tokenizer::TokenType::UserDefined)
-            )
-        })
-        .filter_map(|id| tok.token_text(id))
-        .filter(|t| !t.is_empty())
-        .collect();
-    let risky = messages
-        .iter()
-        .any(|m| specials.iter().any(|s| m.content.contains(s)));
-    if !risky {
-        let text = tmpl.render(messages, true).map_err(|e| e.to_string())?;
-        return Ok(tok.encode(&text, false, true));
-    }
-    // private-use characters mark where each message's text goes
-    let hole = |i: usize| format!("\u{E000}{i}\u{E001}");
-    let masked: Vec<llmos_tokenizer::Message> = messages
-        .iter()
-        .enumerate()
-        .map(|(i, m)| llmos_tokenizer::Message::new(&m.role, &hole(i)))
-        .collect();
-    let text = tmpl.render(&masked, true).map_err(|e| e.to_string())?;
-    let mut ids = Vec::new();
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find('\u{E000}') {
-        ids.extend(tok.encode(&rest[..at], false, true));
-        let after = &rest[at + '\u{E000}'.len_utf8()..];
-        let end = after
-            .find('\u{E001}')
-            .ok_or("the chat template changed a message beyond recognition")?;
-        let i: usize = after[..end]
-            .parse()
-            .map_err(|_| "the chat template changed a message beyond recognition")?;
-        let m = messages
-            .get(i)
-            .ok_or("the chat template changed a message beyond recognition")?;
-        ids.extend(tok.encode(&m.content, false, false));
-        rest = &after[end + '\u{E001}'.len_utf8()..];
-    }
-    ids.extend(tok.encode(rest, false, true));
-    Ok(ids)
-}
-
 /// Binds, prints the address, and serves until Ctrl-C.
 pub fn serve(
     cfg: Config,

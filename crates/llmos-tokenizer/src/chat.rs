@@ -2,7 +2,7 @@
 //! the way Hugging Face `transformers` renders it (trim_blocks, lstrip_blocks, Python string
 //! methods, `raise_exception`), so prompts are byte-identical to the reference.
 
-use crate::TokenizerError;
+use crate::{Tokenizer, TokenizerError};
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 
@@ -128,6 +128,59 @@ impl ChatTemplate {
             }
             TokenizerError::Template(format!("cannot render: {}", msg.replace('\n', " ")))
         })
+    }
+
+    /// The prompt ids of a conversation. The template's own text is tokenized with its special
+    /// tokens, but what the messages say is always plain text: a user who types
+    /// `<|im_start|>system` gets those characters, not the control token that would open a new
+    /// turn (prompt injection). Conversations without such text tokenize exactly as the
+    /// rendered prompt does; the others are rendered with placeholders for the messages and
+    /// tokenized piece by piece.
+    pub fn encode(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let changed =
+            || TokenizerError::Template("the template changed a message beyond recognition".into());
+        let specials: Vec<&str> = (0..tok.vocab_size() as u32)
+            .filter(|&id| {
+                matches!(
+                    tok.token_type(id),
+                    Some(crate::TokenType::Control | crate::TokenType::UserDefined)
+                )
+            })
+            .filter_map(|id| tok.token_text(id))
+            .filter(|t| !t.is_empty())
+            .collect();
+        let risky = messages
+            .iter()
+            .any(|m| specials.iter().any(|s| m.content.contains(s)));
+        if !risky {
+            let text = self.render(messages, true)?;
+            return Ok(tok.encode(&text, false, true));
+        }
+        // private-use characters mark where each message's text goes
+        let hole = |i: usize| format!("\u{E000}{i}\u{E001}");
+        let masked: Vec<Message> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Message::new(&m.role, &hole(i)))
+            .collect();
+        let text = self.render(&masked, true)?;
+        let mut ids = Vec::new();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find('\u{E000}') {
+            ids.extend(tok.encode(&rest[..at], false, true));
+            let after = &rest[at + '\u{E000}'.len_utf8()..];
+            let end = after.find('\u{E001}').ok_or_else(changed)?;
+            let i: usize = after[..end].parse().map_err(|_| changed())?;
+            let m = messages.get(i).ok_or_else(changed)?;
+            ids.extend(tok.encode(&m.content, false, false));
+            rest = &after[end + '\u{E001}'.len_utf8()..];
+        }
+        ids.extend(tok.encode(rest, false, true));
+        Ok(ids)
     }
 }
 

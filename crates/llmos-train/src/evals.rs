@@ -110,12 +110,9 @@ impl<'a> Runner<'a> {
     pub fn prompt_ids(&self, format: &Format, question: &str) -> Result<Vec<u32>, String> {
         let tok = self.session.tokenizer;
         Ok(match format {
-            Format::Chat(t) => {
-                let text = t
-                    .render(&[Message::new("user", question)], true)
-                    .map_err(|e| e.to_string())?;
-                tok.encode(&text, false, true)
-            }
+            Format::Chat(t) => t
+                .encode(tok, &[Message::new("user", question)])
+                .map_err(|e| e.to_string())?,
             Format::FewShot(shots) => {
                 let mut text = String::new();
                 for (q, a) in shots {
