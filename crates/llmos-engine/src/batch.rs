@@ -479,6 +479,7 @@ fn token_step(
     }
     // stop texts: cut at the first one; otherwise hold back a tail that may begin one
     let mut safe = run.text.len();
+    let mut cut = false;
     if !run.req.stop.is_empty() {
         let from = run
             .sent
@@ -494,8 +495,9 @@ fn token_step(
         {
             run.text.truncate(at);
             safe = at;
+            cut = true;
             finish = Some(Finish::Stop);
-        } else if finish.is_none() {
+        } else {
             safe = run.text.len() - held_back(&run.text, &run.req.stop);
         }
     }
@@ -506,12 +508,12 @@ fn token_step(
             finish = Some(Finish::Length);
         }
     }
-    if finish.is_some() {
+    // ended without a stop text: whatever was held back (a partial character, a possible
+    // start of a stop text) is output now; after a stop text, nothing past it is
+    if finish.is_some() && !cut {
         let tail = run.dec.finish();
         run.text.push_str(&tail);
-        if safe < run.text.len() && run.req.stop.iter().all(|s| !run.text.ends_with(s.as_str())) {
-            safe = run.text.len();
-        }
+        safe = run.text.len();
     }
     let safe = floor_char(&run.text, safe.max(run.sent));
     let text = run.text[run.sent..safe].to_string();

@@ -445,11 +445,7 @@ async fn whole(app: Arc<App>, job: Job, mut rx: UnboundedReceiver<(usize, Event)
     if let Some(e) = accs.iter().find_map(|a| a.error.as_deref()) {
         return server_error(e).into_response();
     }
-    let mut call_n = 0;
-    let mut call_id = || {
-        call_n += 1;
-        new_id("call_")
-    };
+    let mut call_id = || new_id("call_");
     let choices: Vec<Value> = accs
         .iter()
         .enumerate()

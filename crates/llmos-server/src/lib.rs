@@ -15,7 +15,7 @@ use api::ApiError;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -270,10 +270,8 @@ async fn label_page() -> Html<&'static str> {
 /// Appends one comparison `{"prompt", "chosen", "rejected"}` to the labels file.
 async fn label_post(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
     body: Bytes,
 ) -> Result<axum::Json<Value>, ApiError> {
-    let _ = headers;
     let v: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad(format!("request body is not valid JSON: {e}")))?;
     let field = |k: &str| -> Result<String, ApiError> {

@@ -143,19 +143,13 @@ impl ChatTemplate {
     ) -> Result<Vec<u32>, TokenizerError> {
         let changed =
             || TokenizerError::Template("the template changed a message beyond recognition".into());
-        let specials: Vec<&str> = (0..tok.vocab_size() as u32)
-            .filter(|&id| {
-                matches!(
-                    tok.token_type(id),
-                    Some(crate::TokenType::Control | crate::TokenType::UserDefined)
-                )
-            })
-            .filter_map(|id| tok.token_text(id))
-            .filter(|t| !t.is_empty())
-            .collect();
-        let risky = messages
-            .iter()
-            .any(|m| specials.iter().any(|s| m.content.contains(s)));
+        // the texts that parse as control or user-defined tokens (the tokenizer's own list)
+        let risky = messages.iter().any(|m| {
+            tok.specials
+                .iter()
+                .filter_map(|&id| tok.token_text(id))
+                .any(|s| m.content.contains(s))
+        });
         if !risky {
             let text = self.render(messages, true)?;
             return Ok(tok.encode(&text, false, true));

@@ -217,6 +217,7 @@ pub fn grpo(
             let ids = runner
                 .prompt_ids(&Format::Chat(policy.tpl), &task.prompt)
                 .map_err(TrainError::Config)?;
+            picked.push((task, ids.clone()));
             for _ in 0..gc.group {
                 let cfg = SamplerConfig {
                     temperature: gc.temperature,
@@ -227,7 +228,6 @@ pub fn grpo(
                     ..SamplerConfig::default()
                 };
                 jobs.push((ids.clone(), cfg));
-                picked.push(task);
             }
         }
         drop(runner);
@@ -237,22 +237,24 @@ pub fn grpo(
             gc.ctx,
             gc.max_tokens,
             (gc.prompts * gc.group).min(8),
-            jobs.clone(),
+            jobs,
             &mut |_| {},
         )
         .map_err(TrainError::Config)?;
         // (prompt ids, completion ids) per sample, and rewards
         let mut seqs: Vec<(Vec<u32>, Vec<bool>)> = Vec::new();
         let mut rewards = Vec::new();
-        for ((task, (ids, _)), r) in picked.iter().zip(&jobs).zip(&replies) {
-            rewards.push(reward.score(task, r));
-            let mut all = ids.clone();
-            all.extend_from_slice(&r.ids);
-            let mut learn = vec![false; ids.len()];
-            learn.extend(std::iter::repeat_n(true, r.ids.len()));
-            all.truncate(gc.ctx);
-            learn.truncate(gc.ctx);
-            seqs.push((all, learn));
+        for ((task, ids), group) in picked.iter().zip(replies.chunks(gc.group)) {
+            for r in group {
+                rewards.push(reward.score(task, r));
+                let mut all = ids.clone();
+                all.extend_from_slice(&r.ids);
+                let mut learn = vec![false; ids.len()];
+                learn.extend(std::iter::repeat_n(true, r.ids.len()));
+                all.truncate(gc.ctx);
+                learn.truncate(gc.ctx);
+                seqs.push((all, learn));
+            }
         }
         let sample_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
