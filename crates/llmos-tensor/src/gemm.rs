@@ -79,6 +79,9 @@ impl Aligned {
 thread_local! {
     /// Packing buffers, reused across calls on each thread.
     static PACK: RefCell<(Aligned, Aligned)> = RefCell::new(Default::default());
+    /// The whole packed B of a many-row product, shared by the pool's threads (held by
+    /// the calling thread).
+    static PACK_B: RefCell<Aligned> = RefCell::new(Default::default());
 }
 
 /// C[m x n] (row-major, `ldc` floats per row) = A[m x k] B[k x n], plus the old C when
@@ -136,24 +139,99 @@ pub fn sgemm_with(
         unsafe { gemm_block(0..m, 0..n, k, a, b, cp.0, ldc, accumulate) };
         return;
     }
-    // One task per thread. Splitting C by columns makes every task pack all of A, by
-    // rows all of B: split the side whose other operand is smaller (less repeated packing).
-    let by_cols = m < n;
-    let (len, unit) = if by_cols { (n, NR) } else { (m, MR) };
-    let units = len.div_ceil(unit);
-    let tasks = th.min(units).max(1);
-    let per = units.div_ceil(tasks) * unit;
-    let tasks = len.div_ceil(per);
-    parallel_for(tasks, &|i| {
-        let r = i * per..((i + 1) * per).min(len);
-        let p = &cp;
-        // SAFETY: task i writes only C's columns (or rows) in r, disjoint from every other
-        // task's, inside the C checked above; C stays borrowed until parallel_for returns.
-        unsafe {
-            if by_cols {
-                gemm_block(0..m, r, k, a, b, p.0, ldc, accumulate)
-            } else {
-                gemm_block(r, 0..n, k, a, b, p.0, ldc, accumulate)
+    if m < 8 * MR {
+        // few rows (a handful of tokens): one task per thread over columns, each packing
+        // the little A there is
+        let units = n.div_ceil(NR);
+        let tasks = th.min(units).max(1);
+        let per = units.div_ceil(tasks) * NR;
+        let tasks = n.div_ceil(per);
+        parallel_for(tasks, &|i| {
+            let r = i * per..((i + 1) * per).min(n);
+            let p = &cp;
+            // SAFETY: task i writes only C's columns in r, disjoint from every other task's,
+            // inside the C checked above; C stays borrowed until parallel_for returns.
+            unsafe { gemm_block(0..m, r, k, a, b, p.0, ldc, accumulate) }
+        });
+        return;
+    }
+    // B is packed once, every slab and panel, by all threads together; then blocks of rows
+    // (several per thread, claimed as threads come free, so a thread slowed by anything
+    // else on the machine does not hold the other back) each pack their own rows of A and
+    // sweep the whole packed B. No operand is packed twice.
+    let panels = n.div_ceil(NR);
+    let slabs = k.div_ceil(KC);
+    PACK_B.with(|pb| {
+        let mut pb = pb.borrow_mut();
+        let packed = pb.get(k * panels * NR);
+        let pp = SendMut(packed.as_mut_ptr());
+        let group = 4; // panels per packing task
+        let groups = panels.div_ceil(group);
+        parallel_for(slabs * groups, &|i| {
+            let (s, gi) = (i / groups, i % groups);
+            let (pc, kc) = (s * KC, KC.min(k - s * KC));
+            let jc = gi * group * NR;
+            let nc = (group * NR).min(n - jc);
+            let at = pc * panels * NR + gi * group * NR * kc;
+            let len = nc.div_ceil(NR) * NR * kc;
+            let p = &pp;
+            // SAFETY: task i writes only slab s's panels of group gi, a range disjoint from
+            // every other task's inside the k * panels * NR floats just sized; the buffer
+            // stays borrowed until parallel_for returns.
+            let dst = unsafe { std::slice::from_raw_parts_mut(p.0.add(at), len) };
+            b.pack(dst, pc, kc, jc, nc);
+        });
+        let packed: &[f32] = packed;
+        let rows_per = m.div_ceil(4 * th).next_multiple_of(MR).min(MC);
+        let tasks = m.div_ceil(rows_per);
+        parallel_for(tasks, &|i| {
+            let rows = i * rows_per..((i + 1) * rows_per).min(m);
+            let p = &cp;
+            // SAFETY: task i writes only C's rows in `rows`, disjoint from every other
+            // task's, inside the C checked above; C stays borrowed until parallel_for
+            // returns.
+            unsafe { gemm_rows(rows, n, k, a, packed, p.0, ldc, accumulate) }
+        });
+    });
+}
+
+/// C[rows, 0..n] = A[rows, :] B (+ C when `accumulate`) on one thread, B already packed
+/// whole (slab after slab, each `panels` panels of [kc][NR]).
+///
+/// # Safety
+/// `c` must point at a row-major matrix (stride `ldc`) covering `rows` x n, not written by
+/// anyone else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rows(
+    rows: std::ops::Range<usize>,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    packed: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let panels = n.div_ceil(NR);
+    PACK.with(|p| {
+        let (pa_buf, _) = &mut *p.borrow_mut();
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let pa = pa_buf.get(rows.len().div_ceil(MR) * MR * kc);
+            pack_a(pa, a, rows.start, rows.len(), pc, kc);
+            let slab = &packed[pc * panels * NR..pc * panels * NR + panels * NR * kc];
+            let store = pc == 0 && !accumulate;
+            for jr in (0..n).step_by(NR) {
+                let nr = NR.min(n - jr);
+                let bp = &slab[jr * kc..(jr + NR) * kc];
+                for ir in (0..rows.len()).step_by(MR) {
+                    let mr = MR.min(rows.len() - ir);
+                    let ap = &pa[ir * kc..(ir + MR) * kc];
+                    // SAFETY: (rows.start + ir, jr) plus mr x nr lies inside the caller's
+                    // rows x n of C.
+                    let cij = unsafe { c.add((rows.start + ir) * ldc + jr) };
+                    unsafe { micro(kc, ap, bp, cij, ldc, mr, nr, store) };
+                }
             }
         }
     });
