@@ -802,6 +802,7 @@ pub fn tile_k<const N: usize>(
 /// # Safety
 /// `a` must point at 6 * kc readable floats, `b` at 16 * kc, and `c` at 6 rows (stride
 /// `ldc`) of 16 writable floats.
+#[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn sgemm_6x16(
     kc: usize,
@@ -843,5 +844,29 @@ pub unsafe fn sgemm_6x16(
             _mm256_storeu_ps(p, v0);
             _mm256_storeu_ps(p.add(8), v1);
         }
+    }
+}
+
+/// [`sgemm_6x16`] down a strip: `panels` packed A panels (each [kc][6], one after another)
+/// against one B panel, into `panels` 6 x 16 tiles of C one under the other. One call per
+/// strip keeps the call and stack set-up out of every tile.
+///
+/// # Safety
+/// `a` must point at panels * 6 * kc readable floats, `b` at 16 * kc, and `c` at 6 * panels
+/// rows (stride `ldc`) of 16 writable floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn sgemm_6x16_strip(
+    kc: usize,
+    a: *const f32,
+    panels: usize,
+    b: *const f32,
+    c: *mut f32,
+    ldc: usize,
+    store: bool,
+) {
+    for p in 0..panels {
+        // SAFETY: panel p < panels lies inside A, its tile's 6 rows inside C (the
+        // caller's guarantee).
+        unsafe { sgemm_6x16(kc, a.add(p * 6 * kc), b, c.add(p * 6 * ldc), ldc, store) };
     }
 }

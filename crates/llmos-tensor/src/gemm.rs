@@ -8,7 +8,7 @@
 //! operand is just swapped strides) read contiguously in the inner loop. Work is split over
 //! the pool by columns of C (or rows, when C is narrow), each task packing its own operands.
 
-use crate::pool::{parallel_for, threads};
+use crate::pool::{parallel_for, threads_here};
 use std::cell::RefCell;
 
 /// Micro-tile: MR rows of C by NR columns (12 AVX2 accumulators).
@@ -133,7 +133,7 @@ pub fn sgemm_with(
         return;
     }
     let cp = SendMut(c.as_mut_ptr());
-    let th = threads().max(1);
+    let th = threads_here().max(1);
     if th == 1 || m * n * k < 64 * 64 * 64 {
         // SAFETY: the whole of C is this call's, checked above.
         unsafe { gemm_block(0..m, 0..n, k, a, b, cp.0, ldc, accumulate) };
@@ -224,13 +224,24 @@ unsafe fn gemm_rows(
             for jr in (0..n).step_by(NR) {
                 let nr = NR.min(n - jr);
                 let bp = &slab[jr * kc..(jr + NR) * kc];
-                for ir in (0..rows.len()).step_by(MR) {
+                let mut ir = 0;
+                if nr == NR {
+                    // the full panels in one call
+                    let full = rows.len() / MR;
+                    // SAFETY: rows.start.. plus full * MR rows x NR columns from jr lie
+                    // inside the caller's rows x n of C; pa holds full panels of kc steps.
+                    ir = unsafe {
+                        strip(kc, pa, full, bp, c.add(rows.start * ldc + jr), ldc, store)
+                    };
+                }
+                while ir < rows.len() {
                     let mr = MR.min(rows.len() - ir);
                     let ap = &pa[ir * kc..(ir + MR) * kc];
                     // SAFETY: (rows.start + ir, jr) plus mr x nr lies inside the caller's
                     // rows x n of C.
                     let cij = unsafe { c.add((rows.start + ir) * ldc + jr) };
                     unsafe { micro(kc, ap, bp, cij, ldc, mr, nr, store) };
+                    ir += MR;
                 }
             }
         }
@@ -300,13 +311,24 @@ unsafe fn gemm_block(
                     for jr in (0..nc).step_by(NR) {
                         let nr = NR.min(nc - jr);
                         let bp = &pb[jr * kc..(jr + NR) * kc];
-                        for ir in (ic..ic + mc).step_by(MR) {
+                        let mut ir = ic;
+                        if nr == NR {
+                            let ap = &pa[ic * kc..];
+                            // SAFETY: rows rows.start + ic.. (mc / MR whole panels) x NR
+                            // columns from jc + jr lie inside the caller's rows x cols of C.
+                            ir += unsafe {
+                                let cij = c.add((rows.start + ic) * ldc + jc + jr);
+                                strip(kc, ap, mc / MR, bp, cij, ldc, store)
+                            };
+                        }
+                        while ir < ic + mc {
                             let mr = MR.min(ic + mc - ir);
                             let ap = &pa[ir * kc..(ir + MR) * kc];
                             // SAFETY: (rows.start + ir, jc + jr) plus mr x nr lies inside
                             // the caller's rows x cols of C.
                             let cij = unsafe { c.add((rows.start + ir) * ldc + jc + jr) };
                             unsafe { micro(kc, ap, bp, cij, ldc, mr, nr, store) };
+                            ir += MR;
                         }
                     }
                 }
@@ -402,6 +424,33 @@ fn pack_b(buf: &mut [f32], b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize
             }
         }
     }
+}
+
+/// Full 6 x 16 tiles of `panels` A panels against one B panel, down a strip of C; returns
+/// the rows done (0 where there is no SIMD kernel: the caller's tile loop does them).
+///
+/// # Safety
+/// `c` must cover panels * MR rows (stride ldc) of NR writable floats.
+unsafe fn strip(
+    kc: usize,
+    pa: &[f32],
+    panels: usize,
+    bp: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    store: bool,
+) -> usize {
+    assert!(pa.len() >= panels * MR * kc && bp.len() >= kc * NR);
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: A holds the panels and B the panel (asserted), C the tiles (the caller's
+        // guarantee); AVX2 and FMA are present.
+        unsafe {
+            crate::avx2::sgemm_6x16_strip(kc, pa.as_ptr(), panels, bp.as_ptr(), c, ldc, store)
+        };
+        return panels * MR;
+    }
+    0
 }
 
 /// C[mr x nr] += A panel x B panel (or = when `store`).

@@ -59,6 +59,16 @@ pub fn threads() -> usize {
     pool().threads.load(Ordering::Relaxed)
 }
 
+/// Threads a parallel section started from here runs on: 1 inside a pool task (nested
+/// sections run serially on the calling thread), else [`threads`].
+pub fn threads_here() -> usize {
+    if IN_JOB.with(|c| c.get()) {
+        1
+    } else {
+        threads()
+    }
+}
+
 fn pool() -> &'static Pool {
     POOL.get_or_init(|| Pool::new(cores()))
 }
