@@ -870,3 +870,70 @@ pub unsafe fn sgemm_6x16_strip(
         unsafe { sgemm_6x16(kc, a.add(p * 6 * kc), b, c.add(p * 6 * ldc), ldc, store) };
     }
 }
+
+/// Six rows side by side: dst[kk * 6 + i] = rows[i][kk] for kk < dst.len() / 6 (the GEMM's
+/// A panel). Eight steps at a time through 4 x 4 transposes of the first four rows and
+/// pairs of the last two, then the rest one by one.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn pack6_rows(rows: [&[f32]; 6], dst: &mut [f32]) {
+    let kc = dst.len() / 6;
+    for r in &rows {
+        assert!(r.len() >= kc, "pack6_rows: a row shorter than the panel");
+    }
+    let mut kk = 0;
+    while kk + 8 <= kc {
+        let r: [__m256; 6] =
+            std::array::from_fn(|i| loadf8(rows[i][kk..kk + 8].try_into().expect("8 floats")));
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        // c[j] = rows 0-3 of step j (low half) and of step j + 4 (high half)
+        let c = [
+            _mm256_shuffle_ps::<0x44>(t0, t2),
+            _mm256_shuffle_ps::<0xEE>(t0, t2),
+            _mm256_shuffle_ps::<0x44>(t1, t3),
+            _mm256_shuffle_ps::<0xEE>(t1, t3),
+        ];
+        // rows 4-5: steps 0, 1, 4, 5 in p[0], steps 2, 3, 6, 7 in p[1]
+        let p = [
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+        ];
+        let out = &mut dst[kk * 6..kk * 6 + 48];
+        for j in 0..4 {
+            let lo = _mm256_castps256_ps128(c[j]);
+            let hi = _mm256_extractf128_ps::<1>(c[j]);
+            let pair = p[j / 2];
+            let (plo, phi) = (
+                _mm256_castps256_ps128(pair),
+                _mm256_extractf128_ps::<1>(pair),
+            );
+            // the pair of step j sits in the low (even j) or high (odd j) 64 bits
+            let (pj, pj4) = if j % 2 == 0 {
+                (plo, phi)
+            } else {
+                (_mm_movehl_ps(plo, plo), _mm_movehl_ps(phi, phi))
+            };
+            let s = &mut out[6 * j..6 * j + 6];
+            // SAFETY: s and s4 are 6 floats each inside `out`; the unaligned 16-byte store
+            // writes the first 4, the 8-byte store the last 2.
+            unsafe {
+                _mm_storeu_ps(s.as_mut_ptr(), lo);
+                _mm_storel_pd(s.as_mut_ptr().add(4).cast(), _mm_castps_pd(pj));
+            }
+            let s4 = &mut out[6 * (j + 4)..6 * (j + 4) + 6];
+            // SAFETY: as above.
+            unsafe {
+                _mm_storeu_ps(s4.as_mut_ptr(), hi);
+                _mm_storel_pd(s4.as_mut_ptr().add(4).cast(), _mm_castps_pd(pj4));
+            }
+        }
+        kk += 8;
+    }
+    for k in kk..kc {
+        for i in 0..6 {
+            dst[k * 6 + i] = rows[i][k];
+        }
+    }
+}
