@@ -937,3 +937,22 @@ pub fn pack6_rows(rows: [&[f32]; 6], dst: &mut [f32]) {
         }
     }
 }
+
+/// See [`crate::q8::sigmoid_into`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn sigmoid_lanes(x: &[f32], out: &mut [f32]) {
+    let one = _mm256_set1_ps(1.0);
+    let neg = _mm256_set1_ps(-0.0);
+    let n = x.len().min(out.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = loadf8(x[i..i + 8].try_into().expect("8 floats"));
+        let e = exp8(_mm256_xor_ps(v, neg));
+        let s = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        storef8((&mut out[i..i + 8]).try_into().expect("8 floats"), s);
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = 1.0 / (1.0 + crate::q8::exp_poly(-x[j]));
+    }
+}

@@ -5,9 +5,9 @@
 //! micro-batches accumulate) and either set or add input gradients as documented.
 
 use llmos_tensor::gemm::{MatRef, sgemm};
-use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs, silu};
+use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs};
 use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
-use llmos_tensor::q8::softmax_scaled_lanes;
+use llmos_tensor::q8::{sigmoid_into, softmax_scaled_lanes};
 
 /// Query rows per attention block: each block meets only the keys up to its last row.
 const QB: usize = 64;
@@ -378,11 +378,13 @@ pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dq
 /// as one fused projection writes them.
 pub fn swiglu_fwd(gu: &[f32], f: usize, a: &mut [f32]) {
     for_each_chunk_mut(a, ROWS * f, |ci, ac| {
+        let mut sig = vec![0f32; f];
         for (j, ar) in ac.chunks_exact_mut(f).enumerate() {
             let r = ci * ROWS + j;
             let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+            sigmoid_into(gate, &mut sig);
             for i in 0..f {
-                ar[i] = silu(gate[i]) * up[i];
+                ar[i] = gate[i] * sig[i] * up[i];
             }
         }
     });
@@ -391,14 +393,15 @@ pub fn swiglu_fwd(gu: &[f32], f: usize, a: &mut [f32]) {
 /// The gradient of [`swiglu_fwd`] with respect to `gu`, set in `dgu` (same layout).
 pub fn swiglu_back(gu: &[f32], f: usize, da: &[f32], dgu: &mut [f32]) {
     for_each_chunk_mut(dgu, ROWS * 2 * f, |ci, dc| {
+        let mut sigs = vec![0f32; f];
         for (j, dr) in dc.chunks_exact_mut(2 * f).enumerate() {
             let r = ci * ROWS + j;
             let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
             let dar = &da[r * f..(r + 1) * f];
             let (dg, du) = dr.split_at_mut(f);
+            sigmoid_into(gate, &mut sigs);
             for i in 0..f {
-                let g = gate[i];
-                let sig = 1.0 / (1.0 + (-g).exp());
+                let (g, sig) = (gate[i], sigs[i]);
                 du[i] = dar[i] * g * sig;
                 dg[i] = dar[i] * up[i] * sig * (1.0 + g * (1.0 - sig));
             }
@@ -468,6 +471,9 @@ fn head_ce_rows(
         // softmax rows in place, each row's loss kept for a sum in row order
         let tg = &targets[r0..r0 + rows];
         let mut row_loss = vec![0f32; rows];
+        // with gradients, each row becomes d loss / d logits in the same pass, while it is
+        // still in cache: k (p - onehot(target)), k = scale x the row's weight (or 1 / n)
+        let grad_k = grads.as_ref().map(|(_, _, scale)| *scale);
         for_each_chunks_mut(
             [&mut *lg, &mut row_loss[..]],
             [16 * vocab, 16],
@@ -485,6 +491,15 @@ fn head_ce_rows(
                     // p[argmax] = 1 / sum exp(x - max), so log-sum-exp = max - ln p[argmax]
                     // (p[argmax] >= 1 / vocab never underflows, unlike p[target])
                     lo[j] = ((max as f64 - (row[am] as f64).ln()) - x_tgt as f64) as f32;
+                    if let Some(scale) = grad_k {
+                        let r = r0 + ci * 16 + j;
+                        let k = match weights {
+                            Some(w) => scale * w[r],
+                            None => scale / n as f32,
+                        };
+                        row[tgt] -= 1.0;
+                        row.iter_mut().for_each(|x| *x *= k);
+                    }
                 }
             },
         );
@@ -496,15 +511,7 @@ fn head_ce_rows(
         if let Some(out) = rows_out.as_mut() {
             out[r0..r0 + rows].copy_from_slice(&row_loss);
         }
-        if let Some((dh, dw, scale)) = grads.as_mut() {
-            for (j, (row, &tgt)) in lg.chunks_exact_mut(vocab).zip(tg).enumerate() {
-                let k = match weights {
-                    Some(w) => *scale * w[r0 + j],
-                    None => *scale / n as f32,
-                };
-                row[tgt as usize] -= 1.0;
-                row.iter_mut().for_each(|x| *x *= k);
-            }
+        if let Some((dh, dw, _)) = grads.as_mut() {
             linear_back(
                 hc,
                 w,
