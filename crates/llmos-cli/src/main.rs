@@ -1,6 +1,7 @@
 //! The `llmos` binary: argument parsing and wiring of the library crates. Errors are
 //! printed here, as one line, with a non-zero exit.
 
+mod convert;
 mod evalcmd;
 mod perf;
 mod pull;
@@ -84,7 +85,9 @@ enum Cmd {
     Serve(ServeArgs),
     /// Write a GGUF with its weights quantized to another type.
     Quantize {
-        /// Input GGUF (F32/F16/BF16 weights; quantized ones are requantized with a warning).
+        /// Input: a GGUF (F32/F16/BF16 weights; quantized ones are requantized with a
+        /// warning), or a Hugging Face Llama checkpoint (its folder, or the
+        /// model.safetensors in it, with config.json and tokenizer.json beside it).
         input: PathBuf,
         /// Output GGUF (written atomically).
         output: PathBuf,

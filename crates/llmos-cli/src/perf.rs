@@ -333,17 +333,42 @@ pub fn parse_type(s: &str) -> Result<DType> {
 }
 
 /// Writes `out`: every 2-D weight of `input` quantized to `target` (norms, biases and rows
-/// that are not a whole number of blocks stay as they are).
+/// that are not a whole number of blocks stay as they are). `input` is a GGUF file or a
+/// Hugging Face Llama checkpoint (its folder, or the model.safetensors in it).
 pub fn quantize(input: &Path, out: &Path, target: DType) -> Result<()> {
-    if input.extension().is_some_and(|e| e == "safetensors") {
-        bail!(
-            "{}: safetensors input is not supported yet; convert to GGUF first",
-            input.display()
-        );
+    if input.is_dir() || input.extension().is_some_and(|e| e == "safetensors") {
+        let hf = crate::convert::open_hf(input)?;
+        let tensors = hf.tensors()?;
+        return write_quantized(input, out, target, &hf.metadata, tensors);
     }
     let g = Gguf::open(input)?;
+    let meta: Vec<(String, Value)> = g
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let tensors = g
+        .tensors
+        .iter()
+        .map(|t| crate::convert::SrcTensor {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            dtype: t.dtype,
+            data: std::borrow::Cow::Borrowed(g.tensor_data(t)),
+        })
+        .collect();
+    write_quantized(input, out, target, &meta, tensors)
+}
+
+fn write_quantized(
+    input: &Path,
+    out: &Path,
+    target: DType,
+    meta: &[(String, Value)],
+    tensors: Vec<crate::convert::SrcTensor>,
+) -> Result<()> {
     let mut w = GgufWriter::new();
-    for (k, v) in &g.metadata {
+    for (k, v) in meta {
         if k == "general.file_type" {
             continue;
         }
@@ -354,14 +379,14 @@ pub fn quantize(input: &Path, out: &Path, target: DType) -> Result<()> {
         Value::U32(file_type_code(target) as u32),
     );
     let mut warned = false;
-    let bar = ProgressBar::new(g.tensors.len() as u64).with_style(
+    let bar = ProgressBar::new(tensors.len() as u64).with_style(
         ProgressStyle::with_template("quantize {bar:30} {pos}/{len} {msg}")
             .expect("static template"),
     );
     let (mut before, mut after) = (0u64, 0u64);
-    for t in &g.tensors {
+    for t in &tensors {
         bar.set_message(t.name.clone());
-        let data = g.tensor_data(t);
+        let data: &[u8] = &t.data;
         before += data.len() as u64;
         let cols = t.dims.first().copied().unwrap_or(0) as usize;
         let quantizable = t.dims.len() >= 2
@@ -384,8 +409,8 @@ pub fn quantize(input: &Path, out: &Path, target: DType) -> Result<()> {
             });
             warned = true;
         }
-        let n = t.n_elements() as usize;
-        let mut f = vec![0f32; n];
+        let n: u64 = t.dims.iter().product();
+        let mut f = vec![0f32; n as usize];
         let rb = t
             .dtype
             .row_bytes(cols as u64)

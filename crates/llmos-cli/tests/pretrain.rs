@@ -172,6 +172,103 @@ fn prepare_train_export_run_and_eval() {
     // a char model that has learnt something spends well under 8 bits on an ASCII byte
     assert!(bpb > 0.1 && bpb < 5.0, "{b}");
     assert!(b["gzip"].as_f64().is_some() || b["gzip"].is_null());
+    hf_checkpoint_quantizes_like_the_gguf(&d, &gguf, &hf);
+}
+
+/// `llmos quantize` of the HF export (config.json, model.safetensors, tokenizer.json) writes
+/// what quantizing the GGUF export writes: every tensor with the same name, shape, type and
+/// bytes (so Q and K rows come back from HF's half-split order), and the same metadata
+/// apart from the name; the two files generate the same tokens.
+fn hf_checkpoint_quantizes_like_the_gguf(d: &Path, gguf: &Path, hf: &Path) {
+    use llmos_formats::Gguf;
+    for ty in ["f32", "q8_0"] {
+        let (from_hf, from_gguf) = (
+            d.join(format!("hf-{ty}.gguf")),
+            d.join(format!("g-{ty}.gguf")),
+        );
+        for (src, dst) in [(hf, &from_hf), (gguf, &from_gguf)] {
+            ok(&run(&[
+                "quantize",
+                src.to_str().unwrap(),
+                dst.to_str().unwrap(),
+                "--type",
+                ty,
+            ]));
+        }
+        let (a, b) = (
+            Gguf::open(&from_hf).unwrap(),
+            Gguf::open(&from_gguf).unwrap(),
+        );
+        assert_eq!(a.tensors.len(), b.tensors.len(), "{ty}");
+        for t in &b.tensors {
+            let u = a
+                .tensors
+                .iter()
+                .find(|u| u.name == t.name)
+                .unwrap_or_else(|| panic!("{ty}: {} missing from the HF conversion", t.name));
+            assert_eq!((&u.dims, u.dtype), (&t.dims, t.dtype), "{ty}: {}", t.name);
+            assert!(
+                a.tensor_data(u) == b.tensor_data(t),
+                "{ty}: {} differs",
+                t.name
+            );
+        }
+        for (k, v) in &b.metadata {
+            if k != "general.name" {
+                assert_eq!(a.metadata.get(k), Some(v), "{ty}: metadata {k}");
+            }
+        }
+        let greedy = |m: &Path| {
+            let j: serde_json::Value = serde_json::from_str(&ok(&run(&[
+                "run",
+                "-m",
+                m.to_str().unwrap(),
+                "-p",
+                "JULIET:",
+                "-n",
+                "12",
+                "--temp",
+                "0",
+                "--json",
+                "-t",
+                "1",
+            ])))
+            .unwrap();
+            ids(&j["ids"])
+        };
+        assert_eq!(greedy(&from_hf), greedy(&from_gguf), "{ty}");
+    }
+    // a folder without the checkpoint, and a config of another architecture: one line each
+    let e = one_line_error(&run(&[
+        "quantize",
+        d.to_str().unwrap(),
+        "/tmp/x.gguf",
+        "--type",
+        "q8_0",
+    ]));
+    assert!(e.contains("model.safetensors"), "{e}");
+    let other = d.join("hf-other");
+    std::fs::create_dir_all(&other).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(hf.join(f), other.join(f)).unwrap();
+    }
+    std::fs::write(
+        other.join("config.json"),
+        r#"{"architectures": ["GPT2LMHeadModel"]}"#,
+    )
+    .unwrap();
+    let e = one_line_error(&run(&[
+        "quantize",
+        other.to_str().unwrap(),
+        "/tmp/x.gguf",
+        "--type",
+        "q8_0",
+    ]));
+    assert!(
+        e.contains("config.json") && e.contains("GPT2LMHeadModel"),
+        "{e}"
+    );
+    assert!(!Path::new("/tmp/x.gguf").exists());
 }
 
 #[test]

@@ -146,6 +146,35 @@ pub fn parse(b: &[u8]) -> Result<Vec<Entry>, SafetensorsError> {
     Ok(out)
 }
 
+/// A safetensors file opened for reading: memory-mapped, header parsed and checked.
+pub struct SafeTensors {
+    map: Option<memmap2::Mmap>,
+    pub entries: Vec<Entry>,
+}
+
+impl SafeTensors {
+    pub fn open(path: &std::path::Path) -> Result<SafeTensors, SafetensorsError> {
+        let io = |e: std::io::Error| SafetensorsError::Bad(format!("{}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let map = if len == 0 {
+            None
+        } else {
+            // SAFETY: the map is read-only and private; llmos never writes to a model file
+            // while it is open (the same terms as the GGUF reader's map).
+            Some(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+        };
+        let entries = parse(map.as_deref().unwrap_or(&[]))
+            .map_err(|e| SafetensorsError::Bad(format!("{}: {e}", path.display())))?;
+        Ok(SafeTensors { map, entries })
+    }
+
+    /// The bytes of one entry (checked against the file when the header was parsed).
+    pub fn data(&self, e: &Entry) -> &[u8] {
+        &self.map.as_deref().unwrap_or(&[])[e.start..e.end]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

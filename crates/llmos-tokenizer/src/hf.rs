@@ -22,10 +22,35 @@ fn token_text(v: &Value) -> Option<String> {
     }
 }
 
-impl Tokenizer {
-    /// Loads a HF `tokenizer.json`; a `tokenizer_config.json` in the same folder adds the
-    /// chat template and the BOS/EOS tokens.
-    pub fn from_hf_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
+/// The parts of a HF byte-level BPE `tokenizer.json` (+ `tokenizer_config.json` beside it),
+/// as read: what a tokenizer is built from, and what a GGUF file stores.
+pub struct HfVocab {
+    /// Token strings by id (bytes as GPT-2's printable characters; added tokens as written).
+    pub tokens: Vec<String>,
+    pub types: Vec<TokenType>,
+    pub merges: Vec<String>,
+    /// The Split regexes in order (ByteLevel's own regex included when it uses one).
+    pub patterns: Vec<String>,
+    pub nfc: bool,
+    pub ignore_merges: bool,
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub add_bos: bool,
+    pub chat_template: Option<String>,
+    token_to_id: HashMap<String, u32>,
+    added: Vec<(u32, String, bool)>,
+}
+
+impl HfVocab {
+    /// The GGUF `tokenizer.ggml.pre` name of this split, if GGUF has one.
+    pub fn gguf_pre(&self) -> Option<&'static str> {
+        PreTokenizer::gguf_name(&self.patterns)
+    }
+}
+
+/// Reads a HF `tokenizer.json` (byte-level BPE) and the `tokenizer_config.json` beside it.
+pub fn read_hf_vocab(path: &Path) -> Result<HfVocab, TokenizerError> {
+    {
         let text = std::fs::read_to_string(path).map_err(|e| err(path, e))?;
         let j: Value =
             serde_json::from_str(&text).map_err(|e| err(path, format!("not JSON: {e}")))?;
@@ -145,7 +170,7 @@ impl Tokenizer {
                 "only byte-level BPE tokenizer.json files are supported",
             ));
         }
-        let pre = PreTokenizer::from_patterns(&patterns).map_err(|e| err(path, e))?;
+        PreTokenizer::from_patterns(&patterns).map_err(|e| err(path, e))?;
 
         // added tokens: special ones are control tokens, the others user-defined
         let mut added = Vec::new();
@@ -194,10 +219,6 @@ impl Tokenizer {
             .get("ignore_merges")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        let merge_refs: Vec<&str> = merges.iter().map(String::as_str).collect();
-        let mut bpe = Bpe::with_options(&merge_refs, &token_to_id, pre, ignore_merges);
-        bpe.nfc = nfc;
-
         // tokenizer_config.json beside it: chat template, BOS/EOS
         let cfg: Value = path
             .parent()
@@ -220,6 +241,47 @@ impl Tokenizer {
             .and_then(Value::as_bool)
             .unwrap_or(false)
             && bos.is_some();
+
+        let pattern_list = patterns;
+        Ok(HfVocab {
+            tokens,
+            types,
+            merges,
+            patterns: pattern_list,
+            nfc,
+            ignore_merges,
+            bos,
+            eos,
+            add_bos,
+            chat_template,
+            token_to_id,
+            added,
+        })
+    }
+}
+
+impl Tokenizer {
+    /// Loads a HF `tokenizer.json`; a `tokenizer_config.json` in the same folder adds the
+    /// chat template and the BOS/EOS tokens.
+    pub fn from_hf_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let HfVocab {
+            tokens,
+            types,
+            merges,
+            patterns,
+            nfc,
+            ignore_merges,
+            bos,
+            eos,
+            add_bos,
+            chat_template,
+            token_to_id,
+            added,
+        } = read_hf_vocab(path)?;
+        let pre = PreTokenizer::from_patterns(&patterns).map_err(|e| err(path, e))?;
+        let merge_refs: Vec<&str> = merges.iter().map(String::as_str).collect();
+        let mut bpe = Bpe::with_options(&merge_refs, &token_to_id, pre, ignore_merges);
+        bpe.nfc = nfc;
 
         let mut specials: Vec<u32> = added
             .iter()

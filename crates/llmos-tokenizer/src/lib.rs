@@ -15,6 +15,7 @@ pub mod train;
 mod wpm;
 
 pub use chat::{ChatTemplate, Message};
+pub use hf::{HfVocab, read_hf_vocab};
 
 use llmos_formats::{Gguf, Value};
 use std::collections::HashMap;
@@ -44,6 +45,18 @@ pub enum TokenType {
 }
 
 impl TokenType {
+    /// The GGUF `tokenizer.ggml.token_type` code.
+    pub fn gguf_code(self) -> i32 {
+        match self {
+            TokenType::Normal => 1,
+            TokenType::Unknown => 2,
+            TokenType::Control => 3,
+            TokenType::UserDefined => 4,
+            TokenType::Unused => 5,
+            TokenType::Byte => 6,
+        }
+    }
+
     fn from_i64(v: i64) -> TokenType {
         match v {
             2 => TokenType::Unknown,

@@ -64,6 +64,21 @@ impl PreTokenizer {
         Ok(PreTokenizer { regexes })
     }
 
+    /// The GGUF `tokenizer.ggml.pre` name whose split is exactly `patterns` (a HF
+    /// tokenizer.json's Split sequence, ByteLevel's own regex included), if there is one.
+    pub fn gguf_name(patterns: &[String]) -> Option<&'static str> {
+        let p: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        let llama3_hf = crate::train::pattern("llama3");
+        Some(match p.as_slice() {
+            [] => "default",
+            [x] if *x == GPT2 => "gpt2",
+            [x] if *x == LLAMA3 || Some(*x) == llama3_hf => "llama-bpe",
+            [x] if *x == QWEN2 => "qwen2",
+            [d, x] if *d == r"\p{N}" && *x == GPT2 => "smollm",
+            _ => return None,
+        })
+    }
+
     /// GPT-2's split, which HF's ByteLevel pre-tokenizer applies when `use_regex` is set.
     pub fn gpt2_pattern() -> &'static str {
         GPT2

@@ -1,0 +1,378 @@
+//! Hugging Face Llama checkpoints (a folder with config.json, model.safetensors and
+//! tokenizer.json) as a source for `llmos quantize`: GGUF metadata from the config and the
+//! tokenizer, tensors renamed to GGUF's llama names, and the rows of Q and K reordered from
+//! HF's half-split rotary layout to the adjacent pairs GGUF llama files use.
+
+use anyhow::{Context, Result, bail};
+use llmos_formats::Value;
+use llmos_formats::safetensors::SafeTensors;
+use llmos_tensor::DType;
+use serde_json::Value as J;
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+/// One tensor to write: GGUF name, GGUF dimensions (innermost first), type and bytes.
+pub struct SrcTensor<'a> {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub dtype: DType,
+    pub data: Cow<'a, [u8]>,
+}
+
+/// An opened HF checkpoint.
+pub struct HfModel {
+    st: SafeTensors,
+    file: PathBuf,
+    pub metadata: Vec<(String, Value)>,
+    heads: usize,
+    kv_heads: usize,
+    tied: bool,
+    layers: usize,
+}
+
+/// The folder of a checkpoint given as the folder or as its model.safetensors.
+fn folder_of(input: &Path) -> PathBuf {
+    if input.is_dir() {
+        input.to_path_buf()
+    } else {
+        input
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// Opens `input` (a folder, or the model.safetensors in one) and reads its config and
+/// tokenizer into GGUF metadata. Anything this converter cannot represent faithfully is a
+/// one-line error naming the file and the field.
+pub fn open_hf(input: &Path) -> Result<HfModel> {
+    let dir = folder_of(input);
+    let file = if input.is_dir() {
+        input.join("model.safetensors")
+    } else {
+        input.to_path_buf()
+    };
+    if !file.is_file() {
+        bail!(
+            "{}: no model.safetensors (sharded checkpoints are not supported)",
+            file.display()
+        );
+    }
+    let cfg_path = dir.join("config.json");
+    let cfg: J = serde_json::from_str(
+        &std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("{}: cannot read", cfg_path.display()))?,
+    )
+    .with_context(|| format!("{}: not JSON", cfg_path.display()))?;
+    let c = |what: &str| format!("{}: {what}", cfg_path.display());
+    let arch = cfg["architectures"][0].as_str().unwrap_or("");
+    if arch != "LlamaForCausalLM" {
+        bail!(
+            "{}",
+            c(&format!(
+                "architecture {arch:?} is not supported (LlamaForCausalLM is)"
+            ))
+        );
+    }
+    let int = |k: &str| -> Result<usize> {
+        cfg[k]
+            .as_u64()
+            .map(|v| v as usize)
+            .filter(|&v| v > 0)
+            .with_context(|| c(&format!("{k} is missing or not a positive integer")))
+    };
+    let dim = int("hidden_size")?;
+    let layers = int("num_hidden_layers")?;
+    let heads = int("num_attention_heads")?;
+    let kv_heads = if cfg["num_key_value_heads"].is_null() {
+        heads
+    } else {
+        int("num_key_value_heads")?
+    };
+    let ffn = int("intermediate_size")?;
+    let vocab = int("vocab_size")?;
+    let ctx = if cfg["max_position_embeddings"].is_null() {
+        2048
+    } else {
+        int("max_position_embeddings")?
+    };
+    let head_dim = if cfg["head_dim"].is_null() {
+        dim / heads
+    } else {
+        int("head_dim")?
+    };
+    if head_dim * heads != dim || head_dim % 2 != 0 || heads % kv_heads != 0 {
+        bail!(
+            "{}",
+            c(&format!(
+                "{heads} heads of {head_dim} over {dim} wide, {kv_heads} kv heads: not a llama shape"
+            ))
+        );
+    }
+    for k in ["rope_scaling"] {
+        if !cfg[k].is_null() {
+            bail!("{}", c(&format!("{k} is not supported")));
+        }
+    }
+    for k in ["attention_bias", "mlp_bias"] {
+        if cfg[k].as_bool() == Some(true) {
+            bail!("{}", c(&format!("{k} is not supported")));
+        }
+    }
+    let eps = cfg["rms_norm_eps"].as_f64().unwrap_or(1e-6) as f32;
+    let theta = cfg["rope_theta"].as_f64().unwrap_or(10000.0) as f32;
+    let tied = cfg["tie_word_embeddings"].as_bool().unwrap_or(false);
+
+    let tok_path = dir.join("tokenizer.json");
+    let v = llmos_tokenizer::read_hf_vocab(&tok_path)?;
+    let Some(pre) = v.gguf_pre() else {
+        bail!(
+            "{}: its split pattern has no GGUF pre-tokenizer name (known: default, gpt2, llama-bpe, qwen2, smollm)",
+            tok_path.display()
+        );
+    };
+    if v.nfc {
+        eprintln!(
+            "warning: {}: GGUF has no NFC normalizer flag; the converted model will not normalize its input",
+            tok_path.display()
+        );
+    }
+    if v.tokens.len() > vocab {
+        bail!(
+            "{}: {} tokens, but config.json says vocab_size {vocab}",
+            tok_path.display(),
+            v.tokens.len()
+        );
+    }
+    // the embedding may have more rows than the tokenizer has tokens: unused padding
+    let mut tokens = v.tokens.clone();
+    let mut types: Vec<i32> = v.types.iter().map(|t| t.gguf_code()).collect();
+    for (i, t) in tokens.iter_mut().enumerate() {
+        if t.is_empty() {
+            *t = format!("[PAD{i}]");
+        }
+    }
+    for i in tokens.len()..vocab {
+        tokens.push(format!("[PAD{i}]"));
+        types.push(5);
+    }
+
+    let s = |x: &str| Value::String(x.to_string());
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let mut m: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), s("llama")),
+        ("general.name".into(), s(&name)),
+        ("llama.context_length".into(), Value::U32(ctx as u32)),
+        ("llama.embedding_length".into(), Value::U32(dim as u32)),
+        ("llama.block_count".into(), Value::U32(layers as u32)),
+        ("llama.feed_forward_length".into(), Value::U32(ffn as u32)),
+        (
+            "llama.attention.head_count".into(),
+            Value::U32(heads as u32),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            Value::U32(kv_heads as u32),
+        ),
+        ("llama.rope.freq_base".into(), Value::F32(theta)),
+        (
+            "llama.rope.dimension_count".into(),
+            Value::U32(head_dim as u32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(eps),
+        ),
+        ("llama.vocab_size".into(), Value::U32(vocab as u32)),
+        ("tokenizer.ggml.model".into(), s("gpt2")),
+        ("tokenizer.ggml.pre".into(), s(pre)),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.iter().map(|t| s(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.into_iter().map(Value::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(v.merges.iter().map(|t| s(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            Value::Bool(v.add_bos),
+        ),
+    ];
+    if let Some(b) = v.bos {
+        m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
+    }
+    if let Some(e) = v.eos {
+        m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
+    }
+    if let Some(t) = &v.chat_template {
+        m.push(("tokenizer.chat_template".into(), s(t)));
+    }
+    let st = SafeTensors::open(&file)?;
+    Ok(HfModel {
+        st,
+        file,
+        metadata: m,
+        heads,
+        kv_heads,
+        tied,
+        layers,
+    })
+}
+
+/// GGUF's llama name for a HF Llama tensor name (None: not a llama tensor).
+fn gguf_name(hf: &str) -> Option<String> {
+    Some(match hf {
+        "model.embed_tokens.weight" => "token_embd.weight".into(),
+        "model.norm.weight" => "output_norm.weight".into(),
+        "lm_head.weight" => "output.weight".into(),
+        _ => {
+            let rest = hf.strip_prefix("model.layers.")?;
+            let (i, t) = rest.split_once('.')?;
+            let i: usize = i.parse().ok()?;
+            let t = match t {
+                "input_layernorm.weight" => "attn_norm.weight",
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                _ => return None,
+            };
+            format!("blk.{i}.{t}")
+        }
+    })
+}
+
+/// Rows of a Q or K weight (raw bytes, `row` bytes each) from HF's half-split rotary order
+/// to adjacent pairs: within each head, rows i and i + d/2 become 2i and 2i + 1.
+fn from_half_split(w: &[u8], heads: usize, rows: usize, row: usize) -> Vec<u8> {
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0u8; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for (src, dst) in [(i, 2 * i), (i + half, 2 * i + 1)] {
+                let s = (h * d + src) * row;
+                let t = (h * d + dst) * row;
+                out[t..t + row].copy_from_slice(&w[s..s + row]);
+            }
+        }
+    }
+    out
+}
+
+impl HfModel {
+    /// Every tensor, renamed and (for Q and K) reordered, in the file's order.
+    pub fn tensors(&self) -> Result<Vec<SrcTensor<'_>>> {
+        let f = self.file.display();
+        let mut out = Vec::new();
+        for e in &self.st.entries {
+            if e.name.ends_with("rotary_emb.inv_freq") {
+                continue; // recomputed from rope_theta
+            }
+            if e.name == "lm_head.weight" && self.tied {
+                continue; // the same values as the embedding
+            }
+            let name = gguf_name(&e.name)
+                .with_context(|| format!("{f}: tensor {} is not part of a Llama model", e.name))?;
+            let dtype = match e.dtype.as_str() {
+                "F32" => DType::F32,
+                "F16" => DType::F16,
+                "BF16" => DType::BF16,
+                other => bail!("{f}: tensor {}: dtype {other} is not supported", e.name),
+            };
+            let data = self.st.data(e);
+            let data = match name.rsplit('.').nth(1) {
+                Some(q @ ("attn_q" | "attn_k")) => {
+                    let heads = if q == "attn_q" {
+                        self.heads
+                    } else {
+                        self.kv_heads
+                    };
+                    let rows = e.shape.first().copied().unwrap_or(0);
+                    if e.shape.len() != 2 || rows % heads != 0 || (rows / heads) % 2 != 0 {
+                        bail!(
+                            "{f}: tensor {}: shape {:?} does not split into {heads} heads",
+                            e.name,
+                            e.shape
+                        );
+                    }
+                    Cow::Owned(from_half_split(data, heads, rows, data.len() / rows))
+                }
+                _ => Cow::Borrowed(data),
+            };
+            out.push(SrcTensor {
+                name,
+                dims: e.shape.iter().rev().map(|&d| d as u64).collect(),
+                dtype,
+                data,
+            });
+        }
+        let have: std::collections::HashSet<&str> = out.iter().map(|t| t.name.as_str()).collect();
+        let mut need = vec!["token_embd.weight".to_string(), "output_norm.weight".into()];
+        if !self.tied {
+            need.push("output.weight".into());
+        }
+        for i in 0..self.layers {
+            for t in [
+                "attn_norm",
+                "attn_q",
+                "attn_k",
+                "attn_v",
+                "attn_output",
+                "ffn_norm",
+                "ffn_gate",
+                "ffn_up",
+                "ffn_down",
+            ] {
+                need.push(format!("blk.{i}.{t}.weight"));
+            }
+        }
+        if let Some(missing) = need.iter().find(|n| !have.contains(n.as_str())) {
+            bail!("{f}: tensor {missing} (GGUF name) is missing");
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The reorder is the inverse of the one `llmos export --hf` applies: pairs (2i, 2i+1)
+    /// of each head come back from rows (i, i + d/2).
+    #[test]
+    fn half_split_rows_return_to_pairs() {
+        // 2 heads of 4 rows, 3 bytes per row; HF order within a head: r0 r1 | r2 r3 where
+        // adjacent pairs were (r0, r2) and (r1, r3)
+        let rows: Vec<u8> = (0..8u8).flat_map(|r| [r, r, r]).collect();
+        let out = from_half_split(&rows, 2, 8, 3);
+        let order: Vec<u8> = out.chunks(3).map(|c| c[0]).collect();
+        assert_eq!(order, vec![0, 2, 1, 3, 4, 6, 5, 7]);
+    }
+
+    #[test]
+    fn names_map_and_strangers_do_not() {
+        assert_eq!(
+            gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(),
+            Some("blk.3.ffn_down.weight")
+        );
+        assert_eq!(
+            gguf_name("lm_head.weight").as_deref(),
+            Some("output.weight")
+        );
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias"), None);
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
+    }
+}
