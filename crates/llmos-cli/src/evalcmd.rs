@@ -16,7 +16,9 @@ pub struct TaskArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// chatformat (replies end with the end-of-turn token, never write the user's turn),
-    /// arith (generated word problems, held-out split), gsm8k (grade-school math test set).
+    /// arith (generated word problems, held-out split), gsm8k (grade-school math test set),
+    /// bigbench:NAME (a BIG-bench multiple-choice task, e.g. bigbench:navigate, scored by
+    /// log-likelihood; `scripts/fetch-eval-data bigbench` fetches them).
     #[arg(long)]
     pub task: Option<String>,
     /// Evaluate at most this many items (default: arith 200, others all).
@@ -30,7 +32,8 @@ pub struct TaskArgs {
     pub shots: usize,
     /// Items file: conversations JSONL for chatformat (the first user message of each is the
     /// prompt), the test JSONL for gsm8k (default: $LLMOS_HOME/data/gsm8k/test.jsonl from
-    /// scripts/fetch-eval-data).
+    /// scripts/fetch-eval-data), a task.json for bigbench (default:
+    /// $LLMOS_HOME/data/bigbench/NAME/task.json).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Longest reply, in tokens (default: chatformat 128, arith 64, gsm8k 256).
@@ -98,11 +101,100 @@ fn arith_shots(level: u32, k: usize) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
-    let task = a
-        .task
+/// `--task bigbench:NAME`: a multiple-choice task scored by log-likelihood.
+fn cmd_bigbench(a: &TaskArgs, name: &str) -> Result<()> {
+    let home = crate::pull::llmos_home();
+    let path = a
+        .data
         .clone()
-        .context("give --task chatformat|arith|gsm8k, or a subcommand (bpb, logits)")?;
+        .unwrap_or_else(|| home.join("data/bigbench").join(name).join("task.json"));
+    if !path.exists() {
+        bail!(
+            "{}: not found; run scripts/fetch-eval-data bigbench first (or give --data task.json)",
+            path.display()
+        );
+    }
+    let text = crate::read_utf8(&path)?;
+    let task = llmos_train::bigbench::Task::parse(&text, &path.display().to_string())
+        .map_err(anyhow::Error::msg)?;
+    let limit = a.limit.unwrap_or(usize::MAX);
+    let n = task.examples.len().min(limit);
+    if n == 0 {
+        bail!("no items to evaluate");
+    }
+    let l = load(&a.model)?;
+    let ctx = ctx_of(&a.model, &l.model)?;
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    let mut details = match &a.details {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
+        )),
+        None => None,
+    };
+    let (mut done, mut sum) = (0usize, 0f64);
+    let t0 = Instant::now();
+    let scored = llmos_train::bigbench::run(&l.model, &l.tok, ctx, &task, limit, &mut |s| {
+        done += 1;
+        sum += s.grade;
+        bar.inc(1);
+        bar.set_message(format!("grade {:.1}%", 100.0 * sum / done as f64));
+        if let Some(w) = details.as_mut() {
+            let _ = writeln!(w, "{}", serde_json::to_string(s).expect("item serializes"));
+        }
+    })
+    .map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    if let Some(mut w) = details {
+        w.flush()?;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let n = scored.len();
+    let grade = scored.iter().map(|s| s.grade).sum::<f64>() / n as f64;
+    let correct = scored.iter().filter(|s| s.grade >= s.best).count();
+    let truncated = scored.iter().filter(|s| s.truncated > 0).count();
+    if truncated > 0 {
+        eprintln!(
+            "warning: {truncated} prompts were cut from the front to fit the context of {ctx}"
+        );
+    }
+    let label = format!("bigbench:{name}");
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "task": label, "n": n, "correct": correct, "accuracy": grade, "wall_s": wall,
+                "model": a.model.model, "format": "zero-shot log-likelihood",
+                "truncated": truncated,
+            })
+        );
+    } else {
+        println!("| task | model | format | n | correct | grade | wall |");
+        println!("|---|---|---|---:|---:|---:|---:|");
+        println!(
+            "| {label} | {} | zero-shot log-likelihood | {n} | {correct} | {:.1}% | {wall:.1} s |",
+            a.model.model,
+            grade * 100.0
+        );
+    }
+    Ok(())
+}
+
+pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
+    let task = a.task.clone().context(
+        "give --task chatformat|arith|gsm8k|bigbench:NAME, or a subcommand (bpb, logits)",
+    )?;
+    if let Some(name) = task.strip_prefix("bigbench:") {
+        if name.is_empty() || name.split('/').any(|p| p.is_empty() || p == "..") {
+            bail!("--task bigbench:NAME needs a task name such as bigbench:navigate");
+        }
+        return cmd_bigbench(&a, name);
+    }
     if !(1..=5).contains(&a.level) {
         bail!("--level {} must be between 1 and 5", a.level);
     }
@@ -149,7 +241,7 @@ pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
             let test = test.iter().map(|(p, _)| p.clone()).collect();
             (Items::Problems(test, shots), 256)
         }
-        other => bail!("unknown task {other:?} (chatformat, arith, gsm8k)"),
+        other => bail!("unknown task {other:?} (chatformat, arith, gsm8k, bigbench:NAME)"),
     };
     let items = match items {
         Items::Chat(mut v) => {

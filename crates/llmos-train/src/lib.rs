@@ -3,6 +3,7 @@
 //! (`optim`), token shards (`data`), the training loop with checkpoints (`train`), export
 //! to GGUF and HF (`export`) and evaluations (`eval`).
 
+pub mod bigbench;
 pub mod data;
 pub mod eval;
 pub mod evals;
