@@ -39,6 +39,10 @@ pub struct TaskArgs {
     /// Longest reply, in tokens (default: chatformat 128, arith 64, gsm8k 256).
     #[arg(long)]
     pub max_tokens: Option<usize>,
+    /// Problems (arith, gsm8k) decoded together through the continuous batcher; 1 runs them
+    /// one after another. Greedy either way: the replies are the same.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: usize,
     /// Write every item (prompt, reply, verdict) to this JSONL file.
     #[arg(long)]
     pub details: Option<PathBuf>,
@@ -269,7 +273,12 @@ pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
         (0, _) | (_, Items::Chat(_)) => Some(crate::tune::template_of(&l.tok)?),
         _ => None,
     };
-    let mut runner = Runner::new(&l.model, &l.tok, ctx, a.max_tokens.unwrap_or(max_tokens));
+    if a.parallel == 0 {
+        bail!("--parallel must be at least 1");
+    }
+    let model = std::sync::Arc::new(l.model);
+    let tok = std::sync::Arc::new(l.tok);
+    let mut runner = Runner::new(&model, &tok, ctx, a.max_tokens.unwrap_or(max_tokens));
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -287,7 +296,7 @@ pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
     let mut on_item = |it: &Item| {
         done += 1;
         ok += usize::from(it.ok);
-        bar.inc(1);
+        bar.set_position(done as u64);
         bar.set_message(format!("accuracy {:.1}%", 100.0 * ok as f64 / done as f64));
         if let Some(w) = details.as_mut() {
             let _ = writeln!(w, "{}", serde_json::to_string(it).expect("item serializes"));
@@ -299,16 +308,27 @@ pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
             "chat",
             runner.chatformat(tpl.as_ref().expect("chat template"), prompts, &mut on_item),
         ),
-        Items::Problems(problems, shots) => match &tpl {
-            Some(t) => (
-                "chat",
-                runner.problems(&Format::Chat(t), problems, &mut on_item),
-            ),
-            None => (
-                "fewshot",
-                runner.problems(&Format::FewShot(shots.clone()), problems, &mut on_item),
-            ),
-        },
+        Items::Problems(problems, shots) => {
+            let (name, format) = match &tpl {
+                Some(t) => ("chat", Format::Chat(t)),
+                None => ("fewshot", Format::FewShot(shots.clone())),
+            };
+            let res = if a.parallel > 1 {
+                let bar2 = bar.clone();
+                runner.problems_batched(
+                    model.clone(),
+                    tok.clone(),
+                    a.parallel,
+                    &format,
+                    problems,
+                    &mut |d| bar2.set_position(d as u64),
+                    &mut on_item,
+                )
+            } else {
+                runner.problems(&format, problems, &mut on_item)
+            };
+            (name, res)
+        }
     };
     let results = res.map_err(anyhow::Error::msg)?;
     bar.finish_and_clear();

@@ -512,3 +512,44 @@ fn grpo_runs_and_logs_the_reward_curve() {
     ]));
     assert!(e.contains("bad.jsonl:1") && e.contains("integer"), "{e}");
 }
+
+/// Problems decoded together through the batcher get exactly the replies they get one by
+/// one (greedy), in the chat and the few-shot (stop text) formats.
+#[test]
+fn batched_eval_gives_the_serial_replies() {
+    let d = scratch("eval-batched");
+    let m = model("smollm2");
+    for shots in ["0", "2"] {
+        let mut replies = Vec::new();
+        for parallel in ["1", "4"] {
+            let det = d.join(format!("d-{shots}-{parallel}.jsonl"));
+            let j: serde_json::Value = serde_json::from_str(&ok(&run(&[
+                "eval",
+                "-m",
+                s(&m),
+                "--task",
+                "arith",
+                "--level",
+                "1",
+                "--limit",
+                "6",
+                "--shots",
+                shots,
+                "--max-tokens",
+                "24",
+                "--parallel",
+                parallel,
+                "--details",
+                s(&det),
+                "--json",
+                "-t",
+                "2",
+            ])))
+            .unwrap();
+            assert_eq!(j["n"], 6);
+            replies.push(std::fs::read_to_string(&det).unwrap());
+        }
+        assert_eq!(replies[0], replies[1], "shots {shots}");
+        assert_eq!(replies[0].lines().count(), 6);
+    }
+}

@@ -153,6 +153,53 @@ impl<'a> Runner<'a> {
         Ok(out)
     }
 
+    /// [`Runner::problems`] with `parallel` problems decoded together through the engine's
+    /// continuous batcher (greedy: each reply is the one [`Runner::problems`] gives);
+    /// `on_item` hears each item once all are done, in order.
+    pub fn problems_batched(
+        &self,
+        model: std::sync::Arc<Model>,
+        tok: std::sync::Arc<Tokenizer>,
+        parallel: usize,
+        format: &Format,
+        problems: &[Problem],
+        on_done: &mut dyn FnMut(usize),
+        on_item: &mut dyn FnMut(&Item),
+    ) -> Result<Vec<Item>, String> {
+        let stops: Vec<String> = match format {
+            Format::Chat(_) => vec![],
+            Format::FewShot(_) => vec!["\n\n".into(), "Question:".into()],
+        };
+        let jobs = problems
+            .iter()
+            .map(|p| Ok((self.prompt_ids(format, &p.prompt)?, SamplerConfig::greedy())))
+            .collect::<Result<Vec<_>, String>>()?;
+        let replies = sample_batch_stops(
+            model,
+            tok,
+            self.session.ctx(),
+            self.max_tokens,
+            parallel,
+            jobs,
+            &stops,
+            on_done,
+        )?;
+        let mut out = Vec::with_capacity(problems.len());
+        for (p, r) in problems.iter().zip(replies) {
+            let got = last_number(&r.text);
+            let item = Item {
+                prompt: p.prompt.clone(),
+                ok: got == Some(p.answer),
+                reply: r.text,
+                answer: Some(p.answer),
+                got,
+            };
+            on_item(&item);
+            out.push(item);
+        }
+        Ok(out)
+    }
+
     /// Chat format: the reply ends with the end-of-turn token within the token limit and
     /// never writes the user's turn (the template's user-turn marker).
     pub fn chatformat(
@@ -239,6 +286,22 @@ pub fn sample_batch(
     jobs: Vec<(Vec<u32>, SamplerConfig)>,
     on_done: &mut dyn FnMut(usize),
 ) -> Result<Vec<Reply>, String> {
+    sample_batch_stops(model, tok, ctx, max_tokens, parallel, jobs, &[], on_done)
+}
+
+/// [`sample_batch`] with every reply ending at the first of `stops` (not included in its
+/// text), as [`Runner::sample`] cuts them.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_batch_stops(
+    model: std::sync::Arc<Model>,
+    tok: std::sync::Arc<Tokenizer>,
+    ctx: usize,
+    max_tokens: usize,
+    parallel: usize,
+    jobs: Vec<(Vec<u32>, SamplerConfig)>,
+    stops: &[String],
+    on_done: &mut dyn FnMut(usize),
+) -> Result<Vec<Reply>, String> {
     use llmos_engine::{Batcher, Event, Finish, Request};
     let n = jobs.len();
     let batcher = Batcher::start(model, tok.clone(), parallel, ctx, n.max(1));
@@ -246,11 +309,10 @@ pub fn sample_batch(
     for (i, (prompt, cfg)) in jobs.into_iter().enumerate() {
         let tx = tx.clone();
         let max = max_tokens.min(ctx.saturating_sub(prompt.len()));
+        let mut req = Request::new(prompt, max.max(1), cfg);
+        req.stop = stops.to_vec();
         batcher
-            .submit(
-                Request::new(prompt, max.max(1), cfg),
-                Box::new(move |e| tx.send((i, e)).is_ok()),
-            )
+            .submit(req, Box::new(move |e| tx.send((i, e)).is_ok()))
             .map_err(|e| format!("job {i}: {e}"))?;
     }
     drop(tx);
