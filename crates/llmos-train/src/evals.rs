@@ -156,6 +156,7 @@ impl<'a> Runner<'a> {
     /// [`Runner::problems`] with `parallel` problems decoded together through the engine's
     /// continuous batcher (greedy: each reply is the one [`Runner::problems`] gives);
     /// `on_item` hears each item once all are done, in order.
+    #[allow(clippy::too_many_arguments)]
     pub fn problems_batched(
         &self,
         model: std::sync::Arc<Model>,
