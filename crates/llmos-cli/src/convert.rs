@@ -7,6 +7,8 @@ use anyhow::{Context, Result, bail};
 use llmos_formats::Value;
 use llmos_formats::safetensors::SafeTensors;
 use llmos_tensor::DType;
+use llmos_train::ModelConfig;
+use llmos_train::export::{Vocab, gguf_metadata, gguf_name};
 use serde_json::Value as J;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -157,100 +159,42 @@ pub fn open_hf(input: &Path) -> Result<HfModel> {
         types.push(5);
     }
 
-    let s = |x: &str| Value::String(x.to_string());
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let mut m: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), s("llama")),
-        ("general.name".into(), s(&name)),
-        ("llama.context_length".into(), Value::U32(ctx as u32)),
-        ("llama.embedding_length".into(), Value::U32(dim as u32)),
-        ("llama.block_count".into(), Value::U32(layers as u32)),
-        ("llama.feed_forward_length".into(), Value::U32(ffn as u32)),
-        (
-            "llama.attention.head_count".into(),
-            Value::U32(heads as u32),
-        ),
-        (
-            "llama.attention.head_count_kv".into(),
-            Value::U32(kv_heads as u32),
-        ),
-        ("llama.rope.freq_base".into(), Value::F32(theta)),
-        (
-            "llama.rope.dimension_count".into(),
-            Value::U32(head_dim as u32),
-        ),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            Value::F32(eps),
-        ),
-        ("llama.vocab_size".into(), Value::U32(vocab as u32)),
-        ("tokenizer.ggml.model".into(), s("gpt2")),
-        ("tokenizer.ggml.pre".into(), s(pre)),
-        (
-            "tokenizer.ggml.tokens".into(),
-            Value::Array(tokens.iter().map(|t| s(t)).collect()),
-        ),
-        (
-            "tokenizer.ggml.token_type".into(),
-            Value::Array(types.into_iter().map(Value::I32).collect()),
-        ),
-        (
-            "tokenizer.ggml.merges".into(),
-            Value::Array(v.merges.iter().map(|t| s(t)).collect()),
-        ),
-        (
-            "tokenizer.ggml.add_bos_token".into(),
-            Value::Bool(v.add_bos),
-        ),
-    ];
-    if let Some(b) = v.bos {
-        m.push(("tokenizer.ggml.bos_token_id".into(), Value::U32(b)));
-    }
-    if let Some(e) = v.eos {
-        m.push(("tokenizer.ggml.eos_token_id".into(), Value::U32(e)));
-    }
-    if let Some(t) = &v.chat_template {
-        m.push(("tokenizer.chat_template".into(), s(t)));
-    }
+    let cfg = ModelConfig {
+        vocab,
+        dim,
+        layers,
+        heads,
+        kv_heads,
+        ffn,
+        ctx,
+        tied,
+        rope_theta: theta,
+        norm_eps: eps,
+    };
+    let vocab = Vocab {
+        tokens,
+        types,
+        merges: v.merges.clone(),
+        pre: pre.to_string(),
+        hf_json: J::Null,
+        bos: v.bos,
+        eos: v.eos,
+        chat_template: v.chat_template.clone(),
+    };
+    let metadata = gguf_metadata(&cfg, &name, &vocab, v.add_bos);
     let st = SafeTensors::open(&file)?;
     Ok(HfModel {
         st,
         file,
-        metadata: m,
+        metadata,
         heads,
         kv_heads,
         tied,
         layers,
-    })
-}
-
-/// GGUF's llama name for a HF Llama tensor name (None: not a llama tensor).
-fn gguf_name(hf: &str) -> Option<String> {
-    Some(match hf {
-        "model.embed_tokens.weight" => "token_embd.weight".into(),
-        "model.norm.weight" => "output_norm.weight".into(),
-        "lm_head.weight" => "output.weight".into(),
-        _ => {
-            let rest = hf.strip_prefix("model.layers.")?;
-            let (i, t) = rest.split_once('.')?;
-            let i: usize = i.parse().ok()?;
-            let t = match t {
-                "input_layernorm.weight" => "attn_norm.weight",
-                "self_attn.q_proj.weight" => "attn_q.weight",
-                "self_attn.k_proj.weight" => "attn_k.weight",
-                "self_attn.v_proj.weight" => "attn_v.weight",
-                "self_attn.o_proj.weight" => "attn_output.weight",
-                "post_attention_layernorm.weight" => "ffn_norm.weight",
-                "mlp.gate_proj.weight" => "ffn_gate.weight",
-                "mlp.up_proj.weight" => "ffn_up.weight",
-                "mlp.down_proj.weight" => "ffn_down.weight",
-                _ => return None,
-            };
-            format!("blk.{i}.{t}")
-        }
     })
 }
 
@@ -360,19 +304,5 @@ mod tests {
         let out = from_half_split(&rows, 2, 8, 3);
         let order: Vec<u8> = out.chunks(3).map(|c| c[0]).collect();
         assert_eq!(order, vec![0, 2, 1, 3, 4, 6, 5, 7]);
-    }
-
-    #[test]
-    fn names_map_and_strangers_do_not() {
-        assert_eq!(
-            gguf_name("model.layers.3.mlp.down_proj.weight").as_deref(),
-            Some("blk.3.ffn_down.weight")
-        );
-        assert_eq!(
-            gguf_name("lm_head.weight").as_deref(),
-            Some("output.weight")
-        );
-        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias"), None);
-        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
     }
 }

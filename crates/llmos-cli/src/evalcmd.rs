@@ -105,6 +105,28 @@ fn arith_shots(level: u32, k: usize) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The progress bar of an evaluation over `n` items.
+fn progress(n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
+}
+
+/// The `--details` JSONL file, when asked for.
+fn details_file(p: Option<&std::path::Path>) -> Result<Option<std::io::BufWriter<std::fs::File>>> {
+    p.map(|p| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("{}", p.display()))
+    })
+    .transpose()
+}
+
 /// `--task bigbench:NAME`: a multiple-choice task scored by log-likelihood.
 fn cmd_bigbench(a: &TaskArgs, name: &str) -> Result<()> {
     let home = crate::pull::llmos_home();
@@ -128,19 +150,8 @@ fn cmd_bigbench(a: &TaskArgs, name: &str) -> Result<()> {
     }
     let l = load(&a.model)?;
     let ctx = ctx_of(&a.model, &l.model)?;
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    let mut details = match &a.details {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
-        )),
-        None => None,
-    };
+    let bar = progress(n);
+    let mut details = details_file(a.details.as_deref())?;
     let (mut done, mut sum) = (0usize, 0f64);
     let t0 = Instant::now();
     let scored = llmos_train::bigbench::run(&l.model, &l.tok, ctx, &task, limit, &mut |s| {
@@ -279,19 +290,8 @@ pub fn cmd_eval_task(a: TaskArgs) -> Result<()> {
     let model = std::sync::Arc::new(l.model);
     let tok = std::sync::Arc::new(l.tok);
     let mut runner = Runner::new(&model, &tok, ctx, a.max_tokens.unwrap_or(max_tokens));
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
-    let mut details = match &a.details {
-        Some(p) => Some(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("{}", p.display()))?,
-        )),
-        None => None,
-    };
+    let bar = progress(n);
+    let mut details = details_file(a.details.as_deref())?;
     let (mut done, mut ok) = (0usize, 0usize);
     let mut on_item = |it: &Item| {
         done += 1;

@@ -20,6 +20,10 @@ const KC: usize = 256;
 const MC: usize = 72;
 /// Columns of B packed at once (KC x NC floats: in L2/L3).
 const NC: usize = 256;
+/// The largest B (in floats, 8 MB) packed whole and shared by the threads; a larger one
+/// (a vocabulary head: SmolLM2's is 28 M) would leave every row block streaming it from
+/// memory, so it is packed block by block inside each thread's columns instead.
+const WHOLE_B: usize = 2 << 20;
 
 /// A matrix operand: element (i, j) is at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -139,19 +143,30 @@ pub fn sgemm_with(
         unsafe { gemm_block(0..m, 0..n, k, a, b, cp.0, ldc, accumulate) };
         return;
     }
-    if m < 8 * MR {
-        // few rows (a handful of tokens): one task per thread over columns, each packing
-        // the little A there is
-        let units = n.div_ceil(NR);
+    if m < 8 * MR || k * n > WHOLE_B {
+        // few rows (a handful of tokens), or a B too large to pack whole (a vocabulary
+        // head): one task per thread, each packing B a block at a time. Splitting C by
+        // columns makes every task pack all of A, by rows all of B: split the side whose
+        // other operand is smaller.
+        let by_cols = m < n;
+        let (len, unit) = if by_cols { (n, NR) } else { (m, MR) };
+        let units = len.div_ceil(unit);
         let tasks = th.min(units).max(1);
-        let per = units.div_ceil(tasks) * NR;
-        let tasks = n.div_ceil(per);
+        let per = units.div_ceil(tasks) * unit;
+        let tasks = len.div_ceil(per);
         parallel_for(tasks, &|i| {
-            let r = i * per..((i + 1) * per).min(n);
+            let r = i * per..((i + 1) * per).min(len);
             let p = &cp;
-            // SAFETY: task i writes only C's columns in r, disjoint from every other task's,
-            // inside the C checked above; C stays borrowed until parallel_for returns.
-            unsafe { gemm_block(0..m, r, k, a, b, p.0, ldc, accumulate) }
+            // SAFETY: task i writes only C's columns (or rows) in r, disjoint from every
+            // other task's, inside the C checked above; C stays borrowed until parallel_for
+            // returns.
+            unsafe {
+                if by_cols {
+                    gemm_block(0..m, r, k, a, b, p.0, ldc, accumulate)
+                } else {
+                    gemm_block(r, 0..n, k, a, b, p.0, ldc, accumulate)
+                }
+            }
         });
         return;
     }
@@ -590,6 +605,9 @@ mod tests {
                 (70, 130, 257),
                 (150, 40, 600),
                 (3, 1100, 40),
+                (40, 20, 300),
+                // a B too large to pack whole (k x n > WHOLE_B): column blocks per thread
+                (50, 2100, 1000),
             ] {
                 let av = rand_vec(m * k, (m * 31 + k) as u64);
                 let bv = rand_vec(k * n, (n * 17 + k) as u64);

@@ -206,58 +206,69 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// The GGUF metadata of a llama model with this shape and vocabulary (all but
+/// `general.file_type`): what `write_gguf` writes, and what `llmos quantize` writes for a
+/// Hugging Face checkpoint.
+pub fn gguf_metadata(
+    c: &ModelConfig,
+    name: &str,
+    v: &Vocab,
+    add_bos: bool,
+) -> Vec<(String, Value)> {
+    let s = |x: &str| Value::String(x.to_string());
+    let u = |x: usize| Value::U32(x as u32);
+    let mut m: Vec<(&str, Value)> = vec![
+        ("general.architecture", s("llama")),
+        ("general.name", s(name)),
+        ("llama.context_length", u(c.ctx)),
+        ("llama.embedding_length", u(c.dim)),
+        ("llama.block_count", u(c.layers)),
+        ("llama.feed_forward_length", u(c.ffn)),
+        ("llama.attention.head_count", u(c.heads)),
+        ("llama.attention.head_count_kv", u(c.kv_heads)),
+        ("llama.rope.freq_base", Value::F32(c.rope_theta)),
+        ("llama.rope.dimension_count", u(c.head_dim())),
+        (
+            "llama.attention.layer_norm_rms_epsilon",
+            Value::F32(c.norm_eps),
+        ),
+        ("llama.vocab_size", u(c.vocab)),
+        ("tokenizer.ggml.model", s("gpt2")),
+        ("tokenizer.ggml.pre", s(&v.pre)),
+        (
+            "tokenizer.ggml.tokens",
+            Value::Array(v.tokens.iter().map(|t| s(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::Array(v.types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges",
+            Value::Array(v.merges.iter().map(|t| s(t)).collect()),
+        ),
+    ];
+    if let Some(b) = v.bos {
+        m.push(("tokenizer.ggml.bos_token_id", Value::U32(b)));
+    }
+    if let Some(e) = v.eos {
+        m.push(("tokenizer.ggml.eos_token_id", Value::U32(e)));
+    }
+    m.push(("tokenizer.ggml.add_bos_token", Value::Bool(add_bos)));
+    if let Some(t) = &v.chat_template {
+        m.push(("tokenizer.chat_template", s(t)));
+    }
+    m.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 /// Writes the model as a GGUF file (atomically).
 pub fn write_gguf(m: &Exportable, path: &Path, name: &str) -> Result<(), TrainError> {
     let c = &m.cfg;
     let mut w = GgufWriter::new();
-    let s = |x: &str| Value::String(x.to_string());
-    w.set("general.architecture", s("llama"));
-    w.set("general.name", s(name));
+    for (k, v) in gguf_metadata(c, name, &m.vocab, m.vocab.bos.is_some()) {
+        w.set(&k, v);
+    }
     w.set("general.file_type", Value::U32(0));
-    w.set("llama.context_length", Value::U32(c.ctx as u32));
-    w.set("llama.embedding_length", Value::U32(c.dim as u32));
-    w.set("llama.block_count", Value::U32(c.layers as u32));
-    w.set("llama.feed_forward_length", Value::U32(c.ffn as u32));
-    w.set("llama.attention.head_count", Value::U32(c.heads as u32));
-    w.set(
-        "llama.attention.head_count_kv",
-        Value::U32(c.kv_heads as u32),
-    );
-    w.set("llama.rope.freq_base", Value::F32(c.rope_theta));
-    w.set(
-        "llama.rope.dimension_count",
-        Value::U32(c.head_dim() as u32),
-    );
-    w.set(
-        "llama.attention.layer_norm_rms_epsilon",
-        Value::F32(c.norm_eps),
-    );
-    w.set("llama.vocab_size", Value::U32(c.vocab as u32));
-    let v = &m.vocab;
-    w.set("tokenizer.ggml.model", s("gpt2"));
-    w.set("tokenizer.ggml.pre", s(&v.pre));
-    w.set(
-        "tokenizer.ggml.tokens",
-        Value::Array(v.tokens.iter().map(|t| s(t)).collect()),
-    );
-    w.set(
-        "tokenizer.ggml.token_type",
-        Value::Array(v.types.iter().map(|&t| Value::I32(t)).collect()),
-    );
-    w.set(
-        "tokenizer.ggml.merges",
-        Value::Array(v.merges.iter().map(|t| s(t)).collect()),
-    );
-    if let Some(b) = v.bos {
-        w.set("tokenizer.ggml.bos_token_id", Value::U32(b));
-    }
-    if let Some(e) = v.eos {
-        w.set("tokenizer.ggml.eos_token_id", Value::U32(e));
-    }
-    w.set("tokenizer.ggml.add_bos_token", Value::Bool(v.bos.is_some()));
-    if let Some(t) = &v.chat_template {
-        w.set("tokenizer.chat_template", s(t));
-    }
     let layout = Layout::new(c);
     for t in &layout.tensors {
         // GGUF lists dimensions innermost first: [cols, rows]; 1-D for norms
@@ -300,6 +311,34 @@ fn hf_name(name: &str) -> String {
         other => other,
     };
     format!("model.layers.{i}.{t}")
+}
+
+/// Our (GGUF llama) name of a HF Llama tensor: the inverse of [`hf_name`] (None: not a
+/// llama tensor).
+pub fn gguf_name(hf: &str) -> Option<String> {
+    Some(match hf {
+        "model.embed_tokens.weight" => "token_embd.weight".into(),
+        "model.norm.weight" => "output_norm.weight".into(),
+        "lm_head.weight" => "output.weight".into(),
+        _ => {
+            let rest = hf.strip_prefix("model.layers.")?;
+            let (i, t) = rest.split_once('.')?;
+            let i: usize = i.parse().ok()?;
+            let t = match t {
+                "input_layernorm.weight" => "attn_norm.weight",
+                "self_attn.q_proj.weight" => "attn_q.weight",
+                "self_attn.k_proj.weight" => "attn_k.weight",
+                "self_attn.v_proj.weight" => "attn_v.weight",
+                "self_attn.o_proj.weight" => "attn_output.weight",
+                "post_attention_layernorm.weight" => "ffn_norm.weight",
+                "mlp.gate_proj.weight" => "ffn_gate.weight",
+                "mlp.up_proj.weight" => "ffn_up.weight",
+                "mlp.down_proj.weight" => "ffn_down.weight",
+                _ => return None,
+            };
+            format!("blk.{i}.{t}")
+        }
+    })
 }
 
 /// Rows of a Q or K weight reordered from adjacent-pair RoPE (what we train, and GGUF's
@@ -416,6 +455,31 @@ mod tests {
             "model.layers.0.self_attn.k_proj.weight"
         );
         assert_eq!(hf_name("token_embd.weight"), "model.embed_tokens.weight");
+    }
+
+    /// Every tensor of a model maps to a HF name and back; strangers map to nothing.
+    #[test]
+    fn gguf_names_invert_hf_names() {
+        let c = ModelConfig {
+            vocab: 10,
+            dim: 8,
+            layers: 2,
+            heads: 2,
+            kv_heads: 1,
+            ffn: 16,
+            ctx: 8,
+            tied: false,
+            rope_theta: 10000.0,
+            norm_eps: 1e-5,
+        };
+        for t in &Layout::new(&c).tensors {
+            assert_eq!(
+                gguf_name(&hf_name(&t.name)).as_deref(),
+                Some(t.name.as_str())
+            );
+        }
+        assert_eq!(gguf_name("model.layers.3.self_attn.q_proj.bias"), None);
+        assert_eq!(gguf_name("model.layers.x.mlp.up_proj.weight"), None);
     }
 }
 
