@@ -8,7 +8,7 @@ use llmos_formats::Value;
 use llmos_formats::safetensors::SafeTensors;
 use llmos_tensor::DType;
 use llmos_train::ModelConfig;
-use llmos_train::export::{Vocab, gguf_metadata, gguf_name};
+use llmos_train::export::{Vocab, from_half_split, gguf_metadata, gguf_name};
 use serde_json::Value as J;
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -198,24 +198,6 @@ pub fn open_hf(input: &Path) -> Result<HfModel> {
     })
 }
 
-/// Rows of a Q or K weight (raw bytes, `row` bytes each) from HF's half-split rotary order
-/// to adjacent pairs: within each head, rows i and i + d/2 become 2i and 2i + 1.
-fn from_half_split(w: &[u8], heads: usize, rows: usize, row: usize) -> Vec<u8> {
-    let d = rows / heads;
-    let half = d / 2;
-    let mut out = vec![0u8; w.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for (src, dst) in [(i, 2 * i), (i + half, 2 * i + 1)] {
-                let s = (h * d + src) * row;
-                let t = (h * d + dst) * row;
-                out[t..t + row].copy_from_slice(&w[s..s + row]);
-            }
-        }
-    }
-    out
-}
-
 impl HfModel {
     /// Every tensor, renamed and (for Q and K) reordered, in the file's order.
     pub fn tensors(&self) -> Result<Vec<SrcTensor<'_>>> {
@@ -287,22 +269,5 @@ impl HfModel {
             bail!("{f}: tensor {missing} (GGUF name) is missing");
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The reorder is the inverse of the one `llmos export --hf` applies: pairs (2i, 2i+1)
-    /// of each head come back from rows (i, i + d/2).
-    #[test]
-    fn half_split_rows_return_to_pairs() {
-        // 2 heads of 4 rows, 3 bytes per row; HF order within a head: r0 r1 | r2 r3 where
-        // adjacent pairs were (r0, r2) and (r1, r3)
-        let rows: Vec<u8> = (0..8u8).flat_map(|r| [r, r, r]).collect();
-        let out = from_half_split(&rows, 2, 8, 3);
-        let order: Vec<u8> = out.chunks(3).map(|c| c[0]).collect();
-        assert_eq!(order, vec![0, 2, 1, 3, 4, 6, 5, 7]);
     }
 }

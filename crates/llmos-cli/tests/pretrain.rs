@@ -36,6 +36,27 @@ fn prepare(d: &Path, text: &Path, tokenizer: &str) -> std::path::PathBuf {
     data
 }
 
+/// The greedy ids `llmos run` gives for `prompt` (n tokens, one thread).
+fn greedy_ids(m: &Path, prompt: &str, n: usize) -> Vec<u64> {
+    let n = n.to_string();
+    let j: serde_json::Value = serde_json::from_str(&ok(&run(&[
+        "run",
+        "-m",
+        m.to_str().unwrap(),
+        "-p",
+        prompt,
+        "-n",
+        &n,
+        "--temp",
+        "0",
+        "--json",
+        "-t",
+        "1",
+    ])))
+    .unwrap();
+    ids(&j["ids"])
+}
+
 fn metrics(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -122,22 +143,7 @@ fn prepare_train_export_run_and_eval() {
     ] {
         assert!(hf.join(f).is_file(), "{f}");
     }
-    let g: serde_json::Value = serde_json::from_str(&ok(&run(&[
-        "run",
-        "-m",
-        gguf.to_str().unwrap(),
-        "-p",
-        "ROMEO:",
-        "-n",
-        "8",
-        "--temp",
-        "0",
-        "--json",
-        "-t",
-        "1",
-    ])))
-    .unwrap();
-    assert_eq!(ids(&g["ids"]).len(), 8);
+    assert_eq!(greedy_ids(&gguf, "ROMEO:", 8).len(), 8);
     // chat works too: a char model gets the plain-text chat format
     let c: serde_json::Value = serde_json::from_str(&ok(&run(&[
         "chat",
@@ -218,25 +224,11 @@ fn hf_checkpoint_quantizes_like_the_gguf(d: &Path, gguf: &Path, hf: &Path) {
                 assert_eq!(a.metadata.get(k), Some(v), "{ty}: metadata {k}");
             }
         }
-        let greedy = |m: &Path| {
-            let j: serde_json::Value = serde_json::from_str(&ok(&run(&[
-                "run",
-                "-m",
-                m.to_str().unwrap(),
-                "-p",
-                "JULIET:",
-                "-n",
-                "12",
-                "--temp",
-                "0",
-                "--json",
-                "-t",
-                "1",
-            ])))
-            .unwrap();
-            ids(&j["ids"])
-        };
-        assert_eq!(greedy(&from_hf), greedy(&from_gguf), "{ty}");
+        assert_eq!(
+            greedy_ids(&from_hf, "JULIET:", 12),
+            greedy_ids(&from_gguf, "JULIET:", 12),
+            "{ty}"
+        );
     }
     // a folder without the checkpoint, and a config of another architecture: one line each
     let e = one_line_error(&run(&[

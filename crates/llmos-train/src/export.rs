@@ -359,6 +359,24 @@ fn to_half_split(w: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f
     out
 }
 
+/// The inverse of [`to_half_split`], on raw rows of any type (`row` bytes each): within
+/// each head, HF's rows i and i + d/2 go back to the adjacent pair 2i, 2i + 1.
+pub fn from_half_split(w: &[u8], heads: usize, rows: usize, row: usize) -> Vec<u8> {
+    let d = rows / heads;
+    let half = d / 2;
+    let mut out = vec![0u8; w.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for (src, dst) in [(i, 2 * i), (i + half, 2 * i + 1)] {
+                let s = (h * d + src) * row;
+                let t = (h * d + dst) * row;
+                out[t..t + row].copy_from_slice(&w[s..s + row]);
+            }
+        }
+    }
+    out
+}
+
 /// Writes a HF Llama directory: config.json, model.safetensors, tokenizer.json,
 /// tokenizer_config.json.
 pub fn write_hf(m: &Exportable, dir: &Path) -> Result<(), TrainError> {
@@ -442,6 +460,15 @@ mod tests {
         // one head of dim 4, 1 column: rows [a0 a1 b0 b1] -> [a0 b0 a1 b1]
         let w = [0.0f32, 1.0, 2.0, 3.0];
         assert_eq!(to_half_split(&w, 1, 4, 1), vec![0.0, 2.0, 1.0, 3.0]);
+    }
+
+    /// Back from half-split order: two heads of 8 rows, 3 columns, through f32 bytes.
+    #[test]
+    fn from_half_split_inverts_to_half_split() {
+        let w: Vec<f32> = (0..48).map(|i| i as f32).collect();
+        let there = to_half_split(&w, 2, 8, 3);
+        let back = from_half_split(&f32_bytes(&there), 2, 16, 12);
+        assert_eq!(back, f32_bytes(&w));
     }
 
     #[test]
