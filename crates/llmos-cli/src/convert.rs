@@ -174,6 +174,7 @@ pub fn open_hf(input: &Path) -> Result<HfModel> {
         tied,
         rope_theta: theta,
         norm_eps: eps,
+        gemma: None,
     };
     let vocab = Vocab {
         tokens,

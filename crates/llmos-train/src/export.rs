@@ -498,6 +498,7 @@ mod tests {
             tied: false,
             rope_theta: 10000.0,
             norm_eps: 1e-5,
+            gemma: None,
         };
         for t in &Layout::new(&c).tensors {
             assert_eq!(

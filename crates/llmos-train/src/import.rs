@@ -46,6 +46,7 @@ pub fn config_of(g: &Gguf, ctx: usize) -> Result<ModelConfig, TrainError> {
         tied: g.tensor("output.weight").is_none(),
         rope_theta: c.rope_base,
         norm_eps: c.norm_eps,
+        gemma: None,
     };
     cfg.validate().map_err(|e| bad(g, e))?;
     Ok(cfg)

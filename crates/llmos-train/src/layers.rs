@@ -5,7 +5,7 @@
 //! micro-batches accumulate) and either set or add input gradients as documented.
 
 use llmos_tensor::gemm::{MatRef, sgemm};
-use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs};
+use llmos_tensor::ops::{RopeStyle, gelu_tanh, rmsnorm, rope_cs};
 use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
 use llmos_tensor::q8::{sigmoid_into, softmax_scaled_lanes};
 
@@ -30,7 +30,8 @@ pub fn linear(x: &[f32], w: &[f32], n_in: usize, n_out: usize, y: &mut [f32]) {
     );
 }
 
-/// dx (= or += when `add_dx`) dy W, and dW += dy^T x.
+/// dx (= or += when `add_dx`) dy W, and dW += dy^T x when `dw` is given (a frozen
+/// weight has none).
 #[allow(clippy::too_many_arguments)]
 pub fn linear_back(
     x: &[f32],
@@ -39,7 +40,7 @@ pub fn linear_back(
     n_in: usize,
     n_out: usize,
     dx: &mut [f32],
-    dw: &mut [f32],
+    dw: Option<&mut [f32]>,
     add_dx: bool,
 ) {
     let n = x.len() / n_in;
@@ -53,16 +54,18 @@ pub fn linear_back(
         n_in,
         add_dx,
     );
-    sgemm(
-        n_out,
-        n_in,
-        n,
-        MatRef::rows_t(dy, n_out),
-        MatRef::rows(x, n_in),
-        dw,
-        n_in,
-        true,
-    );
+    if let Some(dw) = dw {
+        sgemm(
+            n_out,
+            n_in,
+            n,
+            MatRef::rows_t(dy, n_out),
+            MatRef::rows(x, n_in),
+            dw,
+            n_in,
+            true,
+        );
+    }
 }
 
 /// RMSNorm per row: y = x / rms(x) * g; `rstd` receives 1 / rms(x) of each row.
@@ -78,14 +81,14 @@ pub fn rmsnorm_fwd(x: &[f32], g: &[f32], eps: f32, y: &mut [f32], rstd: &mut [f3
     });
 }
 
-/// dx += RMSNorm'(dy), dg += sum over rows of dy * x * rstd.
+/// dx += RMSNorm'(dy), and dg += sum over rows of dy * x * rstd when `dg` is given.
 pub fn rmsnorm_back(
     x: &[f32],
     g: &[f32],
     rstd: &[f32],
     dy: &[f32],
     dx: &mut [f32],
-    dg: &mut [f32],
+    dg: Option<&mut [f32]>,
 ) {
     let c = g.len();
     let tasks = rstd.len().div_ceil(ROWS);
@@ -110,8 +113,10 @@ pub fn rmsnorm_back(
             }
         }
     });
-    for pg in part.chunks_exact(c) {
-        dg.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+    if let Some(dg) = dg {
+        for pg in part.chunks_exact(c) {
+            dg.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+        }
     }
 }
 
@@ -130,8 +135,9 @@ pub fn rope_table(ctx: usize, head_dim: usize, theta: f32) -> Vec<(f32, f32)> {
 }
 
 /// Rotates the heads in the first `rot` values of every row (rows `stride` apart) in
-/// place; row r is at position r % t. With `inverse` the rotation goes backwards, which is
+/// place, pairing dimensions as `style` says; row r is at position r % t. With `inverse` the rotation goes backwards, which is
 /// the gradient of the forward rotation.
+#[allow(clippy::too_many_arguments)]
 pub fn rope_rows(
     x: &mut [f32],
     stride: usize,
@@ -139,6 +145,7 @@ pub fn rope_rows(
     head_dim: usize,
     t: usize,
     table: &[(f32, f32)],
+    style: RopeStyle,
     inverse: bool,
 ) {
     let half = head_dim / 2;
@@ -149,7 +156,7 @@ pub fn rope_rows(
             for (o, &(c, s)) in cs.iter_mut().zip(&table[pos * half..(pos + 1) * half]) {
                 *o = if inverse { (c, -s) } else { (c, s) };
             }
-            rope_cs(&mut row[..rot], head_dim, &cs, RopeStyle::Interleaved);
+            rope_cs(&mut row[..rot], head_dim, &cs, style);
         }
     });
 }
@@ -170,6 +177,8 @@ pub struct AttnShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Multiplies q.k before the softmax (1 / sqrt(head_dim) unless a model says otherwise).
+    pub scale: f32,
 }
 
 impl AttnShape {
@@ -214,7 +223,7 @@ pub fn attention_fwd(s: AttnShape, qkv: &[f32], out: &mut [f32], state: &mut [f3
     let (t, d, g) = (s.t, s.head_dim, s.group());
     let (qw, kw) = (s.heads * d, s.kv_heads * d);
     let w = s.qkv_width();
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = s.scale;
     for_each_chunk_mut(state, s.task_len(), |task, st| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let (mut kb, mut vb, mut qb) = (Vec::new(), Vec::new(), Vec::new());
@@ -283,7 +292,7 @@ pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dq
     let (t, d, g) = (s.t, s.head_dim, s.group());
     let (qw, kw) = (s.heads * d, s.kv_heads * d);
     let w = s.qkv_width();
-    let scale = 1.0 / (d as f32).sqrt();
+    let scale = s.scale;
     // per task: dQ of its heads [G, T, D], then dK [T, D], dV [T, D]
     let per = (g + 2) * t * d;
     let mut grads = vec![0f32; s.batch * s.kv_heads * per];
@@ -409,6 +418,46 @@ pub fn swiglu_back(gu: &[f32], f: usize, da: &[f32], dgu: &mut [f32]) {
     });
 }
 
+/// a = gelu_tanh(gate) * up (Gemma's GeGLU), rows laid out as for [`swiglu_fwd`].
+pub fn geglu_fwd(gu: &[f32], f: usize, a: &mut [f32]) {
+    for_each_chunk_mut(a, ROWS * f, |ci, ac| {
+        for (j, ar) in ac.chunks_exact_mut(f).enumerate() {
+            let r = ci * ROWS + j;
+            let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+            for i in 0..f {
+                ar[i] = gelu_tanh(gate[i]) * up[i];
+            }
+        }
+    });
+}
+
+/// The gradient of [`geglu_fwd`] with respect to `gu`, set in `dgu`.
+pub fn geglu_back(gu: &[f32], f: usize, da: &[f32], dgu: &mut [f32]) {
+    const K: f32 = 0.797_884_6; // sqrt(2 / pi)
+    const C: f32 = 0.044_715;
+    for_each_chunk_mut(dgu, ROWS * 2 * f, |ci, dc| {
+        for (j, dr) in dc.chunks_exact_mut(2 * f).enumerate() {
+            let r = ci * ROWS + j;
+            let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+            let dar = &da[r * f..(r + 1) * f];
+            let (dg, du) = dr.split_at_mut(f);
+            for i in 0..f {
+                let x = gate[i];
+                let th = (K * (x + C * x * x * x)).tanh();
+                let gelu = 0.5 * x * (1.0 + th);
+                let dgelu =
+                    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * K * (1.0 + 3.0 * C * x * x);
+                du[i] = dar[i] * gelu;
+                dg[i] = dar[i] * up[i] * dgelu;
+            }
+        }
+    });
+}
+
+/// What the fused head + cross-entropy adds gradients to: dh (set), dW (added; None when
+/// the head is frozen), and the factor on the loss.
+pub type HeadGrads<'a, 'b> = (&'a mut [f32], Option<&'b mut [f32]>, f32);
+
 /// Rows of logits computed at once by the fused head + cross-entropy: as many as fit in
 /// about 32 MB of logits (fewer repacks of the head weight), at least 256.
 fn ce_chunk(vocab: usize) -> usize {
@@ -417,7 +466,7 @@ fn ce_chunk(vocab: usize) -> usize {
 
 /// Mean cross-entropy of `targets` under logits h W^T, without keeping the [N, V] logits:
 /// rows go through in chunks. When `grads` is given, adds the gradients of `scale` x the
-/// loss to dh (set) and dW (added). `weights` makes the loss the weighted sum
+/// loss to dh (set) and dW (added, unless the head is frozen: None). `weights` makes the loss the weighted sum
 /// sum_r w_r (-log p(target_r)) instead of the mean (a weight of 0 leaves a row out: the
 /// prompt tokens of a conversation).
 pub fn head_ce(
@@ -427,7 +476,7 @@ pub fn head_ce(
     vocab: usize,
     targets: &[u32],
     weights: Option<&[f32]>,
-    grads: Option<(&mut [f32], &mut [f32], f32)>,
+    grads: Option<HeadGrads>,
 ) -> f64 {
     head_ce_rows(h, w, c, vocab, targets, weights, grads, None)
 }
@@ -453,7 +502,7 @@ fn head_ce_rows(
     vocab: usize,
     targets: &[u32],
     weights: Option<&[f32]>,
-    grads: Option<(&mut [f32], &mut [f32], f32)>,
+    grads: Option<HeadGrads>,
     mut rows_out: Option<&mut [f32]>,
 ) -> f64 {
     let n = targets.len();
@@ -519,7 +568,7 @@ fn head_ce_rows(
                 c,
                 vocab,
                 &mut dh[r0 * c..(r0 + rows) * c],
-                dw,
+                dw.as_deref_mut(),
                 false,
             );
         }
@@ -598,7 +647,7 @@ pub(crate) mod tests {
         let mut w = rand_vec(o * i, 2, 1.0);
         let dy = rand_vec(n * o, 3, 1.0);
         let (mut dx, mut dw) = (vec![0f32; n * i], vec![0f32; o * i]);
-        linear_back(&x, &w, &dy, i, o, &mut dx, &mut dw, false);
+        linear_back(&x, &w, &dy, i, o, &mut dx, Some(&mut dw), false);
         let wc = w.clone();
         check_grad("dx", &mut x, &dx, 35, &mut |x| {
             let mut y = vec![0f32; n * o];
@@ -623,7 +672,7 @@ pub(crate) mod tests {
         let mut r = vec![0f32; n];
         rmsnorm_fwd(&x, &g, 1e-5, &mut y, &mut r);
         let (mut dx, mut dg) = (vec![0f32; n * c], vec![0f32; c]);
-        rmsnorm_back(&x, &g, &r, &dy, &mut dx, &mut dg);
+        rmsnorm_back(&x, &g, &r, &dy, &mut dx, Some(&mut dg));
         let gc = g.clone();
         let f = |x: &[f32], g: &[f32]| {
             let mut y = vec![0f32; n * c];
@@ -643,18 +692,20 @@ pub(crate) mod tests {
         let table = rope_table(t, hd, 10000.0);
         let mut x = rand_vec(2 * t * w, 7, 1.0);
         let dy = rand_vec(2 * t * w, 8, 1.0);
-        let mut dx = dy.clone();
-        rope_rows(&mut dx, w, rot, hd, t, &table, true);
-        check_grad("rope", &mut x, &dx, 120, &mut |x| {
-            let mut y = x.to_vec();
-            rope_rows(&mut y, w, rot, hd, t, &table, false);
-            weighted(&y, &dy)
-        });
-        // values past `rot` are untouched
-        let mut y = x.clone();
-        rope_rows(&mut y, w, rot, hd, t, &table, false);
-        for r in 0..2 * t {
-            assert_eq!(y[r * w + rot..(r + 1) * w], x[r * w + rot..(r + 1) * w]);
+        for style in [RopeStyle::Interleaved, RopeStyle::Neox] {
+            let mut dx = dy.clone();
+            rope_rows(&mut dx, w, rot, hd, t, &table, style, true);
+            check_grad("rope", &mut x, &dx, 120, &mut |x| {
+                let mut y = x.to_vec();
+                rope_rows(&mut y, w, rot, hd, t, &table, style, false);
+                weighted(&y, &dy)
+            });
+            // values past `rot` are untouched
+            let mut y = x.clone();
+            rope_rows(&mut y, w, rot, hd, t, &table, style, false);
+            for r in 0..2 * t {
+                assert_eq!(y[r * w + rot..(r + 1) * w], x[r * w + rot..(r + 1) * w]);
+            }
         }
     }
 
@@ -669,6 +720,7 @@ pub(crate) mod tests {
                 heads,
                 kv_heads: kv,
                 head_dim: 4,
+                scale: 0.5,
             };
             let n = s.batch * s.t;
             let (qw, w) = (heads * 4, s.qkv_width());
@@ -719,6 +771,21 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn geglu_gradients_match_finite_differences() {
+        crate::tests::init_pool();
+        let (n, f) = (40, 7);
+        let mut gu = rand_vec(n * 2 * f, 14, 3.0);
+        let da = rand_vec(n * f, 18, 1.0);
+        let mut dgu = vec![0f32; n * 2 * f];
+        geglu_back(&gu, f, &da, &mut dgu);
+        check_grad("dgu", &mut gu, &dgu, 120, &mut |gu| {
+            let mut a = vec![0f32; n * f];
+            geglu_fwd(gu, f, &mut a);
+            weighted(&a, &da)
+        });
+    }
+
+    #[test]
     fn fused_head_cross_entropy_matches_finite_differences() {
         crate::tests::init_pool();
         // more rows than one chunk, so the chunked path is covered
@@ -732,7 +799,15 @@ pub(crate) mod tests {
         let mut w = rand_vec(v * c, 17, 1.0);
         let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
         let (mut dh, mut dw) = (vec![0f32; n * c], vec![0f32; v * c]);
-        let loss = head_ce(&h, &w, c, v, &targets, None, Some((&mut dh, &mut dw, 1.0)));
+        let loss = head_ce(
+            &h,
+            &w,
+            c,
+            v,
+            &targets,
+            None,
+            Some((&mut dh, Some(&mut dw), 1.0)),
+        );
         // the loss itself equals a plain log-softmax
         let mut want = 0f64;
         for i in 0..n {

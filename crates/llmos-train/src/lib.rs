@@ -11,6 +11,7 @@ pub mod export;
 pub mod grpo;
 pub mod import;
 pub mod layers;
+pub mod lora;
 pub mod model;
 pub mod objectives;
 pub mod optim;

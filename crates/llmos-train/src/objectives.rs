@@ -272,6 +272,7 @@ mod tests {
             tied: false,
             rope_theta: 10000.0,
             norm_eps: 1e-5,
+            gemma: None,
         };
         let p: Vec<f32> = init_params(&cfg, 5).iter().map(|x| x * 3.0).collect();
         (Model::new(cfg), p)

@@ -93,6 +93,7 @@ impl TrainConfig {
             tied: self.tied,
             rope_theta: self.rope_theta,
             norm_eps: 1e-5,
+            gemma: None,
         }
     }
 
