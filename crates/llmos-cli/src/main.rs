@@ -252,6 +252,10 @@ struct ModelArgs {
     /// llama.cpp computes; fast) or f32 (matches a float reference).
     #[arg(long, value_enum, default_value_t = Activations::Q8)]
     activations: Activations,
+    /// A LoRA adapter (GGUF, as `llmos sft --lora` or llama.cpp writes them) applied to the
+    /// model's projections at run time.
+    #[arg(long)]
+    lora: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -441,6 +445,12 @@ fn load(a: &ModelArgs) -> Result<Loaded> {
         Activations::F32 => llmos_tensor::ActMode::F32,
         Activations::Q8 => llmos_tensor::ActMode::Q8,
     };
+    if let Some(p) = &a.lora {
+        let ag = Gguf::open(p)?;
+        model
+            .add_lora(&ag)
+            .with_context(|| format!("{}", p.display()))?;
+    }
     if tok.vocab_size() > model.config.n_vocab {
         bail!(
             "{}: tokenizer has {} tokens but the embedding only {}",

@@ -397,17 +397,83 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
 /// `llmos export RUN_DIR --gguf OUT.gguf --hf DIR`.
 #[derive(Args)]
 pub struct ExportArgs {
-    /// Run directory of `llmos train` (its last checkpoint is exported).
+    /// Run directory of `llmos train` (its last checkpoint is exported); with --merge, a
+    /// run directory of `llmos sft --lora` or its adapter.gguf.
     run: PathBuf,
     /// Write a GGUF file (architecture llama, F32) here.
     #[arg(long)]
     gguf: Option<PathBuf>,
+    /// Fold LoRA adapters into their base and write the result to --gguf.
+    #[arg(long)]
+    merge: bool,
+    /// With --merge: the base model (default: the one the adapter was trained on).
+    #[arg(short, long)]
+    model: Option<String>,
+    /// With --merge: the type of the merged matrices (F32 keeps them exact; other tensors
+    /// keep the base's types).
+    #[arg(long = "type", default_value = "F32")]
+    ty: String,
     /// Write a Hugging Face directory (config.json, model.safetensors, tokenizer.json) here.
     #[arg(long)]
     hf: Option<PathBuf>,
 }
 
+/// `llmos export RUN --merge --gguf OUT`: a LoRA run's adapters folded into its base.
+fn cmd_merge(a: ExportArgs) -> Result<()> {
+    let Some(out) = &a.gguf else {
+        bail!("--merge writes a GGUF file: give --gguf OUT.gguf");
+    };
+    if a.hf.is_some() {
+        bail!("--merge writes GGUF only (no --hf)");
+    }
+    let ty = crate::perf::parse_type(&a.ty)?;
+    let adapter = if a.run.is_dir() {
+        a.run.join("adapter.gguf")
+    } else {
+        a.run.clone()
+    };
+    let ag = llmos_formats::Gguf::open(&adapter)
+        .with_context(|| format!("{}: no LoRA adapter here", adapter.display()))?;
+    let spec = match &a.model {
+        Some(m) => m.clone(),
+        None => ag
+            .get("llmos.lora.base")
+            .and_then(llmos_formats::Value::as_str)
+            .map(str::to_string)
+            .with_context(|| {
+                format!(
+                    "{}: the adapter does not name its base; give -m BASE",
+                    adapter.display()
+                )
+            })?,
+    };
+    let path = crate::resolve(&spec)?;
+    let g = llmos_formats::Gguf::open(&path)?;
+    // the context only matters to training; the base's own is kept in the metadata
+    let cfg = llmos_train::import::config_of(&g, 1)?;
+    let (lora, params) = llmos_train::import::read_adapter(&ag, &cfg)?;
+    let name = out.file_stem().map_or("llmos-merged".to_string(), |n| {
+        n.to_string_lossy().into_owned()
+    });
+    llmos_train::import::merged_gguf(&g, &cfg, &lora, &params, ty, &name)?
+        .write(out)
+        .with_context(|| format!("{}", out.display()))?;
+    eprintln!(
+        "{}: {} with the rank-{} adapters of {} folded in ({} matrices as {})",
+        out.display(),
+        path.display(),
+        lora.rank,
+        adapter.display(),
+        lora.blocks.len() * 7,
+        ty.name()
+    );
+    Ok(())
+}
+
 pub fn cmd_export(a: ExportArgs) -> Result<()> {
+    if a.merge {
+        return cmd_merge(a);
+    }
     if a.gguf.is_none() && a.hf.is_none() {
         bail!("nothing to do: give --gguf OUT.gguf and/or --hf DIR");
     }

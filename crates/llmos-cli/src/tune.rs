@@ -24,9 +24,18 @@ pub struct SftArgs {
     val: Option<PathBuf>,
     #[arg(long, default_value_t = 0.05)]
     val_fraction: f64,
-    /// Run directory: model.gguf (the fine-tuned model), metrics.jsonl, loss.svg.
+    /// Run directory: model.gguf (the fine-tuned model; with --lora, adapter.gguf instead),
+    /// metrics.jsonl, loss.svg.
     #[arg(short, long)]
     out: PathBuf,
+    /// Train LoRA adapters of this rank on every attention and MLP projection instead of
+    /// every weight; the base stays frozen in its own (quantized) types. Fold them in with
+    /// `llmos export RUN --merge --gguf OUT.gguf`, or run them with `--lora`.
+    #[arg(long, default_value_t = 0)]
+    lora: usize,
+    /// LoRA scale numerator: the update is (alpha / rank) B A (default: 2 x rank).
+    #[arg(long)]
+    lora_alpha: Option<f32>,
     /// Optimizer steps (default: --epochs passes over the data).
     #[arg(long, default_value_t = 0)]
     steps: usize,
@@ -89,12 +98,22 @@ pub struct Base {
 }
 
 pub fn load_base(spec: &str, ctx: usize) -> Result<Base> {
+    load_base_as(spec, ctx, true)
+}
+
+/// [`load_base`]; without `f32_copy` the parameters are left empty (a frozen base is read
+/// from the mapped file).
+pub fn load_base_as(spec: &str, ctx: usize, f32_copy: bool) -> Result<Base> {
     let path = crate::resolve(spec)?;
     let g = Gguf::open(&path)?;
     let cfg = import::config_of(&g, ctx)?;
     let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
     let tpl = template_of(&tok)?;
-    let params = import::params_of(&g, &cfg)?;
+    let params = if f32_copy {
+        import::params_of(&g, &cfg)?
+    } else {
+        Vec::new()
+    };
     Ok(Base {
         path,
         g,
@@ -108,13 +127,19 @@ pub fn load_base(spec: &str, ctx: usize) -> Result<Base> {
 impl Base {
     /// One line on what is being trained.
     fn describe(&self) {
+        let n = llmos_train::Layout::new(&self.cfg).total;
         eprintln!(
-            "base {}: {} layers, dim {}, vocab {}: {:.1} M parameters (f32 copy)",
+            "base {}: {} layers, dim {}, vocab {}: {:.1} M parameters ({})",
             self.path.display(),
             self.cfg.layers,
             self.cfg.dim,
             self.cfg.vocab,
-            self.params.len() as f64 / 1e6
+            n as f64 / 1e6,
+            if self.params.is_empty() {
+                "frozen, read from the file"
+            } else {
+                "f32 copy"
+            }
         );
     }
 }
@@ -175,9 +200,12 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
             val
         }
     };
+    if a.lora > 0 && a.lora_alpha.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
+        bail!("--lora-alpha must be positive");
+    }
     llmos_tensor::init_threads(a.run.threads);
     crate::trainer::install_stop_handler()?;
-    let base = load_base(&a.model, a.ctx)?;
+    let base = load_base_as(&a.model, a.ctx, a.lora == 0)?;
     base.describe();
     let Base {
         g,
@@ -187,6 +215,27 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
         tpl,
         ..
     } = base;
+    let lora = (a.lora > 0).then(|| {
+        let alpha = a.lora_alpha.unwrap_or(2.0 * a.lora as f32);
+        llmos_train::lora::Lora::new(&cfg, a.lora, alpha)
+    });
+    let frozen = match &lora {
+        Some(_) => Some(import::GgufWeights::new(&g, &cfg)?),
+        None => None,
+    };
+    let (target, params) = match (&lora, &frozen) {
+        (Some(l), Some(f)) => {
+            eprintln!(
+                "LoRA: rank {}, alpha {}, {:.2} M trainable parameters on {} projections",
+                l.rank,
+                l.alpha,
+                l.total as f64 / 1e6,
+                l.blocks.len() * 7
+            );
+            (sft::Target::Lora { base: f, lora: l }, l.init(a.run.seed))
+        }
+        _ => (sft::Target::Full, params),
+    };
     let train = sft::prepare(&tpl, &tok, &convs, a.ctx, cfg.vocab)?;
     let valp = sft::prepare(&tpl, &tok, &val, a.ctx, cfg.vocab)?;
     let learn: usize = train
@@ -229,6 +278,7 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
     };
     let (params, done) = sft::finetune(
         &cfg,
+        target,
         params,
         &train.rows,
         &valp.rows,
@@ -239,10 +289,24 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
         &mut on_log,
     )?;
     bar.finish();
-    let out = a.out.join("model.gguf");
     let name = a.out.file_name().map_or("llmos-sft".to_string(), |n| {
         n.to_string_lossy().into_owned()
     });
+    if let Some(l) = &lora {
+        let out = a.out.join("adapter.gguf");
+        import::adapter_gguf(&g, &a.model, l, &params, &name)
+            .write(&out)
+            .with_context(|| format!("{}", out.display()))?;
+        eprintln!(
+            "{}: after {done} steps; merge with `llmos export {} --merge --gguf OUT.gguf`, or run with `-m {} --lora {}`",
+            out.display(),
+            a.out.display(),
+            a.model,
+            out.display()
+        );
+        return Ok(());
+    }
+    let out = a.out.join("model.gguf");
     import::write_like(&g, &cfg, &params, None, &out, &name)?;
     eprintln!("{}: after {done} steps", out.display());
     Ok(())

@@ -81,6 +81,13 @@ impl KvCache {
 }
 
 impl Model {
+    /// Adds projection `proj` of layer `l`'s LoRA term (if the model has one) into `y`.
+    fn lora_add(&self, l: usize, proj: usize, x: &[f32], y: &mut [f32]) {
+        if let Some(p) = self.lora.as_ref().and_then(|a| a[l][proj].as_ref()) {
+            p.apply(x, y);
+        }
+    }
+
     /// An empty cache for up to `ctx` positions (clamped to the training context).
     pub fn new_cache(&self, ctx: usize) -> KvCache {
         let c = &self.config;
@@ -268,6 +275,9 @@ impl Model {
             mm(&self.w(&lw.wq), h, q, c_h);
             mm(&self.w(&lw.wk), h, k, c_h);
             mm(&self.w(&lw.wv), h, v, c_h);
+            self.lora_add(l, 0, h, q);
+            self.lora_add(l, 1, h, k);
+            self.lora_add(l, 2, h, v);
             for (buf, bias) in [(&mut *q, &lw.bq), (&mut *k, &lw.bk), (&mut *v, &lw.bv)] {
                 if let Some(b) = bias {
                     for row in buf.chunks_exact_mut(b.len()) {
@@ -344,6 +354,7 @@ impl Model {
             });
             c_att.set();
             mm(&self.w(&lw.wo), att, o, c_att);
+            self.lora_add(l, 3, att, o);
             if let Some(w) = &lw.post_attn_norm {
                 norm_inplace(o, w);
             }
@@ -354,6 +365,8 @@ impl Model {
             c_h.set();
             mm(&self.w(&lw.gate), h, g, c_h);
             mm(&self.w(&lw.up), h, u, c_h);
+            self.lora_add(l, 4, h, g);
+            self.lora_add(l, 5, h, u);
             let act: fn(f32) -> f32 = match (c.arch, q8) {
                 (Arch::Gemma3, false) => gelu_tanh,
                 // llama.cpp's CPU GELU is an f16 lookup table
@@ -367,6 +380,7 @@ impl Model {
             });
             c_g.set();
             mm(&self.w(&lw.down), g, o, c_g);
+            self.lora_add(l, 6, g, o);
             if let Some(w) = &lw.post_ffn_norm {
                 norm_inplace(o, w);
             }

@@ -4,6 +4,7 @@
 
 mod config;
 mod forward;
+mod lora;
 mod weights;
 
 pub use config::{Arch, Config};

@@ -48,6 +48,8 @@ pub struct Model {
     pub(crate) rope_freqs: Option<Vec<f32>>,
     /// How activations meet quantized weights (f32, or 8-bit blocks like llama.cpp).
     pub act: ActMode,
+    /// LoRA adapters added to the projections at run time ([`Model::add_lora`]).
+    pub(crate) lora: Option<crate::lora::Adapters>,
 }
 
 struct Binder<'a> {
@@ -175,6 +177,7 @@ impl Model {
             layers,
             rope_freqs,
             act: ActMode::Q8,
+            lora: None,
         })
     }
 

@@ -144,26 +144,51 @@ impl Lora {
 
     /// Adds (alpha / r) B A of every part into the flat model parameters `p`.
     pub fn merge_into(&self, adapters: &[f32], p: &mut [f32]) {
-        let r = self.rank;
         for s in self.blocks.iter().flatten() {
             for (i, part) in s.parts.iter().enumerate() {
-                let a = &adapters[s.a + i * r * s.n_in..s.a + (i + 1) * r * s.n_in];
-                let b = &adapters[part.b..part.b + part.n_out * r];
-                // B scaled once, then W += (sB) A
-                let sb: Vec<f32> = b.iter().map(|x| x * self.scale()).collect();
                 let w0 = s.base + part.col * s.n_in;
-                sgemm(
-                    part.n_out,
-                    s.n_in,
-                    r,
-                    MatRef::rows(&sb, r),
-                    MatRef::rows(a, s.n_in),
-                    &mut p[w0..w0 + part.n_out * s.n_in],
-                    s.n_in,
-                    true,
-                );
+                self.merge_part(adapters, s, i, &mut p[w0..w0 + part.n_out * s.n_in]);
             }
         }
+    }
+
+    /// Adds (alpha / r) B A of the part adapting tensor `name` (a GGUF name such as
+    /// `blk.0.attn_q.weight`) into that tensor's values `w` [out, in]; false when no part
+    /// adapts it.
+    pub fn merge_one(&self, adapters: &[f32], name: &str, w: &mut [f32]) -> bool {
+        for s in self.blocks.iter().flatten() {
+            if let Some(i) = s.parts.iter().position(|p| p.name == name) {
+                self.merge_part(adapters, s, i, w);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether a part adapts tensor `name`.
+    pub fn adapts(&self, name: &str) -> bool {
+        self.blocks
+            .iter()
+            .flatten()
+            .any(|s| s.parts.iter().any(|p| p.name == name))
+    }
+
+    fn merge_part(&self, adapters: &[f32], s: &Site, i: usize, w: &mut [f32]) {
+        let (r, part) = (self.rank, &s.parts[i]);
+        let a = &adapters[s.a + i * r * s.n_in..s.a + (i + 1) * r * s.n_in];
+        let b = &adapters[part.b..part.b + part.n_out * r];
+        // B scaled once, then W += (sB) A
+        let sb: Vec<f32> = b.iter().map(|x| x * self.scale()).collect();
+        sgemm(
+            part.n_out,
+            s.n_in,
+            r,
+            MatRef::rows(&sb, r),
+            MatRef::rows(a, s.n_in),
+            w,
+            s.n_in,
+            true,
+        );
     }
 
     /// y += (alpha / r) (x A^T) B^T for site `site` of block `block`; `u` (rows of

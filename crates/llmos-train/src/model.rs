@@ -687,7 +687,22 @@ impl Model {
         ws: &mut Workspace,
         out: &mut [f32],
     ) {
-        self.run(p, None, tokens, b, t, ws);
+        self.token_nll_lora(p, None, tokens, b, t, ws, out)
+    }
+
+    /// [`Model::token_nll`] of the base with adapters.
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_nll_lora<P: Weights + ?Sized>(
+        &self,
+        p: &P,
+        lora: Option<(&Lora, &[f32])>,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+        ws: &mut Workspace,
+        out: &mut [f32],
+    ) {
+        self.run(p, lora, tokens, b, t, ws);
         let c = &self.cfg;
         let head = p.read(self.head_range(), &mut ws.scratch);
         head_nll_rows(&ws.hf, head, c.dim, c.vocab, &ws.targets, out);

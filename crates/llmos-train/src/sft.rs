@@ -3,7 +3,8 @@
 //! each assistant turn adds to the rendering, its end-of-turn marker included).
 
 use crate::data::{write_atomic, write_json};
-use crate::model::{Model, ModelConfig, Rng, Workspace};
+use crate::lora::Lora;
+use crate::model::{Model, ModelConfig, Rng, Weights, Workspace};
 use crate::optim::{AdamW, Decay, clip_grad, lr_at};
 use crate::train::{StepLog, TrainError, loss_svg};
 use llmos_tokenizer::{ChatTemplate, Message, Tokenizer};
@@ -233,9 +234,22 @@ pub fn pack(
     (t, n)
 }
 
-/// Mean loss per assistant token over `rows`, in batches of `b`.
+/// What fine-tuning trains: every weight of the model, or LoRA adapters over a frozen base
+/// (which may stay quantized).
+#[derive(Clone, Copy)]
+pub enum Target<'a> {
+    Full,
+    Lora {
+        base: &'a dyn Weights,
+        lora: &'a Lora,
+    },
+}
+
+/// Mean loss per assistant token over `rows`, in batches of `b`. `p` is the model's
+/// parameters (full) or the adapters (LoRA).
 pub fn evaluate(
     model: &Model,
+    target: Target,
     p: &[f32],
     rows: &[Rendered],
     b: usize,
@@ -247,17 +261,26 @@ pub fn evaluate(
     for chunk in rows.chunks(b.max(1)) {
         let refs: Vec<&Rendered> = chunk.iter().collect();
         let (t, n) = pack(&refs, pad, &mut tokens, &mut weights);
-        sum += model.loss_weighted(p, &tokens, Some(&weights), refs.len(), t, ws) * n as f64;
+        let w = Some(&weights[..]);
+        let loss = match target {
+            Target::Full => model.loss_weighted(p, &tokens, w, refs.len(), t, ws),
+            Target::Lora { base, lora } => {
+                model.loss_lora(base, Some((lora, p)), &tokens, w, refs.len(), t, ws)
+            }
+        };
+        sum += loss * n as f64;
         count += n;
     }
     sum / count.max(1) as f64
 }
 
-/// Fine-tunes `params` (shape `cfg`) on `train`, logging to `run`/metrics.jsonl and
-/// evaluating on `val`. Returns the final parameters (also when `stop` ends it early).
+/// Fine-tunes `params` (shape `cfg`; with a LoRA target, the adapters) on `train`,
+/// logging to `run`/metrics.jsonl and evaluating on `val`. Returns the final parameters
+/// (also when `stop` ends it early).
 #[allow(clippy::too_many_arguments)]
 pub fn finetune(
     cfg: &ModelConfig,
+    target: Target,
     mut params: Vec<f32>,
     train: &[Rendered],
     val: &[Rendered],
@@ -277,7 +300,10 @@ pub fn finetune(
     }
     let model = Model::new(cfg.clone());
     let steps = crate::train::steps_for(sc.steps, sc.epochs, train.len(), sc.batch);
-    let decay = model.layout.decay_ranges();
+    let decay = match target {
+        Target::Full => model.layout.decay_ranges(),
+        Target::Lora { .. } => vec![0..params.len()],
+    };
     let mut opt = AdamW::new(params.len(), sc.weight_decay);
     let mut grads = vec![0f32; params.len()];
     let mut ws = Workspace::default();
@@ -301,16 +327,15 @@ pub fn finetune(
         }
         let (t, n) = pack(&batch, pad, &mut tokens, &mut weights);
         grads.fill(0.0);
-        let loss = model.loss_and_grad_weighted(
-            &params,
-            &mut grads,
-            &tokens,
-            Some(&weights),
-            batch.len(),
-            t,
-            1.0,
-            &mut ws,
-        );
+        let (w, b) = (Some(&weights[..]), batch.len());
+        let loss = match target {
+            Target::Full => {
+                model.loss_and_grad_weighted(&params, &mut grads, &tokens, w, b, t, 1.0, &mut ws)
+            }
+            Target::Lora { base, lora } => model.lora_loss_and_grad(
+                base, lora, &params, &mut grads, &tokens, w, b, t, 1.0, &mut ws,
+            ),
+        };
         crate::train::check_loss(loss, step)?;
         let grad_norm = clip_grad(&mut grads, sc.grad_clip);
         opt.step(&mut params, &grads, lr, &decay);
@@ -335,7 +360,9 @@ pub fn finetune(
                 elapsed_s: start.elapsed().as_secs_f64(),
             };
             if eval_now {
-                log.val_loss = Some(evaluate(&model, &params, val, sc.batch, pad, &mut ws));
+                log.val_loss = Some(evaluate(
+                    &model, target, &params, val, sc.batch, pad, &mut ws,
+                ));
             }
             let line = serde_json::to_string(&log).expect("log serializes");
             writeln!(metrics, "{line}").map_err(|err| TrainError::Io {
