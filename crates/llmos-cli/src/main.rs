@@ -256,6 +256,10 @@ struct ModelArgs {
     /// model's projections at run time.
     #[arg(long)]
     lora: Option<PathBuf>,
+    /// Chat template: `gemma`, `chatml` or a Jinja file, in place of the model's own (for a
+    /// base model that has none).
+    #[arg(long)]
+    chat_template: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -441,6 +445,7 @@ fn load(a: &ModelArgs) -> Result<Loaded> {
     g.metadata
         .retain(|k, v| !(k.starts_with("tokenizer.") && v.as_array().is_some()));
     let mut model = Model::load(Arc::new(g)).with_context(|| format!("{}", path.display()))?;
+    let mut tok = tok;
     model.act = match a.activations {
         Activations::F32 => llmos_tensor::ActMode::F32,
         Activations::Q8 => llmos_tensor::ActMode::Q8,
@@ -450,6 +455,19 @@ fn load(a: &ModelArgs) -> Result<Loaded> {
         model
             .add_lora(&ag)
             .with_context(|| format!("{}", p.display()))?;
+        // the adapters were trained with this template (a base model may have none)
+        if let Some(t) = ag
+            .get("tokenizer.chat_template")
+            .and_then(llmos_formats::Value::as_str)
+        {
+            tok.chat_template = Some(t.to_string());
+        }
+    }
+    if let Some(t) = &a.chat_template {
+        let src = llmos_tokenizer::template_source(t).with_context(|| {
+            format!("--chat-template {t}: not a built-in (gemma, chatml) nor a readable file")
+        })?;
+        tok.chat_template = Some(src);
     }
     if tok.vocab_size() > model.config.n_vocab {
         bail!(

@@ -434,6 +434,16 @@ fn cmd_merge(a: ExportArgs) -> Result<()> {
     };
     let ag = llmos_formats::Gguf::open(&adapter)
         .with_context(|| format!("{}: no LoRA adapter here", adapter.display()))?;
+    if ag
+        .get("general.type")
+        .and_then(llmos_formats::Value::as_str)
+        != Some("adapter")
+    {
+        bail!(
+            "{}: not a LoRA adapter (general.type is not \"adapter\")",
+            adapter.display()
+        );
+    }
     let spec = match &a.model {
         Some(m) => m.clone(),
         None => ag
@@ -448,7 +458,12 @@ fn cmd_merge(a: ExportArgs) -> Result<()> {
             })?,
     };
     let path = crate::resolve(&spec)?;
-    let g = llmos_formats::Gguf::open(&path)?;
+    let mut g = llmos_formats::Gguf::open(&path)?;
+    // the chat template the adapters were trained with goes into the merged model
+    if let Some(t) = ag.get("tokenizer.chat_template") {
+        g.metadata
+            .insert("tokenizer.chat_template".into(), t.clone());
+    }
     // the context only matters to training; the base's own is kept in the metadata
     let cfg = llmos_train::import::config_of(&g, 1)?;
     let (lora, params) = llmos_train::import::read_adapter(&ag, &cfg)?;

@@ -36,6 +36,14 @@ pub struct SftArgs {
     /// LoRA scale numerator: the update is (alpha / rank) B A (default: 2 x rank).
     #[arg(long)]
     lora_alpha: Option<f32>,
+    /// Start from these LoRA adapters (an adapter.gguf of an earlier run: training goes on
+    /// from where it ended, with a fresh schedule and optimizer state).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Chat template to train with: `gemma`, `chatml` or a Jinja file (needed for a base
+    /// model without one, such as Gemma 3's base; written into the outputs).
+    #[arg(long)]
+    chat_template: Option<String>,
     /// Optimizer steps (default: --epochs passes over the data).
     #[arg(long, default_value_t = 0)]
     steps: usize,
@@ -80,7 +88,7 @@ pub struct LoopArgs {
 /// The chat template a model's tokenizer carries, with its BOS and EOS texts.
 pub fn template_of(tok: &Tokenizer) -> Result<ChatTemplate> {
     let src = tok.chat_template.as_deref().context(
-        "this model has no chat template (tokenizer.chat_template); use `llmos run` for raw completion",
+        "this model has no chat template (tokenizer.chat_template): give --chat-template gemma|chatml|FILE, or use `llmos run` for raw completion",
     )?;
     let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or("").to_string();
     Ok(ChatTemplate::new(src, &text(tok.bos), &text(tok.eos))?)
@@ -98,16 +106,33 @@ pub struct Base {
 }
 
 pub fn load_base(spec: &str, ctx: usize) -> Result<Base> {
-    load_base_as(spec, ctx, true)
+    load_base_as(spec, ctx, true, None)
 }
 
 /// [`load_base`]; without `f32_copy` the parameters are left empty (a frozen base is read
-/// from the mapped file).
-pub fn load_base_as(spec: &str, ctx: usize, f32_copy: bool) -> Result<Base> {
+/// from the mapped file). `template` (a built-in name or a Jinja file) replaces the
+/// model's chat template, or gives one to a base model that has none; it is then part of
+/// the base's metadata, so every file written from it carries it.
+pub fn load_base_as(
+    spec: &str,
+    ctx: usize,
+    f32_copy: bool,
+    template: Option<&str>,
+) -> Result<Base> {
     let path = crate::resolve(spec)?;
-    let g = Gguf::open(&path)?;
+    let mut g = Gguf::open(&path)?;
     let cfg = import::config_of(&g, ctx)?;
-    let tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    let mut tok = Tokenizer::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+    if let Some(t) = template {
+        let src = llmos_tokenizer::template_source(t).with_context(|| {
+            format!("--chat-template {t}: not a built-in (gemma, chatml) nor a readable file")
+        })?;
+        g.metadata.insert(
+            "tokenizer.chat_template".into(),
+            llmos_formats::Value::String(src.clone()),
+        );
+        tok.chat_template = Some(src);
+    }
     let tpl = template_of(&tok)?;
     let params = if f32_copy {
         import::params_of(&g, &cfg)?
@@ -203,9 +228,13 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
     if a.lora > 0 && a.lora_alpha.is_some_and(|x| !(x.is_finite() && x > 0.0)) {
         bail!("--lora-alpha must be positive");
     }
+    if a.adapter.is_some() && a.lora_alpha.is_some() {
+        bail!("--lora-alpha comes from the --adapter file; give one or the other");
+    }
+    let lora_run = a.lora > 0 || a.adapter.is_some();
     llmos_tensor::init_threads(a.run.threads);
     crate::trainer::install_stop_handler()?;
-    let base = load_base_as(&a.model, a.ctx, a.lora == 0)?;
+    let base = load_base_as(&a.model, a.ctx, !lora_run, a.chat_template.as_deref())?;
     base.describe();
     let Base {
         g,
@@ -215,10 +244,26 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
         tpl,
         ..
     } = base;
-    let lora = (a.lora > 0).then(|| {
-        let alpha = a.lora_alpha.unwrap_or(2.0 * a.lora as f32);
-        llmos_train::lora::Lora::new(&cfg, a.lora, alpha)
-    });
+    // adapters to start from: fresh ones of rank --lora, or those of --adapter
+    let start = match &a.adapter {
+        Some(p) => {
+            let ag = Gguf::open(p)?;
+            let (l, v) = import::read_adapter(&ag, &cfg)?;
+            if a.lora > 0 && a.lora != l.rank {
+                bail!("--lora {} but {} has rank {}", a.lora, p.display(), l.rank);
+            }
+            Some((l, Some(v)))
+        }
+        None if a.lora > 0 => {
+            let alpha = a.lora_alpha.unwrap_or(2.0 * a.lora as f32);
+            Some((llmos_train::lora::Lora::new(&cfg, a.lora, alpha), None))
+        }
+        None => None,
+    };
+    let (lora, lora_init) = match start {
+        Some((l, v)) => (Some(l), v),
+        None => (None, None),
+    };
     let frozen = match &lora {
         Some(_) => Some(import::GgufWeights::new(&g, &cfg)?),
         None => None,
@@ -232,7 +277,8 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
                 l.total as f64 / 1e6,
                 l.blocks.len() * 7
             );
-            (sft::Target::Lora { base: f, lora: l }, l.init(a.run.seed))
+            let init = lora_init.unwrap_or_else(|| l.init(a.run.seed));
+            (sft::Target::Lora { base: f, lora: l }, init)
         }
         _ => (sft::Target::Full, params),
     };

@@ -22,6 +22,23 @@ impl Message {
     }
 }
 
+/// Gemma's turn format (`<start_of_turn>user` ... `<end_of_turn>`, the assistant's turns as
+/// `model`, a system message folded into the first user turn), for Gemma base models,
+/// whose files carry no template.
+pub const GEMMA_TEMPLATE: &str = "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}{% set first = messages[0]['content'] | trim + '\\n\\n' %}{% set rest = messages[1:] %}{% else %}{% set first = '' %}{% set rest = messages %}{% endif %}{% for m in rest %}{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else m['role']) + '\\n' + (first if loop.first else '') + (m['content'] | trim) + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}";
+
+/// ChatML (`<|im_start|>role` ... `<|im_end|>`), as SmolLM2 and Qwen use it.
+pub const CHATML_TEMPLATE: &str = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// A template source for `name`: a built-in (`gemma`, `chatml`) or the text of a file.
+pub fn template_source(name: &str) -> std::io::Result<String> {
+    match name {
+        "gemma" => Ok(GEMMA_TEMPLATE.to_string()),
+        "chatml" => Ok(CHATML_TEMPLATE.to_string()),
+        path => std::fs::read_to_string(path),
+    }
+}
+
 /// A compiled chat template plus the special-token strings it may refer to.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -180,6 +197,32 @@ impl ChatTemplate {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn builtin_templates_render_their_formats() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE, "<bos>", "<eos>").unwrap();
+        let msgs = [
+            Message::new("system", "Be brief."),
+            Message::new("user", " Hi "),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "Bye"),
+        ];
+        assert_eq!(
+            t.render(&msgs, true).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(
+            t.render(&msgs[1..2], false).unwrap(),
+            "<bos><start_of_turn>user\nHi<end_of_turn>\n"
+        );
+        let c = ChatTemplate::new(CHATML_TEMPLATE, "", "").unwrap();
+        assert_eq!(
+            c.render(&msgs[1..3], false).unwrap(),
+            "<|im_start|>user\n Hi <|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
+        );
+        assert_eq!(template_source("gemma").unwrap(), GEMMA_TEMPLATE);
+        assert!(template_source("/no/such/template.jinja").is_err());
+    }
+
     use super::*;
 
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are helpful.<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";

@@ -14,7 +14,7 @@ pub mod tiktoken;
 pub mod train;
 mod wpm;
 
-pub use chat::{ChatTemplate, Message};
+pub use chat::{CHATML_TEMPLATE, ChatTemplate, GEMMA_TEMPLATE, Message, template_source};
 pub use hf::{HfVocab, read_hf_vocab};
 
 use llmos_formats::{Gguf, Value};

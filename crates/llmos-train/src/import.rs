@@ -290,7 +290,8 @@ pub fn gguf_like(
 
 /// The LoRA adapter file of `lora` for `base`: llama.cpp's adapter GGUF (general.type
 /// "adapter", adapter.type "lora", adapter.lora.alpha, F32 tensors NAME.lora_a / .lora_b),
-/// plus `llmos.lora.base`, the base it was trained on (a hint for `export --merge`).
+/// plus `llmos.lora.base`, the base it was trained on (a hint for `export --merge`), and
+/// the base's chat template.
 pub fn adapter_gguf(
     base: &Gguf,
     base_spec: &str,
@@ -307,6 +308,10 @@ pub fn adapter_gguf(
     w.set("adapter.type", Value::String("lora".into()));
     w.set("adapter.lora.alpha", Value::F32(lora.alpha));
     w.set("llmos.lora.base", Value::String(base_spec.into()));
+    // the template the adapters were trained with (a base model may have had none)
+    if let Some(t) = base.get("tokenizer.chat_template") {
+        w.set("tokenizer.chat_template", t.clone());
+    }
     for t in lora.tensors() {
         let bytes = adapters[t.range()]
             .iter()

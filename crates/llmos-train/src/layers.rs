@@ -506,6 +506,40 @@ fn head_ce_rows(
     mut rows_out: Option<&mut [f32]>,
 ) -> f64 {
     let n = targets.len();
+    // rows of weight 0 (prompt tokens, padding) add nothing to the loss or the gradients:
+    // only the others meet the head (in fine-tuning, most of a vocabulary head's work)
+    if let (Some(wts), None) = (weights, rows_out.as_ref()) {
+        let keep: Vec<usize> = (0..n).filter(|&r| wts[r] != 0.0).collect();
+        if keep.len() < n {
+            let hk: Vec<f32> = keep
+                .iter()
+                .flat_map(|&r| h[r * c..(r + 1) * c].iter().copied())
+                .collect();
+            let tk: Vec<u32> = keep.iter().map(|&r| targets[r]).collect();
+            let wk: Vec<f32> = keep.iter().map(|&r| wts[r]).collect();
+            return match grads {
+                Some((dh, dw, scale)) => {
+                    let mut dhk = vec![0f32; keep.len() * c];
+                    let loss = head_ce_rows(
+                        &hk,
+                        w,
+                        c,
+                        vocab,
+                        &tk,
+                        Some(&wk),
+                        Some((&mut dhk, dw, scale)),
+                        None,
+                    );
+                    dh.fill(0.0);
+                    for (j, &r) in keep.iter().enumerate() {
+                        dh[r * c..(r + 1) * c].copy_from_slice(&dhk[j * c..(j + 1) * c]);
+                    }
+                    loss
+                }
+                None => head_ce_rows(&hk, w, c, vocab, &tk, Some(&wk), None, None),
+            };
+        }
+    }
     // without weights: the mean (divided once at the end, as the pretraining loss always was)
     let weight = |r: usize| weights.map_or(1.0, |w| w[r]);
     let chunk = ce_chunk(vocab);

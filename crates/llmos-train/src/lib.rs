@@ -1,7 +1,8 @@
-//! llmos-train: the training half of the stack. A llama-architecture model in f32 with
+//! llmos-train: the training half of the stack. A llama-architecture model (and Gemma 3) in f32 with
 //! hand-written backward passes (`layers`, `model`), the AdamW optimizer and schedule
 //! (`optim`), token shards (`data`), the training loop with checkpoints (`train`), export
-//! to GGUF and HF (`export`) and evaluations (`eval`).
+//! to GGUF and HF (`export`), GGUF import and LoRA adapters (`import`, `lora`) and
+//! evaluations (`eval`).
 
 pub mod bigbench;
 pub mod data;

@@ -166,8 +166,8 @@ impl Default for SftConfig {
     }
 }
 
-/// Conversations ready to train on: cut to `ctx + 1` tokens, those with nothing left to
-/// learn dropped.
+/// Conversations ready to train on: cut to `ctx + 1` tokens (an assistant turn the cut
+/// leaves unfinished is not learned), those with nothing left to learn dropped.
 pub struct Prepared {
     pub rows: Vec<Rendered>,
     /// Conversations cut at the context length.
@@ -197,8 +197,16 @@ pub fn prepare(
         }
         if r.ids.len() > ctx + 1 {
             p.truncated += 1;
+            // cut inside an assistant turn: the unfinished turn is not learned (without its
+            // end-of-turn marker it would teach the model to run on)
+            let inside = r.learn[ctx + 1];
             r.ids.truncate(ctx + 1);
             r.learn.truncate(ctx + 1);
+            if inside {
+                for l in r.learn.iter_mut().rev().take_while(|l| **l) {
+                    *l = false;
+                }
+            }
         }
         // the first token is never a target
         if r.ids.len() < 2 || !r.learn[1..].iter().any(|&l| l) {
@@ -302,7 +310,7 @@ pub fn finetune(
     let steps = crate::train::steps_for(sc.steps, sc.epochs, train.len(), sc.batch);
     let decay = match target {
         Target::Full => model.layout.decay_ranges(),
-        Target::Lora { .. } => vec![0..params.len()],
+        Target::Lora { .. } => std::iter::once(0..params.len()).collect(),
     };
     let mut opt = AdamW::new(params.len(), sc.weight_decay);
     let mut grads = vec![0f32; params.len()];
@@ -507,8 +515,15 @@ mod tests {
         // cut at the context: a conversation whose assistant text is all cut is dropped
         let p = prepare(&tpl, &tok, std::slice::from_ref(&conv), 8, 300).unwrap();
         assert_eq!((p.rows.len(), p.truncated, p.dropped), (0, 1, 1));
-        let p = prepare(&tpl, &tok, &[conv], 1000, 300).unwrap();
+        let p = prepare(&tpl, &tok, std::slice::from_ref(&conv), 1000, 300).unwrap();
         assert_eq!((p.rows.len(), p.truncated, p.dropped), (1, 0, 0));
+        // cut just before the second reply's end-of-turn marker: only the first reply is
+        // learned, none of the unfinished second one
+        let last = r.learn.iter().rposition(|&l| l).unwrap();
+        let p = prepare(&tpl, &tok, &[conv], last - 1, 300).unwrap();
+        assert_eq!(p.truncated, 1);
+        let first_span = tok.encode("Hello!<|assistant_end|>", false, true).len();
+        assert_eq!(p.rows[0].learn.iter().filter(|&&l| l).count(), first_span);
     }
 
     #[test]
