@@ -887,15 +887,8 @@ impl Model {
             let x = &ws.xs[li];
             let mut ad = lora.as_mut().map(|(l, v, gv)| (*l, *v, &mut **gv, li));
             // x_out = x2 + [post-norm] W_down(act(gate) * up)
-            let dy_down: &[f32] = match o.gemma {
-                Some([_, _, _, pf]) => {
-                    dpre.fill(0.0);
-                    let gw = p.read(pf..pf + dim, sc);
-                    rmsnorm_back(&a.d_raw, gw, &a.rd, dx, dpre, sub(&mut g, pf..pf + dim));
-                    dpre
-                }
-                None => dx,
-            };
+            let pf = o.gemma.map(|n| n[3]);
+            let dy_down = post_norm_back(p, sc, &mut g, pf, dim, &a.d_raw, &a.rd, dx, dpre);
             let dn = o.wd..o.wd + dim * f;
             let wm = p.read(dn.clone(), sc);
             proj_back(
@@ -936,15 +929,8 @@ impl Model {
             let gw = p.read(fnr.clone(), sc);
             rmsnorm_back(&a.x2, gw, &a.r2, dh, dx2, sub(&mut g, fnr));
             // x2 = x + [post-norm] W_o(attention(rope(q), rope(k), v))
-            let dy_o: &[f32] = match o.gemma {
-                Some([_, _, pa, _]) => {
-                    dpre.fill(0.0);
-                    let gw = p.read(pa..pa + dim, sc);
-                    rmsnorm_back(&a.o_raw, gw, &a.ro, dx2, dpre, sub(&mut g, pa..pa + dim));
-                    dpre
-                }
-                None => dx2,
-            };
+            let pa = o.gemma.map(|n| n[2]);
+            let dy_o = post_norm_back(p, sc, &mut g, pa, dim, &a.o_raw, &a.ro, dx2, dpre);
             let wor = o.wo..o.wo + dim * qw;
             let wm = p.read(wor.clone(), sc);
             proj_back(
@@ -1005,6 +991,30 @@ impl Model {
             }
         }
     }
+}
+
+/// Backward through a Gemma post-norm at offset `at` (when the block has one): returns the
+/// gradient at the norm's input (in `dpre`), its weight's gradient going into `g`; without
+/// a post-norm, `dy` itself.
+#[allow(clippy::too_many_arguments)]
+fn post_norm_back<'a, P: Weights + ?Sized>(
+    p: &P,
+    scratch: &mut Vec<f32>,
+    g: &mut Option<&mut [f32]>,
+    at: Option<usize>,
+    dim: usize,
+    raw: &[f32],
+    rstd: &[f32],
+    dy: &'a [f32],
+    dpre: &'a mut [f32],
+) -> &'a [f32] {
+    let Some(at) = at else {
+        return dy;
+    };
+    dpre.fill(0.0);
+    let gw = p.read(at..at + dim, scratch);
+    rmsnorm_back(raw, gw, rstd, dy, dpre, sub(g, at..at + dim));
+    dpre
 }
 
 /// Columns col..col + width of every row (rows `stride` apart) into `out`, contiguous.
