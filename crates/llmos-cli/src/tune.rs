@@ -65,6 +65,10 @@ pub struct SftArgs {
     weight_decay: f32,
     #[arg(long, default_value_t = 1.0)]
     grad_clip: f32,
+    /// Draw this many batches at once and regroup their conversations by length, so a
+    /// step pads short conversations less (0: off; 8 is a good value when lengths vary).
+    #[arg(long, default_value_t = 0)]
+    group_by_length: usize,
     #[command(flatten)]
     run: LoopArgs,
 }
@@ -205,6 +209,7 @@ pub fn cmd_sft(a: SftArgs) -> Result<()> {
         seed: a.run.seed,
         eval_every: a.run.eval_every,
         log_every: a.run.log_every,
+        group_by_length: a.group_by_length,
     };
     let mut convs = sft::parse_conversations(&a.data, &crate::read_utf8(&a.data)?)?;
     let val = match &a.val {

@@ -5,7 +5,7 @@
 //! micro-batches accumulate) and either set or add input gradients as documented.
 
 use llmos_tensor::gemm::{MatRef, sgemm};
-use llmos_tensor::ops::{RopeStyle, gelu_tanh, rmsnorm, rope_cs};
+use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs};
 use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
 use llmos_tensor::q8::{sigmoid_into, softmax_scaled_lanes};
 
@@ -418,37 +418,51 @@ pub fn swiglu_back(gu: &[f32], f: usize, da: &[f32], dgu: &mut [f32]) {
     });
 }
 
+/// sqrt(2 / pi) and the cubic coefficient of the tanh form of GELU.
+const GELU_K: f32 = 0.797_884_6;
+const GELU_C: f32 = 0.044_715;
+
+/// s[i] = sigmoid(2 u(x[i])), u(x) = sqrt(2/pi) (x + 0.044715 x^3): gelu_tanh(x) = x s,
+/// since 0.5 (1 + tanh(u)) = sigmoid(2u). The sigmoid runs 8 lanes at a time (libm's tanh
+/// one value at a time cost Gemma's fine-tuning 7% of each step).
+fn gelu_sigmoid(x: &[f32], z: &mut [f32], s: &mut [f32]) {
+    for (zi, &v) in z.iter_mut().zip(x) {
+        *zi = 2.0 * GELU_K * (v + GELU_C * v * v * v);
+    }
+    sigmoid_into(z, s);
+}
+
 /// a = gelu_tanh(gate) * up (Gemma's GeGLU), rows laid out as for [`swiglu_fwd`].
 pub fn geglu_fwd(gu: &[f32], f: usize, a: &mut [f32]) {
     for_each_chunk_mut(a, ROWS * f, |ci, ac| {
+        let (mut z, mut sig) = (vec![0f32; f], vec![0f32; f]);
         for (j, ar) in ac.chunks_exact_mut(f).enumerate() {
             let r = ci * ROWS + j;
             let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
+            gelu_sigmoid(gate, &mut z, &mut sig);
             for i in 0..f {
-                ar[i] = gelu_tanh(gate[i]) * up[i];
+                ar[i] = gate[i] * sig[i] * up[i];
             }
         }
     });
 }
 
-/// The gradient of [`geglu_fwd`] with respect to `gu`, set in `dgu`.
+/// The gradient of [`geglu_fwd`] with respect to `gu`, set in `dgu`: with s = sigmoid(2u),
+/// d gelu / dx = s + x s (1 - s) 2u'(x).
 pub fn geglu_back(gu: &[f32], f: usize, da: &[f32], dgu: &mut [f32]) {
-    const K: f32 = 0.797_884_6; // sqrt(2 / pi)
-    const C: f32 = 0.044_715;
     for_each_chunk_mut(dgu, ROWS * 2 * f, |ci, dc| {
+        let (mut z, mut sig) = (vec![0f32; f], vec![0f32; f]);
         for (j, dr) in dc.chunks_exact_mut(2 * f).enumerate() {
             let r = ci * ROWS + j;
             let (gate, up) = gu[r * 2 * f..(r + 1) * 2 * f].split_at(f);
             let dar = &da[r * f..(r + 1) * f];
             let (dg, du) = dr.split_at_mut(f);
+            gelu_sigmoid(gate, &mut z, &mut sig);
             for i in 0..f {
-                let x = gate[i];
-                let th = (K * (x + C * x * x * x)).tanh();
-                let gelu = 0.5 * x * (1.0 + th);
-                let dgelu =
-                    0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * K * (1.0 + 3.0 * C * x * x);
-                du[i] = dar[i] * gelu;
-                dg[i] = dar[i] * up[i] * dgelu;
+                let (x, s) = (gate[i], sig[i]);
+                let dz = 2.0 * GELU_K * (1.0 + 3.0 * GELU_C * x * x);
+                du[i] = dar[i] * x * s;
+                dg[i] = dar[i] * up[i] * (s + x * s * (1.0 - s) * dz);
             }
         }
     });
@@ -817,6 +831,24 @@ pub(crate) mod tests {
             geglu_fwd(gu, f, &mut a);
             weighted(&a, &da)
         });
+        // the 8-lane sigmoid form against the scalar tanh reference, over a wide range
+        // (past where the sigmoid saturates either way)
+        let f = 96;
+        let gate: Vec<f32> = (0..f).map(|i| (i as f32 - 48.0) * 0.25).collect();
+        let gu: Vec<f32> = gate
+            .iter()
+            .copied()
+            .chain(std::iter::repeat_n(1.0, f))
+            .collect();
+        let mut a = vec![0f32; f];
+        geglu_fwd(&gu, f, &mut a);
+        for (i, (&x, &y)) in gate.iter().zip(&a).enumerate() {
+            let want = llmos_tensor::ops::gelu_tanh(x);
+            assert!(
+                (y - want).abs() <= 2e-6 * (1.0 + want.abs()),
+                "gelu({x}) = {y}, want {want} (at {i})"
+            );
+        }
     }
 
     #[test]

@@ -145,6 +145,11 @@ pub struct SftConfig {
     pub seed: u64,
     pub eval_every: usize,
     pub log_every: usize,
+    /// Batches drawn together and regrouped by length (0 or 1: off): rows of like length
+    /// share a batch, so less of each step is padding. The batches then run in a shuffled
+    /// order.
+    #[serde(default)]
+    pub group_by_length: usize,
 }
 
 impl Default for SftConfig {
@@ -162,6 +167,7 @@ impl Default for SftConfig {
             seed: 1337,
             eval_every: 50,
             log_every: 5,
+            group_by_length: 0,
         }
     }
 }
@@ -242,6 +248,29 @@ pub fn pack(
     (t, n)
 }
 
+/// The next batches of row indices: one batch of `b` rows in data order, or with
+/// `group > 1`, `group` batches' worth of rows sorted by length, cut into batches and
+/// shuffled (returned in the order they are popped).
+pub fn draw_batches(
+    rows: &[Rendered],
+    b: usize,
+    group: usize,
+    order: &mut crate::model::Passes,
+    rng: &mut Rng,
+) -> Vec<Vec<usize>> {
+    let g = group.max(1);
+    let mut idx: Vec<usize> = (0..b * g).map(|_| order.next(rows.len(), rng)).collect();
+    if g == 1 {
+        return vec![idx];
+    }
+    idx.sort_by_key(|&i| rows[i].ids.len());
+    let mut out: Vec<Vec<usize>> = idx.chunks(b).map(<[usize]>::to_vec).collect();
+    for i in (1..out.len()).rev() {
+        out.swap(i, rng.below(i + 1));
+    }
+    out
+}
+
 /// What fine-tuning trains: every weight of the model, or LoRA adapters over a frozen base
 /// (which may stay quantized).
 #[derive(Clone, Copy)]
@@ -317,6 +346,7 @@ pub fn finetune(
     let mut ws = Workspace::default();
     let mut rng = Rng(sc.seed ^ 0x5f7);
     let mut order = crate::model::Passes::default();
+    let mut pending: Vec<Vec<usize>> = Vec::new();
     let (mut tokens, mut weights) = (Vec::new(), Vec::new());
     let metrics_path = run.join("metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path).map_err(|err| TrainError::Io {
@@ -329,10 +359,15 @@ pub fn finetune(
     let start = Instant::now();
     for step in 0..steps {
         let lr = lr_at(step, steps, sc.warmup, sc.lr, sc.min_lr, Decay::Linear);
-        let mut batch: Vec<&Rendered> = Vec::with_capacity(sc.batch);
-        while batch.len() < sc.batch {
-            batch.push(&train[order.next(train.len(), &mut rng)]);
+        if pending.is_empty() {
+            pending = draw_batches(train, sc.batch, sc.group_by_length, &mut order, &mut rng);
         }
+        let batch: Vec<&Rendered> = pending
+            .pop()
+            .expect("drawn")
+            .iter()
+            .map(|&i| &train[i])
+            .collect();
         let (t, n) = pack(&batch, pad, &mut tokens, &mut weights);
         grads.fill(0.0);
         let (w, b) = (Some(&weights[..]), batch.len());
@@ -542,5 +577,54 @@ mod tests {
         assert_eq!(t, vec![1, 2, 3, 4, 5, 6, 0, 0]);
         let third = 1.0 / 3.0;
         assert_eq!(w, vec![0.0, third, third, third, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn length_groups_cover_a_pass_and_cut_padding() {
+        let rows: Vec<Rendered> = (0..48)
+            .map(|i| Rendered {
+                ids: vec![1; 2 + (i * 37) % 200],
+                learn: vec![true; 2 + (i * 37) % 200],
+            })
+            .collect();
+        let padded = |batches: &[Vec<usize>]| -> usize {
+            let longest = |b: &Vec<usize>| b.iter().map(|&i| rows[i].ids.len()).max().unwrap();
+            batches.iter().map(|b| b.len() * longest(b)).sum()
+        };
+        let draw = |group: usize| {
+            let (mut order, mut rng) = (crate::model::Passes::default(), Rng(9));
+            let mut all = Vec::new();
+            while all.len() < 6 {
+                all.extend(draw_batches(&rows, 8, group, &mut order, &mut rng));
+            }
+            all
+        };
+        // off: the old order, one batch at a time
+        let plain = draw(0);
+        let (mut order, mut rng) = (crate::model::Passes::default(), Rng(9));
+        let first: Vec<usize> = (0..8).map(|_| order.next(rows.len(), &mut rng)).collect();
+        assert_eq!(plain[0], first);
+        // grouped: every row of the pass exactly once, batches sorted within the group,
+        // and far less padding
+        let grouped = draw(6);
+        assert_eq!(grouped.len(), 6);
+        let mut seen: Vec<usize> = grouped.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..48).collect::<Vec<_>>());
+        let mut spans: Vec<(usize, usize)> = grouped
+            .iter()
+            .map(|b| {
+                let l = b.iter().map(|&i| rows[i].ids.len());
+                (l.clone().min().unwrap(), l.max().unwrap())
+            })
+            .collect();
+        spans.sort_unstable();
+        assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{spans:?}");
+        assert!(
+            padded(&grouped) * 3 < padded(&plain) * 2,
+            "{} vs {}",
+            padded(&grouped),
+            padded(&plain)
+        );
     }
 }
