@@ -396,7 +396,14 @@ impl Tokenizer {
                 continue;
             }
             let pat = self.tokens[id as usize].as_str();
-            let mut next = Vec::with_capacity(frags.len());
+            // most specials are absent (Gemma has thousands): leave the fragments as they are
+            if !frags
+                .iter()
+                .any(|f| matches!(f, Fragment::Text(t) if t.contains(pat)))
+            {
+                continue;
+            }
+            let mut next = Vec::with_capacity(frags.len() + 2);
             for f in frags {
                 match f {
                     Fragment::Text(t) if t.contains(pat) => {

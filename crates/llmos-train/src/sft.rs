@@ -150,6 +150,18 @@ pub struct SftConfig {
     /// order.
     #[serde(default)]
     pub group_by_length: usize,
+    /// Weight of a target that ends an assistant turn (one of `end_ids`) against 1 for the
+    /// turn's other tokens (the batch loss stays a weighted mean). Above 1 it teaches a
+    /// model to end its turn more readily.
+    #[serde(default = "one")]
+    pub end_weight: f32,
+    /// The tokens that end a turn (the tokenizer's end-of-generation set).
+    #[serde(skip)]
+    pub end_ids: Vec<u32>,
+}
+
+fn one() -> f32 {
+    1.0
 }
 
 impl Default for SftConfig {
@@ -168,6 +180,8 @@ impl Default for SftConfig {
             eval_every: 50,
             log_every: 5,
             group_by_length: 0,
+            end_weight: 1.0,
+            end_ids: Vec::new(),
         }
     }
 }
@@ -246,6 +260,21 @@ pub fn pack(
     let inv = 1.0 / n.max(1) as f32;
     weights.iter_mut().for_each(|w| *w *= inv);
     (t, n)
+}
+
+/// Multiplies the weight of every target in `ends` by `w`, then rescales the weights to
+/// sum to 1 again (`tokens`: rows of t + 1, `weights`: rows of t, as [`pack`] makes them).
+pub fn weigh_ends(tokens: &[u32], t: usize, ends: &[u32], w: f32, weights: &mut [f32]) {
+    for (i, x) in weights.iter_mut().enumerate() {
+        let (row, j) = (i / t, i % t);
+        if *x > 0.0 && ends.contains(&tokens[row * (t + 1) + j + 1]) {
+            *x *= w;
+        }
+    }
+    let sum: f32 = weights.iter().sum();
+    if sum > 0.0 {
+        weights.iter_mut().for_each(|x| *x /= sum);
+    }
 }
 
 /// The next batches of row indices: one batch of `b` rows in data order, or with
@@ -369,6 +398,9 @@ pub fn finetune(
             .map(|&i| &train[i])
             .collect();
         let (t, n) = pack(&batch, pad, &mut tokens, &mut weights);
+        if sc.end_weight != 1.0 {
+            weigh_ends(&tokens, t, &sc.end_ids, sc.end_weight, &mut weights);
+        }
         grads.fill(0.0);
         let (w, b) = (Some(&weights[..]), batch.len());
         let loss = match target {
@@ -626,5 +658,19 @@ mod tests {
             padded(&grouped),
             padded(&plain)
         );
+    }
+
+    #[test]
+    fn end_of_turn_targets_can_weigh_more() {
+        let a = Rendered {
+            ids: vec![1, 2, 3, 9, 4],
+            learn: vec![false, true, true, true, false],
+        };
+        let (mut t, mut w) = (Vec::new(), Vec::new());
+        let (len, n) = pack(&[&a], 0, &mut t, &mut w);
+        assert_eq!((len, n), (4, 3));
+        weigh_ends(&t, len, &[9], 4.0, &mut w);
+        // targets 2, 3, 9, 4: the end marker 9 weighs 4 against 1, the rest stays 0
+        assert_eq!(w, vec![1.0 / 6.0, 1.0 / 6.0, 4.0 / 6.0, 0.0]);
     }
 }
