@@ -378,6 +378,18 @@ fn bad_sft_and_eval_input_is_a_one_line_error() {
         "--lora-alpha=-1",
     ]));
     assert!(e.contains("--lora-alpha"), "{e}");
+    let e = one_line_error(&run(&[
+        "sft",
+        "-m",
+        s(&model("smollm2")),
+        "--data",
+        s(&good),
+        "--out",
+        s(&out),
+        "--end-weight",
+        "0",
+    ]));
+    assert!(e.contains("--end-weight"), "{e}");
     let e = one_line_error(&run(&["export", s(&out), "--merge"]));
     assert!(e.contains("--gguf"), "{e}");
     let e = one_line_error(&run(&[
