@@ -354,41 +354,18 @@ fn bad_sft_and_eval_input_is_a_one_line_error() {
         "-o",
         s(&good),
     ]));
-    let e = one_line_error(&run(&[
-        "sft",
-        "-m",
-        s(&model("gemma3")),
-        "--data",
-        s(&good),
-        "--out",
-        s(&out),
-    ]));
+    let sft_err = |m: &str, extra: &[&str]| {
+        let (m, data, out) = (model(m), s(&good).to_string(), s(&out).to_string());
+        let mut args = vec!["sft", "-m", s(&m), "--data", &data, "--out", &out];
+        args.extend_from_slice(extra);
+        one_line_error(&run(&args))
+    };
+    let e = sft_err("gemma3", &[]);
     assert!(e.contains("--chat-template"), "{e}");
     // LoRA flags and adapters that do not fit
-    let e = one_line_error(&run(&[
-        "sft",
-        "-m",
-        s(&model("smollm2")),
-        "--data",
-        s(&good),
-        "--out",
-        s(&out),
-        "--lora",
-        "4",
-        "--lora-alpha=-1",
-    ]));
+    let e = sft_err("smollm2", &["--lora", "4", "--lora-alpha=-1"]);
     assert!(e.contains("--lora-alpha"), "{e}");
-    let e = one_line_error(&run(&[
-        "sft",
-        "-m",
-        s(&model("smollm2")),
-        "--data",
-        s(&good),
-        "--out",
-        s(&out),
-        "--end-weight",
-        "0",
-    ]));
+    let e = sft_err("smollm2", &["--end-weight", "0"]);
     assert!(e.contains("--end-weight"), "{e}");
     let e = one_line_error(&run(&["export", s(&out), "--merge"]));
     assert!(e.contains("--gguf"), "{e}");
