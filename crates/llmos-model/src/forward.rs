@@ -8,8 +8,8 @@ use crate::{Arch, Model, ModelError};
 use llmos_tensor::ops::{attend_online, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu};
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
-    dot_rows_lanes, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
-    weighted_rows_lanes,
+    dot_rows_lanes, dot_rows_lanes_multi, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice,
+    softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
 
@@ -32,6 +32,8 @@ struct Scratch {
     k: Vec<f32>,
     v: Vec<f32>,
     att: Vec<f32>,
+    /// attention outputs ordered by (KV head, row) while prompts are computed
+    att_kv: Vec<f32>,
     o: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
@@ -41,7 +43,7 @@ struct Scratch {
 }
 
 thread_local! {
-    /// One query's attention scores, reused by each thread from task to task.
+    /// The attention scores of one task's queries, reused by each thread from task to task.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -184,6 +186,7 @@ impl Model {
             k,
             v,
             att,
+            att_kv,
             o,
             g,
             u,
@@ -313,45 +316,80 @@ impl Model {
                 .collect();
             let window = if swa { c.sliding_window } else { None };
             let group = nh / nkv;
-            for_each_chunk_mut(att, dv, |i, out| {
-                let (t, head) = (i / nh, i % nh);
-                let kvh = head / group;
-                let (kc, vc) = kvs[row_seq[t]];
-                let qp = row_pos[t];
-                let start = window.map_or(0, |w| (qp + 1).saturating_sub(w));
-                let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
-                if q8 {
-                    // llama.cpp order: f16 dots over every cache cell from 0 (masked cells
-                    // score -inf and weigh 0), softmax in 8-lane chunks, f16 weights
+            // first key a query at position qp sees
+            let first = |qp: usize| window.map_or(0, |w| (qp + 1).saturating_sub(w));
+            // the scores' arithmetic: the softcap, then llama.cpp's softmax in 8-lane chunks
+            // and f16 weights, over every cache cell from 0 (masked cells weigh 0)
+            let finish_scores = |s: &mut [f32], start: usize| {
+                if let Some(cap) = c.attn_softcap {
+                    for x in &mut s[start..] {
+                        *x = cap * (*x * c.attn_scale / cap).tanh() / c.attn_scale;
+                    }
+                }
+                softmax_scaled_lanes(s, c.attn_scale);
+                round_f16_slice(s);
+            };
+            if q8 && t_n >= 4 {
+                // prompts: one task per (KV head, row), every query head of the group at
+                // once, so each K and V row is read once for the group, and consecutive
+                // tasks reuse one KV head's rows from cache. Same arithmetic per query.
+                let att_kv: &mut [f32] = sized(att_kv, t_n * nh * dv);
+                for_each_chunk_mut(att_kv, group * dv, |i, out| {
+                    let (kvh, t) = (i / t_n, i % t_n);
+                    let (kc, vc) = kvs[row_seq[t]];
+                    let qp = row_pos[t];
+                    let (n, start) = (qp + 1, first(qp));
+                    let qs = &q[(t * nh + kvh * group) * d..(t * nh + (kvh + 1) * group) * d];
                     SCORES.with_borrow_mut(|s| {
                         s.clear();
-                        s.resize(qp + 1, f32::NEG_INFINITY);
+                        s.resize(group * n, f32::NEG_INFINITY);
                         let ks = &kc[(start * nkv + kvh) * d..];
-                        dot_rows_lanes(qv, ks, nkv * d, &mut s[start..]);
-                        if let Some(cap) = c.attn_softcap {
-                            for x in &mut s[start..] {
-                                *x = cap * (*x * c.attn_scale / cap).tanh() / c.attn_scale;
-                            }
+                        dot_rows_lanes_multi(qs, group, ks, nkv * d, n - start, &mut s[start..], n);
+                        for row in s.chunks_exact_mut(n) {
+                            finish_scores(row, start);
                         }
-                        softmax_scaled_lanes(s, c.attn_scale);
-                        round_f16_slice(s);
-                        weighted_rows_lanes(s, &vc[kvh * dv..], nkv * dv, out);
+                        weighted_rows_lanes_multi(s, n, &vc[kvh * dv..], nkv * dv, dv, out);
                     });
-                    return;
+                });
+                for (t, row) in att.chunks_exact_mut(nh * dv).enumerate() {
+                    for (kvh, heads) in row.chunks_exact_mut(group * dv).enumerate() {
+                        let at = (kvh * t_n + t) * group * dv;
+                        heads.copy_from_slice(&att_kv[at..at + group * dv]);
+                    }
                 }
-                // f32 path: flash-style blocks of keys with an online softmax
-                attend_online(
-                    qv,
-                    &kc[kvh * d..],
-                    nkv * d,
-                    &vc[kvh * dv..],
-                    nkv * dv,
-                    start..=qp,
-                    c.attn_scale,
-                    c.attn_softcap,
-                    out,
-                );
-            });
+            } else {
+                for_each_chunk_mut(att, dv, |i, out| {
+                    let (t, head) = (i / nh, i % nh);
+                    let kvh = head / group;
+                    let (kc, vc) = kvs[row_seq[t]];
+                    let qp = row_pos[t];
+                    let start = first(qp);
+                    let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
+                    if q8 {
+                        SCORES.with_borrow_mut(|s| {
+                            s.clear();
+                            s.resize(qp + 1, f32::NEG_INFINITY);
+                            let ks = &kc[(start * nkv + kvh) * d..];
+                            dot_rows_lanes(qv, ks, nkv * d, &mut s[start..]);
+                            finish_scores(s, start);
+                            weighted_rows_lanes(s, &vc[kvh * dv..], nkv * dv, out);
+                        });
+                        return;
+                    }
+                    // f32 path: flash-style blocks of keys with an online softmax
+                    attend_online(
+                        qv,
+                        &kc[kvh * d..],
+                        nkv * d,
+                        &vc[kvh * dv..],
+                        nkv * dv,
+                        start..=qp,
+                        c.attn_scale,
+                        c.attn_softcap,
+                        out,
+                    );
+                });
+            }
             c_att.set();
             mm(&self.w(&lw.wo), att, o, c_att);
             self.lora_add(l, 3, att, o);

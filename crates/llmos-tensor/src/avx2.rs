@@ -649,6 +649,115 @@ fn weighted_rows_g<const G: usize>(w: &[f32], v: &[f32], stride: usize, out: &mu
     }
 }
 
+/// See [`crate::q8::weighted_rows_lanes_multi`]; `dv` is a multiple of 32. Weight vectors go
+/// three at a time and columns 32 at a time, so a slot's 3 x 4 accumulators stay in
+/// registers while one load of each V row chunk feeds all three.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn weighted_rows_lanes_multi(
+    ws: &[f32],
+    n: usize,
+    v: &[f32],
+    stride: usize,
+    dv: usize,
+    outs: &mut [f32],
+) {
+    let nq = outs.len() / dv;
+    let mut j = 0;
+    while j < nq {
+        // blocks of 3, and 2 + 2 rather than 3 + 1
+        let q = match nq - j {
+            4 => 2,
+            r => r.min(3),
+        };
+        let w = &ws[j * n..(j + q) * n];
+        let o = &mut outs[j * dv..(j + q) * dv];
+        match q {
+            1 => weighted_rows_q::<1>(w, n, v, stride, o),
+            2 => weighted_rows_q::<2>(w, n, v, stride, o),
+            _ => weighted_rows_q::<3>(w, n, v, stride, o),
+        }
+        j += q;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_rows_q<const Q: usize>(
+    ws: &[f32],
+    n: usize,
+    v: &[f32],
+    stride: usize,
+    outs: &mut [f32],
+) {
+    let dv = outs.len() / Q;
+    for c0 in (0..dv).step_by(32) {
+        // acc[slot][query][column group of 8]
+        let mut acc = [[[_mm256_setzero_ps(); 4]; Q]; 32];
+        for (slot, acc_slot) in acc.iter_mut().enumerate() {
+            let mut a = [[_mm256_setzero_ps(); 4]; Q];
+            let mut p = slot;
+            while p < n {
+                let row = &v[p * stride + c0..p * stride + c0 + 32];
+                let x: [__m256; 4] = std::array::from_fn(|c| {
+                    loadf8(row[8 * c..8 * c + 8].try_into().expect("8 floats"))
+                });
+                for (q, aq) in a.iter_mut().enumerate() {
+                    let b = _mm256_set1_ps(ws[q * n + p]);
+                    for c in 0..4 {
+                        aq[c] = _mm256_fmadd_ps(b, x[c], aq[c]);
+                    }
+                }
+                p += 32;
+            }
+            *acc_slot = a;
+        }
+        // the reduction of `weighted_rows_g`, per query and column group
+        for q in 0..Q {
+            for c in 0..4 {
+                let x = |j: usize, l: usize| acc[8 * j + l][q][c];
+                let mut t = [_mm256_setzero_ps(); 8];
+                for (l, tl) in t.iter_mut().enumerate() {
+                    let x0 = _mm256_add_ps(x(0, l), x(2, l));
+                    let x1 = _mm256_add_ps(x(1, l), x(3, l));
+                    *tl = _mm256_add_ps(x0, x1);
+                }
+                let h = [
+                    _mm256_add_ps(t[0], t[4]),
+                    _mm256_add_ps(t[1], t[5]),
+                    _mm256_add_ps(t[2], t[6]),
+                    _mm256_add_ps(t[3], t[7]),
+                ];
+                let r = _mm256_add_ps(_mm256_add_ps(h[0], h[1]), _mm256_add_ps(h[2], h[3]));
+                let at = q * dv + c0 + 8 * c;
+                storef8((&mut outs[at..at + 8]).try_into().expect("8 floats"), r);
+            }
+        }
+    }
+}
+
+/// See [`crate::q8::dot_rows_lanes_multi`]: blocks of 32 key rows (8 KiB at head size 64,
+/// in L1 after the first query), each block against every query with [`dot_rows_lanes`]
+/// (which keeps a 64-wide query in registers).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_rows_lanes_multi(
+    qs: &[f32],
+    nq: usize,
+    k: &[f32],
+    stride: usize,
+    m: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    const BLOCK: usize = 32;
+    let d = qs.len() / nq;
+    for p0 in (0..m).step_by(BLOCK) {
+        let p1 = (p0 + BLOCK).min(m);
+        for (j, q) in qs.chunks_exact(d).enumerate() {
+            let o = j * out_stride;
+            dot_rows_lanes(q, &k[p0 * stride..], stride, &mut out[o + p0..o + p1]);
+        }
+    }
+}
+
 /// Rounds every value to the nearest f16 (round half to even), 8 at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn round_f16_slice(v: &mut [f32]) {

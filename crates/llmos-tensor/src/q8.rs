@@ -629,6 +629,80 @@ pub fn weighted_rows_lanes(w: &[f32], v: &[f32], stride: usize, out: &mut [f32])
     weighted_rows_lanes_ref(w, v, stride, out)
 }
 
+/// [`dot_rows_lanes`] for `nq` queries (`qs` holds them one after another) against the same
+/// `m` keys: `out[j * out_stride + p] = dot_f16_lanes(query j, row p of K)`. Every score is
+/// bit-identical to the one-query kernel's; each key row is read once for all the queries
+/// (the heads that share a KV head), not once per query.
+pub fn dot_rows_lanes_multi(
+    qs: &[f32],
+    nq: usize,
+    k: &[f32],
+    stride: usize,
+    m: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if nq == 0 || m == 0 {
+        return;
+    }
+    assert!(
+        qs.len().is_multiple_of(nq),
+        "dot_rows_lanes_multi: ragged queries"
+    );
+    assert!(
+        out.len() >= (nq - 1) * out_stride + m,
+        "dot_rows_lanes_multi: output too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::dot_rows_lanes_multi(qs, nq, k, stride, m, out, out_stride) };
+    }
+    let d = qs.len() / nq;
+    for p in 0..m {
+        let row = &k[p * stride..p * stride + d];
+        for (j, q) in qs.chunks_exact(d).enumerate() {
+            out[j * out_stride + p] = dot_f16_lanes_body(q, row);
+        }
+    }
+}
+
+/// [`weighted_rows_lanes`] for several weight vectors over the same V rows: `ws` holds
+/// `outs.len() / dv` weight vectors of `n` each, and output j (`outs[j * dv..][..dv]`) is
+/// `weighted_rows_lanes(ws[j * n..][..n], v, stride)`, bit for bit; each V row is read once
+/// per three weight vectors instead of once per vector.
+pub fn weighted_rows_lanes_multi(
+    ws: &[f32],
+    n: usize,
+    v: &[f32],
+    stride: usize,
+    dv: usize,
+    outs: &mut [f32],
+) {
+    if dv == 0 || outs.is_empty() {
+        return;
+    }
+    let nq = outs.len() / dv;
+    assert_eq!(
+        outs.len(),
+        nq * dv,
+        "weighted_rows_lanes_multi: ragged outputs"
+    );
+    assert_eq!(
+        ws.len(),
+        nq * n,
+        "weighted_rows_lanes_multi: weights do not match outputs"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() && dv.is_multiple_of(32) {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::weighted_rows_lanes_multi(ws, n, v, stride, dv, outs) };
+    }
+    for (w, out) in ws.chunks_exact(n.max(1)).zip(outs.chunks_exact_mut(dv)) {
+        weighted_rows_lanes(&w[..n], v, stride, out);
+    }
+}
+
 /// Scalar reference of [`weighted_rows_lanes`].
 pub fn weighted_rows_lanes_ref(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
     let mut col = vec![0f32; w.len()];
@@ -1096,6 +1170,58 @@ mod tests {
             weighted_rows_lanes_ref(&w, &v[dv..], stride, &mut slow);
             for i in 0..dv {
                 assert_eq!(fast[i].to_bits(), slow[i].to_bits(), "n={n} dv={dv} i={i}");
+            }
+        }
+    }
+
+    #[test]
+    fn multi_query_attention_kernels_equal_the_scalar_references() {
+        let mut r = rng(22);
+        let mut val = |scale: f32| (r() % 2001) as f32 / 1000.0 * scale - scale / 2.0;
+        for (nq, n, d, dv) in [
+            (1usize, 1usize, 64usize, 64usize),
+            (3, 7, 64, 64),
+            (3, 100, 64, 64),
+            (4, 33, 256, 256),
+            (5, 64, 40, 32),
+            (2, 65, 32, 96),
+            (9, 31, 64, 24),
+        ] {
+            let (ks, vs) = (d * 3 + 5, dv * 2 + 3);
+            let qs: Vec<f32> = (0..nq * d).map(|_| val(2.0)).collect();
+            let k: Vec<f32> = (0..n * ks).map(|_| val(2.0)).collect();
+            let v: Vec<f32> = (0..n * vs).map(|_| val(2.0)).collect();
+            // scores into rows of a wider buffer, with a gap that must stay untouched
+            let os = n + 3;
+            let mut scores = vec![7.0f32; nq * os];
+            dot_rows_lanes_multi(&qs, nq, &k[d..], ks, n, &mut scores, os);
+            for j in 0..nq {
+                for p in 0..n {
+                    let want = dot_f16_lanes_body(&qs[j * d..(j + 1) * d], &k[d + p * ks..][..d]);
+                    assert_eq!(
+                        scores[j * os + p].to_bits(),
+                        want.to_bits(),
+                        "dot nq={nq} n={n} j={j} p={p}"
+                    );
+                }
+                assert!(scores[j * os + n..j * os + os].iter().all(|&x| x == 7.0));
+            }
+            // weights with zeros (masked cells) among them
+            let ws: Vec<f32> = (0..nq * n)
+                .map(|i| if i % 5 == 3 { 0.0 } else { val(1.0).abs() })
+                .collect();
+            let mut outs = vec![0f32; nq * dv];
+            weighted_rows_lanes_multi(&ws, n, &v[dv..], vs, dv, &mut outs);
+            for j in 0..nq {
+                let mut want = vec![0f32; dv];
+                weighted_rows_lanes_ref(&ws[j * n..(j + 1) * n], &v[dv..], vs, &mut want);
+                for i in 0..dv {
+                    assert_eq!(
+                        outs[j * dv + i].to_bits(),
+                        want[i].to_bits(),
+                        "weighted nq={nq} n={n} dv={dv} j={j} i={i}"
+                    );
+                }
             }
         }
     }
