@@ -575,18 +575,48 @@ pub fn dot_f16_row(w: &[u8], x: &[f32]) -> f32 {
     reduce4(acc)
 }
 
+/// The first step of [`reduce4`]: (x0 + x2) + (x1 + x3).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn reduce4(mut x: [__m256; 4]) -> f32 {
-    x[0] = _mm256_add_ps(x[0], x[2]);
-    x[1] = _mm256_add_ps(x[1], x[3]);
-    x[0] = _mm256_add_ps(x[0], x[1]);
-    let t = _mm_add_ps(
-        _mm256_extractf128_ps::<1>(x[0]),
-        _mm256_castps256_ps128(x[0]),
-    );
+fn fold4(x: [__m256; 4]) -> __m256 {
+    _mm256_add_ps(_mm256_add_ps(x[0], x[2]), _mm256_add_ps(x[1], x[3]))
+}
+
+/// The rest of [`reduce4`]: the register halves added, then two horizontal adds.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn finish_fold(x: __m256) -> f32 {
+    let t = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
     let t = _mm_hadd_ps(t, t);
     _mm_cvtss_f32(_mm_hadd_ps(t, t))
+}
+
+/// [`finish_fold`] of eight registers at once, bit for bit: result lane i is
+/// `finish_fold(s[i])`. The halves are added with a lane shuffle per pair of keys, and the
+/// two horizontal adds run on four keys' values each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce8(s: [__m256; 8]) -> __m256 {
+    // t(i) = high half + low half of s(i) (4 lanes); keys i and i + 1 in one register
+    let t: [__m256; 4] = std::array::from_fn(|j| {
+        let (a, b) = (s[2 * j], s[2 * j + 1]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x31>(a, b),
+            _mm256_permute2f128_ps::<0x20>(a, b),
+        )
+    });
+    // pairs, then pairs of pairs: lanes hold keys 0, 2, 4, 6, 1, 3, 5, 7
+    let h0 = _mm256_hadd_ps(t[0], t[1]);
+    let h1 = _mm256_hadd_ps(t[2], t[3]);
+    let r = _mm256_hadd_ps(h0, h1);
+    _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// Horizontal sum of four accumulators in llama.cpp's f16/f32 dot order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce4(x: [__m256; 4]) -> f32 {
+    finish_fold(fold4(x))
 }
 
 /// See [`crate::q8::weighted_rows_lanes`]: 32 partial sums per output (one per lane slot of
@@ -785,33 +815,48 @@ pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
     }
     if d == 64 {
         // the query stays in 8 registers
-        let qv: [__m256; 8] =
-            std::array::from_fn(|j| loadf8(q[8 * j..8 * j + 8].try_into().expect("8 floats")));
-        for (p, o) in out.iter_mut().enumerate() {
-            let row = &k[p * stride..p * stride + 64];
+        dot_rows_d::<64>(q, k, stride, out)
+    } else {
+        dot_rows_d::<0>(q, k, stride, out)
+    }
+}
+
+/// The body of [`dot_rows_lanes`] for a head size that is a multiple of 32: `D` when it is
+/// not 0 (a constant, so the loops unroll), else `q.len()`. Keys go eight at a time, each
+/// folded to one register and the eight reduced together ([`reduce8`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_rows_d<const D: usize>(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    let d = if D == 0 { q.len() } else { D };
+    let n = out.len();
+    let mut s = [_mm256_setzero_ps(); 8];
+    let mut p0 = 0;
+    while p0 < n {
+        let nk = (n - p0).min(8);
+        for (i, si) in s.iter_mut().enumerate().take(nk) {
+            let row = &k[(p0 + i) * stride..(p0 + i) * stride + d];
             let mut x = [_mm256_setzero_ps(); 4];
-            for h in 0..2 {
-                for j in 0..4 {
-                    let c = 32 * h + 8 * j;
-                    let vb = loadf8(row[c..c + 8].try_into().expect("8 floats"));
-                    x[j] = _mm256_fmadd_ps(qv[4 * h + j], vb, x[j]);
+            for c in (0..d).step_by(32) {
+                for (j, xj) in x.iter_mut().enumerate() {
+                    let at = c + 8 * j;
+                    let va = loadf8(q[at..at + 8].try_into().expect("8 floats"));
+                    let vb = loadf8(row[at..at + 8].try_into().expect("8 floats"));
+                    *xj = _mm256_fmadd_ps(va, vb, *xj);
                 }
             }
-            *o = reduce4(x);
+            *si = fold4(x);
         }
-        return;
-    }
-    for (p, o) in out.iter_mut().enumerate() {
-        let row = &k[p * stride..p * stride + d];
-        let mut x = [_mm256_setzero_ps(); 4];
-        for i in (0..d).step_by(32) {
-            for j in 0..4 {
-                let va = loadf8(q[i + 8 * j..i + 8 * j + 8].try_into().expect("8 floats"));
-                let vb = loadf8(row[i + 8 * j..i + 8 * j + 8].try_into().expect("8 floats"));
-                x[j] = _mm256_fmadd_ps(va, vb, x[j]);
+        if nk == 8 {
+            storef8(
+                (&mut out[p0..p0 + 8]).try_into().expect("8 floats"),
+                reduce8(s),
+            );
+        } else {
+            for (o, &si) in out[p0..p0 + nk].iter_mut().zip(&s) {
+                *o = finish_fold(si);
             }
         }
-        *o = reduce4(x);
+        p0 += nk;
     }
 }
 

@@ -1260,7 +1260,7 @@ mod tests {
     #[test]
     fn dot_rows_equal_single_dots() {
         let mut r = rng(31);
-        for (n, d) in [(1usize, 64usize), (9, 64), (40, 256), (5, 40)] {
+        for (n, d) in [(1usize, 64usize), (9, 64), (37, 64), (40, 256), (5, 40)] {
             let stride = d * 2 + 3;
             let q: Vec<f32> = (0..d).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
             let k: Vec<f32> = (0..n * stride)
