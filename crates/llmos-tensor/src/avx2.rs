@@ -655,28 +655,34 @@ fn weighted_rows_g<const G: usize>(w: &[f32], v: &[f32], stride: usize, out: &mu
         }
         *acc_slot = a;
     }
-    // per output: x[j][l] of the dot is slot 8j + l; reduce x0 += x2, x1 += x3, x0 += x1,
-    // then halves, then pairs (as `reduce4`), done 8 outputs at a time, lane-wise
+    // each group of 8 outputs: its 32 slots reduced in the dot's order
     for g in 0..groups {
-        let x = |j: usize, l: usize| acc[8 * j + l][g];
-        let mut t = [_mm256_setzero_ps(); 8];
-        for l in 0..8 {
-            let x0 = _mm256_add_ps(x(0, l), x(2, l));
-            let x1 = _mm256_add_ps(x(1, l), x(3, l));
-            t[l] = _mm256_add_ps(x0, x1);
-        }
-        let h = [
-            _mm256_add_ps(t[0], t[4]),
-            _mm256_add_ps(t[1], t[5]),
-            _mm256_add_ps(t[2], t[6]),
-            _mm256_add_ps(t[3], t[7]),
-        ];
-        let r = _mm256_add_ps(_mm256_add_ps(h[0], h[1]), _mm256_add_ps(h[2], h[3]));
+        let r = reduce_slots(std::array::from_fn(|slot| acc[slot][g]));
         storef8(
             (&mut out[8 * g..8 * g + 8]).try_into().expect("8 floats"),
             r,
         );
     }
+}
+
+/// The 32 lane-slot partial sums of 8 outputs (`x[slot]`) reduced in the f16 dot's order:
+/// slot = 8j + l is lane l of accumulator j; x0 += x2, x1 += x3, x0 += x1, then halves,
+/// then pairs (as `reduce4`), done 8 outputs at a time, lane-wise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn reduce_slots(x: [__m256; 32]) -> __m256 {
+    let t: [__m256; 8] = std::array::from_fn(|l| {
+        let x0 = _mm256_add_ps(x[l], x[16 + l]);
+        let x1 = _mm256_add_ps(x[8 + l], x[24 + l]);
+        _mm256_add_ps(x0, x1)
+    });
+    let h = [
+        _mm256_add_ps(t[0], t[4]),
+        _mm256_add_ps(t[1], t[5]),
+        _mm256_add_ps(t[2], t[6]),
+        _mm256_add_ps(t[3], t[7]),
+    ];
+    _mm256_add_ps(_mm256_add_ps(h[0], h[1]), _mm256_add_ps(h[2], h[3]))
 }
 
 /// See [`crate::q8::weighted_rows_lanes_multi`]; `dv` is a multiple of 32. Weight vectors go
@@ -740,23 +746,10 @@ fn weighted_rows_q<const Q: usize>(
             }
             *acc_slot = a;
         }
-        // the reduction of `weighted_rows_g`, per query and column group
+        // per query and column group, the slots reduced in the dot's order
         for q in 0..Q {
             for c in 0..4 {
-                let x = |j: usize, l: usize| acc[8 * j + l][q][c];
-                let mut t = [_mm256_setzero_ps(); 8];
-                for (l, tl) in t.iter_mut().enumerate() {
-                    let x0 = _mm256_add_ps(x(0, l), x(2, l));
-                    let x1 = _mm256_add_ps(x(1, l), x(3, l));
-                    *tl = _mm256_add_ps(x0, x1);
-                }
-                let h = [
-                    _mm256_add_ps(t[0], t[4]),
-                    _mm256_add_ps(t[1], t[5]),
-                    _mm256_add_ps(t[2], t[6]),
-                    _mm256_add_ps(t[3], t[7]),
-                ];
-                let r = _mm256_add_ps(_mm256_add_ps(h[0], h[1]), _mm256_add_ps(h[2], h[3]));
+                let r = reduce_slots(std::array::from_fn(|slot| acc[slot][q][c]));
                 let at = q * dv + c0 + 8 * c;
                 storef8((&mut outs[at..at + 8]).try_into().expect("8 floats"), r);
             }
