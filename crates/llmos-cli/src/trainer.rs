@@ -348,7 +348,7 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
             "loss {:.4}{last_val} | {:.0} tok/s | MFU {:.0}% | lr {:.2e}",
             l.loss,
             l.tok_s,
-            l.mfu * 100.0,
+            l.mfu.unwrap_or(0.0) * 100.0,
             l.lr
         ));
     };

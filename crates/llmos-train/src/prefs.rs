@@ -311,7 +311,7 @@ pub fn train_prefs(
             lr: 0.0,
             grad_norm: 0.0,
             tok_s: 0.0,
-            mfu: 0.0,
+            mfu: None,
             elapsed_s: 0.0,
         };
         on_log(&log, Some(&e), steps);
@@ -368,7 +368,7 @@ pub fn train_prefs(
                 lr,
                 grad_norm,
                 tok_s: win_tok as f64 / win_start.elapsed().as_secs_f64().max(1e-9),
-                mfu: 0.0,
+                mfu: None,
                 elapsed_s: start.elapsed().as_secs_f64(),
             };
             let e =

@@ -431,7 +431,7 @@ pub fn finetune(
                 lr,
                 grad_norm,
                 tok_s,
-                mfu: 0.0,
+                mfu: None,
                 elapsed_s: start.elapsed().as_secs_f64(),
             };
             if eval_now {

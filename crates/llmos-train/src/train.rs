@@ -121,7 +121,10 @@ pub struct StepLog {
     pub lr: f32,
     pub grad_norm: f32,
     pub tok_s: f64,
-    pub mfu: f64,
+    /// Model FLOPs utilisation; only pretraining measures the GEMM peak it needs (fine-tuning
+    /// and preference runs leave it out rather than write 0).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub mfu: Option<f64>,
     pub elapsed_s: f64,
 }
 
@@ -421,7 +424,7 @@ pub fn train(
                 lr,
                 grad_norm,
                 tok_s,
-                mfu: tok_s * flops_per_token / peak,
+                mfu: Some(tok_s * flops_per_token / peak),
                 elapsed_s: elapsed,
             };
             if eval_now {
