@@ -95,8 +95,28 @@ fn batched_requests_equal_each_alone_and_stop_texts_cut() {
         seqs as f64 / steps as f64 > 1.5,
         "mean batch {seqs}/{steps}: not batching"
     );
-    // the last prompt extends the first: its shared prefix came from a slot's cache
-    assert!(st.cached_tokens.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    // prefix reuse: once prompt 0 has run, prompt 4 (which extends it) finds its keys and
+    // values in that slot's cache. One request at a time: inside the batch above, whether
+    // prompt 0's slot is still unused when prompt 4 joins depends on thread timing.
+    let cached = || st.cached_tokens.load(std::sync::atomic::Ordering::Relaxed);
+    let mut before = 0;
+    for i in [0, 4] {
+        before = cached();
+        let mut r = Request::new(
+            tok.encode(prompts[i], true, false),
+            n,
+            SamplerConfig::greedy(),
+        );
+        r.ignore_eos = true;
+        let (ids, _, _) = collect(submit(&b, r));
+        assert_eq!(ids, alone[i].0, "prompt {i} again");
+    }
+    let prefix = tok.encode(prompts[0], true, false).len() as u64;
+    assert!(
+        cached() - before >= prefix - 1,
+        "prompt 4 reused {} cached tokens of prompt 0's {prefix}",
+        cached() - before
+    );
 
     // a stop text: the output ends just before it, finish is Stop
     let full = &alone[3].1;
