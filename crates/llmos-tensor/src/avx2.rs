@@ -923,6 +923,141 @@ pub fn tile_q8<const T: u8, const N: usize>(
     }
 }
 
+/// [`tile_q8`] for Q8_0 weights: `rows` (at most 16) consecutive weight rows against eight
+/// activation rows, written token-major: out[n][r] for r < rows. `yd` holds each
+/// activation block's scale spread over a whole register, yd[8 i + n] for block i of row n
+/// (made once per matmul, see `matmul::QuantActs`), so the inner loop makes each block's
+/// scale product (the same f32 product [`dot_q8`] makes) with one load and one multiply: a
+/// broadcast from memory costs this CPU more than both (measured). Each output is bit for
+/// bit what [`dot_q8`] gives.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn tile_q8_0x8(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    ys: [&[BlockQ8]; 8],
+    yd: &[[f32; 8]],
+    out: &mut [[f32; 16]; 8],
+) {
+    const SIZE: usize = 34;
+    let nb = ys[0].len();
+    assert!(rows <= 16, "tile_q8_0x8: at most 16 rows");
+    assert!(
+        row_bytes >= nb * SIZE,
+        "weight row shorter than the activations"
+    );
+    assert!(
+        w.len() >= rows * row_bytes,
+        "weight block shorter than its rows"
+    );
+    assert!(
+        yd.len() >= 8 * nb,
+        "scale table shorter than the activations"
+    );
+    for y in &ys {
+        assert!(y.len() >= nb, "activation rows of unequal length");
+    }
+    let yp: [*const BlockQ8; 8] = ys.map(|y| y.as_ptr());
+    let ydp = yd.as_ptr();
+    let ones = _mm256_set1_epi16(1);
+    // sums[r] = the eight tokens' dot products with row r
+    let mut sums = [_mm256_setzero_ps(); 16];
+    for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+        let wp = w[r * row_bytes..r * row_bytes + nb * SIZE].as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for i in 0..nb {
+            // SAFETY: i < nb; the weight row holds nb blocks of SIZE bytes, every
+            // activation row nb blocks and the table 8 nb entries (checked above).
+            unsafe {
+                let b = wp.add(i * SIZE);
+                if i % 2 == 0 {
+                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
+                }
+                let dw = _mm256_set1_ps(f16_ptr(b));
+                let qx = _mm256_loadu_si256(b.add(2).cast());
+                let ax = _mm256_sign_epi8(qx, qx);
+                for n in 0..8 {
+                    let y = &*yp[n].add(i);
+                    let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
+                    let sy = _mm256_sign_epi8(qy, qx);
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
+                    let ydn = _mm256_loadu_ps((*ydp.add(8 * i + n)).as_ptr());
+                    let dv = _mm256_mul_ps(dw, ydn);
+                    acc[n] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(p), acc[n]);
+                }
+            }
+        }
+        // + 0.0 as dot_q8 adds its (zero) scalar part
+        *sum = _mm256_add_ps(hsum8x8(acc), _mm256_setzero_ps());
+    }
+    let lo = transpose8(sums[..8].try_into().expect("8 registers"));
+    let hi = transpose8(sums[8..].try_into().expect("8 registers"));
+    for n in 0..8 {
+        storef8((&mut out[n][..8]).try_into().expect("8 floats"), lo[n]);
+        storef8((&mut out[n][8..]).try_into().expect("8 floats"), hi[n]);
+    }
+}
+
+/// Eight [`hsum8`]s at once, bit for bit: lane n is `hsum8(v[n])`. The same adds in the same
+/// order: halves, then (0 + 2, 1 + 3), then the last two, four registers' values at a time.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum8x8(v: [__m256; 8]) -> __m256 {
+    // t[j]: high + low half of v[2j] (lanes 0-3) and of v[2j + 1] (lanes 4-7)
+    let t: [__m256; 4] = std::array::from_fn(|j| {
+        let (a, b) = (v[2 * j], v[2 * j + 1]);
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x31>(a, b),
+            _mm256_permute2f128_ps::<0x20>(a, b),
+        )
+    });
+    // u[k]: (h0 + h2, h1 + h3) of registers 4k, 4k + 2 (low 128 bits) and 4k + 1, 4k + 3
+    let u: [__m256; 2] = std::array::from_fn(|k| {
+        let (a, b) = (t[2 * k], t[2 * k + 1]);
+        _mm256_add_ps(
+            _mm256_shuffle_ps::<0x44>(a, b),
+            _mm256_shuffle_ps::<0xEE>(a, b),
+        )
+    });
+    // lanes: registers 0, 2, 4, 6 | 1, 3, 5, 7
+    let r = _mm256_hadd_ps(u[0], u[1]);
+    _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// The 8 x 8 transpose: out[j] lane i = r[i] lane j.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t: [__m256; 8] = std::array::from_fn(|k| {
+        let (a, b) = (r[2 * (k / 2)], r[2 * (k / 2) + 1]);
+        if k % 2 == 0 {
+            _mm256_unpacklo_ps(a, b)
+        } else {
+            _mm256_unpackhi_ps(a, b)
+        }
+    });
+    // s[0..4] from rows 0-3, s[4..8] from rows 4-7: columns (0, 4), (1, 5), (2, 6), (3, 7)
+    let s: [__m256; 8] = std::array::from_fn(|k| {
+        let base = 4 * (k / 4);
+        let (a, b) = match k % 4 {
+            0 | 1 => (t[base], t[base + 2]),
+            _ => (t[base + 1], t[base + 3]),
+        };
+        if k % 2 == 0 {
+            _mm256_shuffle_ps::<0x44>(a, b)
+        } else {
+            _mm256_shuffle_ps::<0xEE>(a, b)
+        }
+    });
+    std::array::from_fn(|j| {
+        if j < 4 {
+            _mm256_permute2f128_ps::<0x20>(s[j], s[j + 4])
+        } else {
+            _mm256_permute2f128_ps::<0x31>(s[j - 4], s[j])
+        }
+    })
+}
+
 /// The K types' version of [`tile_q8`]; `t` is 4, 5 or 6 (Q4_K, Q5_K, Q6_K).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn tile_k<const N: usize>(
@@ -1082,6 +1217,29 @@ pub fn pack6_rows(rows: [&[f32]; 6], dst: &mut [f32]) {
         for i in 0..6 {
             dst[k * 6 + i] = rows[i][k];
         }
+    }
+}
+
+/// See [`crate::q8::swiglu_into`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn swiglu_lanes(g: &mut [f32], u: &[f32]) {
+    let one = _mm256_set1_ps(1.0);
+    let neg = _mm256_set1_ps(-0.0);
+    let n = g.len().min(u.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = loadf8(g[i..i + 8].try_into().expect("8 floats"));
+        let e = exp8(_mm256_xor_ps(v, neg));
+        let s = _mm256_div_ps(v, _mm256_add_ps(one, e));
+        let b = loadf8(u[i..i + 8].try_into().expect("8 floats"));
+        storef8(
+            (&mut g[i..i + 8]).try_into().expect("8 floats"),
+            _mm256_mul_ps(s, b),
+        );
+        i += 8;
+    }
+    for j in i..n {
+        g[j] = g[j] / (1.0 + crate::q8::exp_poly(-g[j])) * u[j];
     }
 }
 

@@ -182,6 +182,10 @@ struct QuantActs {
     cols: usize,
     rows: usize,
     q8: Vec<BlockQ8>,
+    /// For prompts (16 rows or more) of Q8 blocks: each block's scale spread over a
+    /// register, by groups of 8 rows: yd[(g * per + i) * 8 + n] for block i of row 8 g + n
+    /// (see `avx2::tile_q8_0x8`). Empty otherwise.
+    yd: Vec<[f32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
 }
@@ -193,6 +197,7 @@ impl QuantActs {
             cols: 0,
             rows: 0,
             q8: Vec::new(),
+            yd: Vec::new(),
             q8k: Vec::new(),
             f: Vec::new(),
         }
@@ -212,6 +217,16 @@ impl QuantActs {
                 } else {
                     for (o, r) in self.q8.chunks_mut(per).zip(x.chunks_exact(cols)) {
                         quantize_q8_into(r, o);
+                    }
+                }
+                self.yd.clear();
+                if rows >= 16 {
+                    for g in 0..rows / 8 {
+                        for i in 0..per {
+                            for n in 0..8 {
+                                self.yd.push([self.q8[(8 * g + n) * per + i].d; 8]);
+                            }
+                        }
                     }
                 }
             }
@@ -246,6 +261,7 @@ impl QuantActs {
         }
     }
 
+    #[inline]
     fn row(&self, r: usize) -> ActRow<'_> {
         match self.fmt {
             ActFmt::Q8 => {
@@ -317,6 +333,36 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
     for r0 in (0..rows).step_by(16) {
         let r1 = (r0 + 16).min(rows);
         let mut ti = 0;
+        #[cfg(target_arch = "x86_64")]
+        if N == 8 && dt == DType::Q8_0 && crate::avx2::available() {
+            let per = w.cols / 32;
+            let rb = w.row_bytes();
+            let mut out = [[0f32; 16]; 8];
+            while ti + 8 <= n {
+                let g = (t0 + ti) / 8;
+                let ys8: [&[BlockQ8]; 8] = std::array::from_fn(|k| match acts.row(t0 + ti + k) {
+                    ActRow::Q8(y) => y,
+                    _ => unreachable!("Q8_0 weights meet Q8 activations"),
+                });
+                let yd = &acts.yd[g * per * 8..(g + 1) * per * 8];
+                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernel enables.
+                unsafe {
+                    crate::avx2::tile_q8_0x8(
+                        &w.data[r0 * rb..r1 * rb],
+                        rb,
+                        r1 - r0,
+                        ys8,
+                        yd,
+                        &mut out,
+                    )
+                };
+                for (k, o) in out.iter().enumerate() {
+                    let at = (ti + k) * rows + r0;
+                    ys[at..at + r1 - r0].copy_from_slice(&o[..r1 - r0]);
+                }
+                ti += 8;
+            }
+        }
         while ti + N <= n {
             let a: [ActRow; N] = std::array::from_fn(|k| acts.row(t0 + ti + k));
             let mut out = [[0f32; N]; 16];

@@ -1,0 +1,63 @@
+//! Multiply-adds per second of the quantized matmul (q8 activations) on one shape:
+//! `cargo run --release --example qmatmul_speed TYPE ROWS COLS TOKENS [THREADS]`, TYPE one of
+//! q8_0, q4_0, q4_1, q4_k, q6_k. Prints the best and median of 20 runs.
+use llmos_tensor::DType;
+use llmos_tensor::quantize::quantize_rows;
+use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || -> ! {
+        eprintln!("usage: qmatmul_speed TYPE ROWS COLS TOKENS [THREADS]");
+        std::process::exit(2)
+    };
+    if args.len() < 4 {
+        usage();
+    }
+    let t = match args[0].as_str() {
+        "q8_0" => DType::Q8_0,
+        "q4_0" => DType::Q4_0,
+        "q4_1" => DType::Q4_1,
+        "q4_k" => DType::Q4K,
+        "q6_k" => DType::Q6K,
+        _ => usage(),
+    };
+    let n: Vec<usize> = args[1..]
+        .iter()
+        .map(|s| s.parse().unwrap_or_else(|_| usage()))
+        .collect();
+    let (rows, cols, toks) = (n[0], n[1], n[2]);
+    llmos_tensor::init_threads(n.get(3).copied().unwrap_or(1));
+    // deterministic pseudo-random values
+    let mut s = 0x9e37_79b9_u32;
+    let mut rnd = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s as f32 / u32::MAX as f32) - 0.5
+    };
+    let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+    let data = quantize_rows(t, &wf, cols).expect("quantize");
+    let w = Weight::new(t, &data, rows, cols).expect("weight");
+    let x: Vec<f32> = (0..toks * cols).map(|_| rnd()).collect();
+    let mut y = vec![0f32; toks * rows];
+    let mut times = Vec::new();
+    for _ in 0..20 {
+        let mut cache = ActCache::new();
+        let t0 = Instant::now();
+        matmul_cached(&w, &x, &mut y, ActMode::Q8, &mut cache);
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    let macs = (rows * cols * toks) as f64;
+    println!(
+        "{} {}x{} x {} tokens: best {:.2} GMAC/s, median {:.2} GMAC/s",
+        args[0],
+        rows,
+        cols,
+        toks,
+        macs / times[0] / 1e9,
+        macs / times[10] / 1e9
+    );
+}
