@@ -726,26 +726,25 @@ fn weighted_rows_q<const Q: usize>(
 ) {
     let dv = outs.len() / Q;
     for c0 in (0..dv).step_by(32) {
-        // acc[slot][query][column group of 8]
-        let mut acc = [[[_mm256_setzero_ps(); 4]; Q]; 32];
-        for (slot, acc_slot) in acc.iter_mut().enumerate() {
+        // acc[slot][query][column group of 8] (made slot by slot: no zeroing of 12 KiB)
+        let acc: [[[__m256; 4]; Q]; 32] = std::array::from_fn(|slot| {
             let mut a = [[_mm256_setzero_ps(); 4]; Q];
             let mut p = slot;
             while p < n {
                 let row = &v[p * stride + c0..p * stride + c0 + 32];
-                let x: [__m256; 4] = std::array::from_fn(|c| {
-                    loadf8(row[8 * c..8 * c + 8].try_into().expect("8 floats"))
-                });
-                for (q, aq) in a.iter_mut().enumerate() {
-                    let b = _mm256_set1_ps(ws[q * n + p]);
-                    for c in 0..4 {
-                        aq[c] = _mm256_fmadd_ps(b, x[c], aq[c]);
+                // the Q weights first, then one column group of the row at a time: Q + 4 Q
+                // + 1 registers (16 at Q = 3), so nothing spills
+                let b: [__m256; Q] = std::array::from_fn(|q| _mm256_set1_ps(ws[q * n + p]));
+                for c in 0..4 {
+                    let x = loadf8(row[8 * c..8 * c + 8].try_into().expect("8 floats"));
+                    for (q, aq) in a.iter_mut().enumerate() {
+                        aq[c] = _mm256_fmadd_ps(b[q], x, aq[c]);
                     }
                 }
                 p += 32;
             }
-            *acc_slot = a;
-        }
+            a
+        });
         // per query and column group, the slots reduced in the dot's order
         for q in 0..Q {
             for c in 0..4 {
@@ -807,10 +806,42 @@ pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
         return;
     }
     if d == 64 {
-        // the query stays in 8 registers
-        dot_rows_d::<64>(q, k, stride, out)
+        dot_rows_64(q, k, stride, out)
     } else {
         dot_rows_d::<0>(q, k, stride, out)
+    }
+}
+
+/// [`dot_rows_d`] for head size 64 with the query loaded into 8 registers once (written
+/// out so the compiler keeps it there instead of reloading it for every key): each key
+/// is 8 FMAs with the key row as memory operands, in the same order as [`dot_rows_d`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_rows_64(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    let qv: [__m256; 8] =
+        std::array::from_fn(|c| loadf8(q[8 * c..8 * c + 8].try_into().expect("8 floats")));
+    let zero = _mm256_setzero_ps();
+    let key = |p: usize| -> __m256 {
+        let row = &k[p * stride..p * stride + 64];
+        let x: [__m256; 4] = std::array::from_fn(|j| {
+            let lo = loadf8(row[8 * j..8 * j + 8].try_into().expect("8 floats"));
+            let hi = loadf8(row[32 + 8 * j..40 + 8 * j].try_into().expect("8 floats"));
+            _mm256_fmadd_ps(qv[4 + j], hi, _mm256_fmadd_ps(qv[j], lo, zero))
+        });
+        fold4(x)
+    };
+    let n = out.len();
+    let mut p0 = 0;
+    while p0 + 8 <= n {
+        let s: [__m256; 8] = std::array::from_fn(|i| key(p0 + i));
+        storef8(
+            (&mut out[p0..p0 + 8]).try_into().expect("8 floats"),
+            reduce8(s),
+        );
+        p0 += 8;
+    }
+    for p in p0..n {
+        out[p] = finish_fold(key(p));
     }
 }
 
@@ -924,7 +955,7 @@ pub fn tile_q8<const T: u8, const N: usize>(
 }
 
 /// [`tile_q8`] for Q8_0 weights: `rows` (at most 16) consecutive weight rows against eight
-/// activation rows, written token-major: out[n][r] for r < rows. `yd` holds each
+/// activation rows, written token-major: out[n * out_stride + r] for r < rows. `yd` holds each
 /// activation block's scale spread over a whole register, yd[8 i + n] for block i of row n
 /// (made once per matmul, see `matmul::QuantActs`), so the inner loop makes each block's
 /// scale product (the same f32 product [`dot_q8`] makes) with one load and one multiply: a
@@ -937,11 +968,16 @@ pub fn tile_q8_0x8(
     rows: usize,
     ys: [&[BlockQ8]; 8],
     yd: &[[f32; 8]],
-    out: &mut [[f32; 16]; 8],
+    out: &mut [f32],
+    out_stride: usize,
 ) {
     const SIZE: usize = 34;
     let nb = ys[0].len();
     assert!(rows <= 16, "tile_q8_0x8: at most 16 rows");
+    assert!(
+        rows <= out_stride && out.len() >= 7 * out_stride + rows,
+        "tile_q8_0x8: output too short"
+    );
     assert!(
         row_bytes >= nb * SIZE,
         "weight row shorter than the activations"
@@ -993,8 +1029,16 @@ pub fn tile_q8_0x8(
     let lo = transpose8(sums[..8].try_into().expect("8 registers"));
     let hi = transpose8(sums[8..].try_into().expect("8 registers"));
     for n in 0..8 {
-        storef8((&mut out[n][..8]).try_into().expect("8 floats"), lo[n]);
-        storef8((&mut out[n][8..]).try_into().expect("8 floats"), hi[n]);
+        let o = &mut out[n * out_stride..n * out_stride + rows];
+        if rows == 16 {
+            storef8((&mut o[..8]).try_into().expect("8 floats"), lo[n]);
+            storef8((&mut o[8..]).try_into().expect("8 floats"), hi[n]);
+        } else {
+            let mut t = [0f32; 16];
+            storef8((&mut t[..8]).try_into().expect("8 floats"), lo[n]);
+            storef8((&mut t[8..]).try_into().expect("8 floats"), hi[n]);
+            o.copy_from_slice(&t[..rows]);
+        }
     }
 }
 

@@ -337,7 +337,6 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
         if N == 8 && dt == DType::Q8_0 && crate::avx2::available() {
             let per = w.cols / 32;
             let rb = w.row_bytes();
-            let mut out = [[0f32; 16]; 8];
             while ti + 8 <= n {
                 let g = (t0 + ti) / 8;
                 let ys8: [&[BlockQ8]; 8] = std::array::from_fn(|k| match acts.row(t0 + ti + k) {
@@ -353,13 +352,10 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
                         r1 - r0,
                         ys8,
                         yd,
-                        &mut out,
+                        &mut ys[ti * rows + r0..],
+                        rows,
                     )
                 };
-                for (k, o) in out.iter().enumerate() {
-                    let at = (ti + k) * rows + r0;
-                    ys[at..at + r1 - r0].copy_from_slice(&o[..r1 - r0]);
-                }
                 ti += 8;
             }
         }

@@ -1370,7 +1370,7 @@ mod tests {
                 .flat_map(|i| (0..8).map(move |k| (i, k)))
                 .map(|(i, k)| [acts[k][i].d; 8])
                 .collect();
-            let mut out = [[f32::NAN; 16]; 8];
+            let mut out = [f32::NAN; 8 * 16];
             // SAFETY: AVX2, FMA and F16C were reported above.
             unsafe {
                 crate::avx2::tile_q8_0x8(
@@ -1380,16 +1380,24 @@ mod tests {
                     std::array::from_fn(|k| &acts[k][..]),
                     &yd,
                     &mut out,
+                    16,
                 )
             };
             for k in 0..8 {
                 for j in 0..rows {
                     let want = vec_dot_ref(t, &w[j * rb..(j + 1) * rb], ActRow::Q8(&acts[k]));
                     assert_eq!(
-                        out[k][j].to_bits(),
+                        out[k * 16 + j].to_bits(),
                         want.to_bits(),
                         "seed {seed} token {k} row {j}: {} vs {want}",
-                        out[k][j]
+                        out[k * 16 + j]
+                    );
+                }
+                // rows past `rows` are left alone
+                for j in rows..16 {
+                    assert!(
+                        out[k * 16 + j].is_nan(),
+                        "seed {seed} token {k} row {j} written"
                     );
                 }
             }
