@@ -954,15 +954,20 @@ pub fn tile_q8<const T: u8, const N: usize>(
     }
 }
 
-/// [`tile_q8`] for Q8_0 weights: `rows` (at most 16) consecutive weight rows against eight
-/// activation rows, written token-major: out[n * out_stride + r] for r < rows. `yd` holds each
-/// activation block's scale spread over a whole register, yd[8 i + n] for block i of row n
-/// (made once per matmul, see `matmul::QuantActs`), so the inner loop makes each block's
-/// scale product (the same f32 product [`dot_q8`] makes) with one load and one multiply: a
-/// broadcast from memory costs this CPU more than both (measured). Each output is bit for
+/// Entries per block in the activation scale table of [`tile_q8x8`].
+pub const SCALE_ROWS: usize = 9;
+
+/// [`tile_q8`] for eight activation rows and Q8_0, Q5_0, Q4_1 or Q5_1 weights: `rows` (at
+/// most 16) consecutive weight rows, written token-major: out[n * out_stride + r] for
+/// r < rows. `yd` holds, per block i, [`SCALE_ROWS`] registers made once per matmul (see
+/// `matmul::QuantActs`): yd[9 i + n] is row n's block scale in every lane, yd[9 i + 8] the
+/// eight rows' `s` (block sum times scale). So the inner loop makes each block's scale
+/// product (the same f32 product [`dot_q8`] makes) with one load and one multiply (a
+/// broadcast from memory costs this CPU more than both, measured), and the min terms of
+/// Q4_1 / Q5_1 advance for all eight rows in one multiply and add. Each output is bit for
 /// bit what [`dot_q8`] gives.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn tile_q8_0x8(
+pub fn tile_q8x8<const T: u8>(
     w: &[u8],
     row_bytes: usize,
     rows: usize,
@@ -971,15 +976,20 @@ pub fn tile_q8_0x8(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    const SIZE: usize = 34;
+    assert!(
+        matches!(T, Q8_0 | Q5_0 | Q4_1 | Q5_1),
+        "tile_q8x8: unsupported weight type"
+    );
+    let size = block_bytes(T);
+    let unsigned = T == Q4_1 || T == Q5_1;
     let nb = ys[0].len();
-    assert!(rows <= 16, "tile_q8_0x8: at most 16 rows");
+    assert!(rows <= 16, "tile_q8x8: at most 16 rows");
     assert!(
         rows <= out_stride && out.len() >= 7 * out_stride + rows,
-        "tile_q8_0x8: output too short"
+        "tile_q8x8: output too short"
     );
     assert!(
-        row_bytes >= nb * SIZE,
+        row_bytes >= nb * size,
         "weight row shorter than the activations"
     );
     assert!(
@@ -987,7 +997,7 @@ pub fn tile_q8_0x8(
         "weight block shorter than its rows"
     );
     assert!(
-        yd.len() >= 8 * nb,
+        yd.len() >= SCALE_ROWS * nb,
         "scale table shorter than the activations"
     );
     for y in &ys {
@@ -996,35 +1006,66 @@ pub fn tile_q8_0x8(
     let yp: [*const BlockQ8; 8] = ys.map(|y| y.as_ptr());
     let ydp = yd.as_ptr();
     let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0x0f);
     // sums[r] = the eight tokens' dot products with row r
     let mut sums = [_mm256_setzero_ps(); 16];
     for (r, sum) in sums.iter_mut().enumerate().take(rows) {
-        let wp = w[r * row_bytes..r * row_bytes + nb * SIZE].as_ptr();
+        let wp = w[r * row_bytes..r * row_bytes + nb * size].as_ptr();
         let mut acc = [_mm256_setzero_ps(); 8];
+        // the min terms (Q4_1, Q5_1), lane n for token n
+        let mut mins = _mm256_setzero_ps();
         for i in 0..nb {
-            // SAFETY: i < nb; the weight row holds nb blocks of SIZE bytes, every
-            // activation row nb blocks and the table 8 nb entries (checked above).
+            // SAFETY: i < nb; the weight row holds nb blocks of `size` bytes, every
+            // activation row nb blocks and the table SCALE_ROWS nb entries (checked above).
             unsafe {
-                let b = wp.add(i * SIZE);
+                let b = wp.add(i * size);
                 if i % 2 == 0 {
                     _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
                 }
                 let dw = _mm256_set1_ps(f16_ptr(b));
-                let qx = _mm256_loadu_si256(b.add(2).cast());
+                let nib = |at: usize| {
+                    let t = _mm_loadu_si128(b.add(at).cast());
+                    _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(t), t), m4)
+                };
+                let qx = match T {
+                    Q5_0 => {
+                        let qh = b.add(2).cast::<u32>().read_unaligned();
+                        let hi = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0u8 as i8));
+                        _mm256_or_si256(nib(6), hi)
+                    }
+                    Q4_1 => nib(4),
+                    Q5_1 => {
+                        let qh = b.add(4).cast::<u32>().read_unaligned();
+                        let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
+                        _mm256_or_si256(nib(8), hi)
+                    }
+                    _ => _mm256_loadu_si256(b.add(2).cast()),
+                };
+                let tab = ydp.add(SCALE_ROWS * i);
+                if unsigned {
+                    let mw = _mm256_set1_ps(f16_ptr(b.add(2)));
+                    let s8 = _mm256_loadu_ps((*tab.add(8)).as_ptr());
+                    mins = _mm256_add_ps(mins, _mm256_mul_ps(mw, s8));
+                }
+                // signed weights: |x| once per block; the sign moves to the activations
                 let ax = _mm256_sign_epi8(qx, qx);
                 for n in 0..8 {
                     let y = &*yp[n].add(i);
                     let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
-                    let sy = _mm256_sign_epi8(qy, qx);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones);
-                    let ydn = _mm256_loadu_ps((*ydp.add(8 * i + n)).as_ptr());
+                    let p = if unsigned {
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones)
+                    } else {
+                        let sy = _mm256_sign_epi8(qy, qx);
+                        _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), ones)
+                    };
+                    let ydn = _mm256_loadu_ps((*tab.add(n)).as_ptr());
                     let dv = _mm256_mul_ps(dw, ydn);
                     acc[n] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(p), acc[n]);
                 }
             }
         }
-        // + 0.0 as dot_q8 adds its (zero) scalar part
-        *sum = _mm256_add_ps(hsum8x8(acc), _mm256_setzero_ps());
+        // dot_q8 adds its scalar part: the min terms, or 0.0 for the signed types
+        *sum = _mm256_add_ps(hsum8x8(acc), mins);
     }
     let lo = transpose8(sums[..8].try_into().expect("8 registers"));
     let hi = transpose8(sums[8..].try_into().expect("8 registers"));

@@ -182,9 +182,10 @@ struct QuantActs {
     cols: usize,
     rows: usize,
     q8: Vec<BlockQ8>,
-    /// For prompts (16 rows or more) of Q8 blocks: each block's scale spread over a
-    /// register, by groups of 8 rows: yd[(g * per + i) * 8 + n] for block i of row 8 g + n
-    /// (see `avx2::tile_q8_0x8`). Empty otherwise.
+    /// For prompts (16 rows or more) of Q8 blocks, by groups of 8 rows, nine registers per
+    /// block i: yd[(g * per + i) * 9 + n] is the scale of row 8 g + n spread over all
+    /// lanes, yd[(g * per + i) * 9 + 8] the eight rows' `s` (see `avx2::tile_q8x8`).
+    /// Empty otherwise.
     yd: Vec<[f32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
@@ -223,9 +224,11 @@ impl QuantActs {
                 if rows >= 16 {
                     for g in 0..rows / 8 {
                         for i in 0..per {
+                            let b = |n: usize| &self.q8[(8 * g + n) * per + i];
                             for n in 0..8 {
-                                self.yd.push([self.q8[(8 * g + n) * per + i].d; 8]);
+                                self.yd.push([b(n).d; 8]);
                             }
+                            self.yd.push(std::array::from_fn(|n| b(n).s));
                         }
                     }
                 }
@@ -334,27 +337,36 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
         let r1 = (r0 + 16).min(rows);
         let mut ti = 0;
         #[cfg(target_arch = "x86_64")]
-        if N == 8 && dt == DType::Q8_0 && crate::avx2::available() {
+        if N == 8
+            && matches!(dt, DType::Q8_0 | DType::Q5_0 | DType::Q4_1 | DType::Q5_1)
+            && crate::avx2::available()
+        {
+            use crate::avx2::{self as k, SCALE_ROWS};
             let per = w.cols / 32;
             let rb = w.row_bytes();
             while ti + 8 <= n {
                 let g = (t0 + ti) / 8;
-                let ys8: [&[BlockQ8]; 8] = std::array::from_fn(|k| match acts.row(t0 + ti + k) {
+                let ys8: [&[BlockQ8]; 8] = std::array::from_fn(|j| match acts.row(t0 + ti + j) {
                     ActRow::Q8(y) => y,
-                    _ => unreachable!("Q8_0 weights meet Q8 activations"),
+                    _ => unreachable!("32-value block weights meet Q8 activations"),
                 });
-                let yd = &acts.yd[g * per * 8..(g + 1) * per * 8];
-                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernel enables.
+                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
+                let wb = &w.data[r0 * rb..r1 * rb];
+                let out = &mut ys[ti * rows + r0..];
+                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
                 unsafe {
-                    crate::avx2::tile_q8_0x8(
-                        &w.data[r0 * rb..r1 * rb],
-                        rb,
-                        r1 - r0,
-                        ys8,
-                        yd,
-                        &mut ys[ti * rows + r0..],
-                        rows,
-                    )
+                    match dt {
+                        DType::Q8_0 => {
+                            k::tile_q8x8::<{ k::Q8_0 }>(wb, rb, r1 - r0, ys8, yd, out, rows)
+                        }
+                        DType::Q5_0 => {
+                            k::tile_q8x8::<{ k::Q5_0 }>(wb, rb, r1 - r0, ys8, yd, out, rows)
+                        }
+                        DType::Q4_1 => {
+                            k::tile_q8x8::<{ k::Q4_1 }>(wb, rb, r1 - r0, ys8, yd, out, rows)
+                        }
+                        _ => k::tile_q8x8::<{ k::Q5_1 }>(wb, rb, r1 - r0, ys8, yd, out, rows),
+                    }
                 };
                 ti += 8;
             }

@@ -1326,79 +1326,95 @@ mod tests {
         }
     }
 
-    /// The prompt kernel for Q8_0 (16 rows x 8 tokens, scales from a table, results
-    /// transposed to token-major) equals the scalar reference bit for bit, for full and
-    /// partial row blocks, including weights and activations at +-127.
+    /// The prompt kernel of the 32-value block types (16 rows x 8 tokens, scales from a
+    /// table, results transposed to token-major) equals the scalar reference bit for bit,
+    /// for full and partial row blocks, including weights and activations at the extremes.
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn q8_0_prompt_tile_equals_scalar_reference() {
-        if !crate::avx2::available() {
+    fn prompt_tiles_equal_scalar_reference() {
+        use crate::avx2::{self as k, SCALE_ROWS};
+        if !k::available() {
             return;
         }
-        let t = DType::Q8_0;
-        for (seed, rows, n) in [
-            (1u64, 16usize, 576usize),
-            (2, 5, 96),
-            (3, 1, 32),
-            (4, 16, 1536),
-        ] {
-            let rb = t.row_bytes(n as u64).unwrap() as usize;
-            let mut w: Vec<u8> = (0..rows as u64)
-                .flat_map(|k| random_row(t, n, seed * 1000 + k))
-                .collect();
-            // a block of +-127 weights in the first row
-            for (j, q) in w[2..34].iter_mut().enumerate() {
-                *q = if j % 2 == 0 { 127 } else { (-127i8) as u8 };
-            }
-            let mut r = rng(seed + 50);
-            let acts: Vec<Vec<BlockQ8>> = (0..8)
-                .map(|k| {
-                    let mut x: Vec<f32> = (0..n)
-                        .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
-                        .collect();
-                    if k == 0 {
-                        // one large value per block: the others quantize near 0, it to 127
-                        for b in x.chunks_mut(32) {
-                            b[3] = -50.0;
-                        }
+        for t in [DType::Q8_0, DType::Q5_0, DType::Q4_1, DType::Q5_1] {
+            for (seed, rows, n) in [
+                (1u64, 16usize, 576usize),
+                (2, 5, 96),
+                (3, 1, 32),
+                (4, 16, 1536),
+            ] {
+                let rb = t.row_bytes(n as u64).unwrap() as usize;
+                let mut w: Vec<u8> = (0..rows as u64)
+                    .flat_map(|j| random_row(t, n, seed * 1000 + j))
+                    .collect();
+                if t == DType::Q8_0 {
+                    // a block of +-127 weights in the first row
+                    for (j, q) in w[2..34].iter_mut().enumerate() {
+                        *q = if j % 2 == 0 { 127 } else { (-127i8) as u8 };
                     }
-                    quantize_q8(&x)
-                })
-                .collect();
-            let nb = n / 32;
-            let yd: Vec<[f32; 8]> = (0..nb)
-                .flat_map(|i| (0..8).map(move |k| (i, k)))
-                .map(|(i, k)| [acts[k][i].d; 8])
-                .collect();
-            let mut out = [f32::NAN; 8 * 16];
-            // SAFETY: AVX2, FMA and F16C were reported above.
-            unsafe {
-                crate::avx2::tile_q8_0x8(
-                    &w,
-                    rb,
-                    rows,
-                    std::array::from_fn(|k| &acts[k][..]),
-                    &yd,
-                    &mut out,
-                    16,
-                )
-            };
-            for k in 0..8 {
-                for j in 0..rows {
-                    let want = vec_dot_ref(t, &w[j * rb..(j + 1) * rb], ActRow::Q8(&acts[k]));
-                    assert_eq!(
-                        out[k * 16 + j].to_bits(),
-                        want.to_bits(),
-                        "seed {seed} token {k} row {j}: {} vs {want}",
-                        out[k * 16 + j]
-                    );
                 }
-                // rows past `rows` are left alone
-                for j in rows..16 {
-                    assert!(
-                        out[k * 16 + j].is_nan(),
-                        "seed {seed} token {k} row {j} written"
-                    );
+                let mut r = rng(seed + 50);
+                let acts: Vec<Vec<BlockQ8>> = (0..8)
+                    .map(|j| {
+                        let mut x: Vec<f32> = (0..n)
+                            .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
+                            .collect();
+                        if j == 0 {
+                            // one large value per block: it quantizes to -127
+                            for b in x.chunks_mut(32) {
+                                b[3] = -50.0;
+                            }
+                        }
+                        quantize_q8(&x)
+                    })
+                    .collect();
+                let nb = n / 32;
+                let yd: Vec<[f32; 8]> = (0..nb)
+                    .flat_map(|i| {
+                        let a = &acts;
+                        (0..SCALE_ROWS).map(move |j| {
+                            if j < 8 {
+                                [a[j][i].d; 8]
+                            } else {
+                                std::array::from_fn(|m| a[m][i].s)
+                            }
+                        })
+                    })
+                    .collect();
+                let mut out = [f32::NAN; 8 * 16];
+                let ys = std::array::from_fn(|j| &acts[j][..]);
+                // SAFETY: AVX2, FMA and F16C were reported above.
+                unsafe {
+                    match t {
+                        DType::Q8_0 => {
+                            k::tile_q8x8::<{ k::Q8_0 }>(&w, rb, rows, ys, &yd, &mut out, 16)
+                        }
+                        DType::Q5_0 => {
+                            k::tile_q8x8::<{ k::Q5_0 }>(&w, rb, rows, ys, &yd, &mut out, 16)
+                        }
+                        DType::Q4_1 => {
+                            k::tile_q8x8::<{ k::Q4_1 }>(&w, rb, rows, ys, &yd, &mut out, 16)
+                        }
+                        _ => k::tile_q8x8::<{ k::Q5_1 }>(&w, rb, rows, ys, &yd, &mut out, 16),
+                    }
+                };
+                for m in 0..8 {
+                    for j in 0..rows {
+                        let want = vec_dot_ref(t, &w[j * rb..(j + 1) * rb], ActRow::Q8(&acts[m]));
+                        let got = out[m * 16 + j];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{t} seed {seed} token {m} row {j}: {got} vs {want}"
+                        );
+                    }
+                    // rows past `rows` are left alone
+                    for j in rows..16 {
+                        assert!(
+                            out[m * 16 + j].is_nan(),
+                            "{t} seed {seed} token {m} row {j} written"
+                        );
+                    }
                 }
             }
         }
