@@ -326,113 +326,42 @@ fn k_scales(scales: &[u8]) -> ([i16; 8], [i32; 8]) {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn sub_block_sums(y: &BlockQ8K, mn: &[i32; 8]) -> i32 {
-    let mut m = 0i32;
-    for k in 0..8 {
-        m += mn[k] * (y.bsums[2 * k] as i32 + y.bsums[2 * k + 1] as i32);
-    }
-    m
-}
-
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
 fn q8k_chunk(y: &BlockQ8K, at: usize) -> __m256i {
     load_i8x32(y.qs[at..at + 32].try_into().expect("32 values"))
 }
 
-/// Q4_K row with N rows of Q8_K activations (block-serial, as llama.cpp's repacked kernel).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q4k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
-    let (mut acc, mut accm) = ([0f32; N], [0f32; N]);
-    let m4 = _mm256_set1_epi8(0x0f);
-    for (i, b) in w.chunks_exact(144).enumerate() {
-        prefetch_ahead(b, 3);
-        let (dw, dminw) = (f16_at(b, 0), f16_at(b, 2));
-        let (sc, mn) = k_scales(&b[4..16]);
-        let mut q = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let bits = load32(arr(b, 16 + 32 * c));
-            q[2 * c] = _mm256_and_si256(bits, m4);
-            q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-        }
-        for n in 0..N {
-            let y = &ys[n][i];
-            let mut sumi = _mm256_setzero_si256();
-            for k in 0..8 {
-                let p = _mm256_maddubs_epi16(q[k], q8k_chunk(y, 32 * k));
-                let p = _mm256_madd_epi16(p, _mm256_set1_epi16(sc[k]));
-                sumi = _mm256_add_epi32(sumi, p);
-            }
-            let s = hsum_i32(sumi);
-            let m = sub_block_sums(y, &mn);
-            acc[n] = (s as f32).mul_add(dw * y.d, acc[n]);
-            accm[n] = (m as f32).mul_add(dminw * y.d, accm[n]);
-        }
+/// Block bytes of the K types (`T` = 4, 5, 6: Q4_K, Q5_K, Q6_K).
+const fn k_block_bytes(t: u8) -> usize {
+    match t {
+        4 => 144,
+        5 => 176,
+        _ => 210,
     }
-    let mut out = [0f32; N];
-    for n in 0..N {
-        out[n] = acc[n] - accm[n];
-    }
-    out
 }
 
-/// Q5_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q5k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    let mut summs = [0f32; N];
-    let m4 = _mm256_set1_epi8(0x0f);
-    let one = _mm256_set1_epi8(1);
-    for (i, b) in w.chunks_exact(176).enumerate() {
-        prefetch_ahead(b, 3);
-        let (dw, dminw) = (f16_at(b, 0), f16_at(b, 2));
-        let (sc, mn) = k_scales(&b[4..16]);
-        let hbits = load32(arr(b, 16));
-        let mut q = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let bits = load32(arr(b, 48 + 32 * c));
-            let lo = _mm256_and_si256(bits, m4);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
-            for (k, v) in [(2 * c, lo), (2 * c + 1, hi)] {
-                let h = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(k as i32)), one);
-                q[k] = _mm256_or_si256(v, _mm256_slli_epi16::<4>(h));
-            }
-        }
-        for n in 0..N {
-            let y = &ys[n][i];
-            let mut sumi = _mm256_setzero_si256();
-            for k in 0..8 {
-                let p = _mm256_maddubs_epi16(q[k], q8k_chunk(y, 32 * k));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[k])));
-            }
-            let d = y.d * dw;
-            let dmin = -y.d * dminw;
-            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[n]);
-            summs[n] += dmin * sub_block_sums(y, &mn) as f32;
-        }
-    }
-    let mut out = [0f32; N];
-    for n in 0..N {
-        out[n] = hsum8(acc[n]) + summs[n];
-    }
-    out
+/// One K-type weight block unpacked for the integer dot: eight chunks of 32 unsigned
+/// values, each with its 16-bit scale(s) to `madd` the byte products by.
+struct KBlock {
+    q: [__m256i; 8],
+    scv: [__m256i; 8],
+    /// f16 super-block scale and (Q4_K, Q5_K) min scale.
+    dw: f32,
+    dminw: f32,
+    /// Q4_K, Q5_K: the 8 sub-block mins, each twice ([m0, m0, m1, m1, ...] as i16): `madd`
+    /// with an activation block's 16 bsums gives mins times sub-block sums.
+    /// Q6_K: the 16 sub-block scales, for the same with the 32 offset.
+    mins: __m256i,
 }
 
-/// Q6_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn dot_q6k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
-    let mut acc = [_mm256_setzero_ps(); N];
-    let m15 = _mm256_set1_epi8(15);
-    for (i, b) in w.chunks_exact(210).enumerate() {
-        prefetch_ahead(b, 4);
-        let dw = f16_at(b, 208);
+fn unpack_k<const T: u8>(b: &[u8]) -> KBlock {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut q = [_mm256_setzero_si256(); 8];
+    if T == 6 {
+        let m15 = _mm256_set1_epi8(15);
         let sc_bytes: &[u8; 16] = arr(b, 192);
         let sc = |j: usize| (sc_bytes[j] as i8) as i16;
-        let scales16 = _mm256_cvtepi8_epi16(load16(sc_bytes));
-        let mut q = [_mm256_setzero_si256(); 8];
         let mut scv = [_mm256_setzero_si256(); 8];
         for h in 0..2 {
             let b1 = load32(arr(b, 64 * h));
@@ -451,18 +380,126 @@ pub fn dot_q6k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
                 scv[4 * h + r] = _mm256_set_m128i(_mm_set1_epi16(sc(j + 1)), _mm_set1_epi16(sc(j)));
             }
         }
+        return KBlock {
+            q,
+            scv,
+            dw: f16_at(b, 208),
+            dminw: 0.0,
+            mins: _mm256_cvtepi8_epi16(load16(sc_bytes)),
+        };
+    }
+    let (sc, mn) = k_scales(&b[4..16]);
+    let qs_at = if T == 4 { 16 } else { 48 };
+    for c in 0..4 {
+        let bits = load32(arr(b, qs_at + 32 * c));
+        q[2 * c] = _mm256_and_si256(bits, m4);
+        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16::<4>(bits), m4);
+    }
+    if T == 5 {
+        let one = _mm256_set1_epi8(1);
+        let hbits = load32(arr(b, 16));
+        for (k, qk) in q.iter_mut().enumerate() {
+            let h = _mm256_and_si256(_mm256_srl_epi16(hbits, _mm_cvtsi32_si128(k as i32)), one);
+            *qk = _mm256_or_si256(*qk, _mm256_slli_epi16::<4>(h));
+        }
+    }
+    let m16: [i16; 16] = std::array::from_fn(|j| mn[j / 2] as i16);
+    KBlock {
+        q,
+        scv: sc.map(|s| _mm256_set1_epi16(s)),
+        dw: f16_at(b, 0),
+        dminw: f16_at(b, 2),
+        // SAFETY: m16 is 16 i16 = 32 readable bytes; the load is unaligned.
+        mins: unsafe { _mm256_loadu_si256(m16.as_ptr().cast()) },
+    }
+}
+
+/// The integer part of one K block against one Q8_K block, 8 lanes (their sum is the
+/// block's dot product; for Q6_K the 32 offset is already taken off).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn k_sumi<const T: u8>(k: &KBlock, y: &BlockQ8K) -> __m256i {
+    let mut sumi = _mm256_setzero_si256();
+    for c in 0..8 {
+        let p = _mm256_maddubs_epi16(k.q[c], q8k_chunk(y, 32 * c));
+        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, k.scv[c]));
+    }
+    if T == 6 {
+        let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums(y), k.mins));
+        sumi = _mm256_sub_epi32(sumi, off);
+    }
+    sumi
+}
+
+/// The 16 bsums of a Q8_K block.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bsums(y: &BlockQ8K) -> __m256i {
+    // SAFETY: bsums is 16 i16 = 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) }
+}
+
+/// Q4_K row with N rows of Q8_K activations (block-serial, as llama.cpp's repacked kernel).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q4k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
+    let (mut acc, mut accm) = ([0f32; N], [0f32; N]);
+    for (i, b) in w.chunks_exact(144).enumerate() {
+        prefetch_ahead(b, 3);
+        let k = unpack_k::<4>(b);
         for n in 0..N {
             let y = &ys[n][i];
-            let mut sumi = _mm256_setzero_si256();
-            for c in 0..8 {
-                let p = _mm256_maddubs_epi16(q[c], q8k_chunk(y, 32 * c));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scv[c]));
-            }
-            // SAFETY: bsums is 16 i16 = 32 readable bytes; the load is unaligned.
-            let bs = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
-            let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bs, scales16));
-            let sumi = _mm256_sub_epi32(sumi, off);
-            let d = y.d * dw;
+            let s = hsum_i32(k_sumi::<4>(&k, y));
+            let m = hsum_i32(_mm256_madd_epi16(bsums(y), k.mins));
+            acc[n] = (s as f32).mul_add(k.dw * y.d, acc[n]);
+            accm[n] = (m as f32).mul_add(k.dminw * y.d, accm[n]);
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = acc[n] - accm[n];
+    }
+    out
+}
+
+/// Q5_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q5k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut summs = [0f32; N];
+    for (i, b) in w.chunks_exact(176).enumerate() {
+        prefetch_ahead(b, 3);
+        let k = unpack_k::<5>(b);
+        for n in 0..N {
+            let y = &ys[n][i];
+            let sumi = k_sumi::<5>(&k, y);
+            let m = hsum_i32(_mm256_madd_epi16(bsums(y), k.mins));
+            let d = y.d * k.dw;
+            let dmin = -y.d * k.dminw;
+            acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[n]);
+            summs[n] += dmin * m as f32;
+        }
+    }
+    let mut out = [0f32; N];
+    for n in 0..N {
+        out[n] = hsum8(acc[n]) + summs[n];
+    }
+    out
+}
+
+/// Q6_K row with N rows of Q8_K activations (8 lanes, as llama.cpp's vec_dot).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_q6k<const N: usize>(w: &[u8], ys: [&[BlockQ8K]; N]) -> [f32; N] {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for (i, b) in w.chunks_exact(210).enumerate() {
+        prefetch_ahead(b, 4);
+        let k = unpack_k::<6>(b);
+        for n in 0..N {
+            let y = &ys[n][i];
+            let sumi = k_sumi::<6>(&k, y);
+            let d = y.d * k.dw;
             acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc[n]);
         }
     }
@@ -1159,6 +1196,134 @@ pub fn tile_k<const N: usize>(
             5 => dot_q5k::<N>(row, ys),
             _ => dot_q6k::<N>(row, ys),
         };
+    }
+}
+
+/// Sums of the lanes of eight i32 registers: lane n is the sum of v[n]'s lanes (exact, so
+/// any order will do).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_i32x8(v: [__m256i; 8]) -> __m256i {
+    let t0 = _mm256_hadd_epi32(v[0], v[1]);
+    let t1 = _mm256_hadd_epi32(v[2], v[3]);
+    let t2 = _mm256_hadd_epi32(v[4], v[5]);
+    let t3 = _mm256_hadd_epi32(v[6], v[7]);
+    // lanes: registers 0-3 (low halves' sums) | 0-3 (high halves'), then 4-7
+    let u0 = _mm256_hadd_epi32(t0, t1);
+    let u1 = _mm256_hadd_epi32(t2, t3);
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(u0, u1),
+        _mm256_permute2x128_si256::<0x31>(u0, u1),
+    )
+}
+
+/// [`tile_k`] for eight activation rows (`T` = 4, 5, 6): `rows` (at most 16) consecutive
+/// weight rows, written token-major: out[n * out_stride + r] for r < rows. `yd` holds per
+/// block i [`SCALE_ROWS`] registers made once per matmul: yd[9 i + n] is row n's block
+/// scale in every lane and yd[9 i + 8] the eight rows' scales, so the per-token float
+/// work of a block (scale products, the Q4_K / Q5_K min terms, Q4_K's horizontal integer
+/// sums) is done for the eight tokens at once. Bit for bit what [`dot_q4k`], [`dot_q5k`]
+/// and [`dot_q6k`] give.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn tile_k8<const T: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    ys: [&[BlockQ8K]; 8],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(matches!(T, 4..=6), "tile_k8: unsupported weight type");
+    let size = k_block_bytes(T);
+    let nb = ys[0].len();
+    assert!(rows <= 16, "tile_k8: at most 16 rows");
+    assert!(
+        rows <= out_stride && out.len() >= 7 * out_stride + rows,
+        "tile_k8: output too short"
+    );
+    assert!(
+        row_bytes >= nb * size,
+        "weight row shorter than the activations"
+    );
+    assert!(
+        w.len() >= rows * row_bytes,
+        "weight block shorter than its rows"
+    );
+    assert!(
+        yd.len() >= SCALE_ROWS * nb,
+        "scale table shorter than the activations"
+    );
+    for y in &ys {
+        assert!(y.len() >= nb, "activation rows of unequal length");
+    }
+    let mut sums = [_mm256_setzero_ps(); 16];
+    for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+        let wr = &w[r * row_bytes..r * row_bytes + nb * size];
+        // Q4_K: acc and accm, lane n for token n; Q5_K and Q6_K: 8 lanes per token in
+        // lanes, plus (Q5_K) the min terms of all tokens in `mins`
+        let mut acc8 = [_mm256_setzero_ps(); 8];
+        let (mut acc, mut accm, mut mins) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        for (i, b) in wr.chunks_exact(size).enumerate() {
+            prefetch_ahead(b, 3);
+            let k = unpack_k::<T>(b);
+            let tab = &yd[SCALE_ROWS * i..SCALE_ROWS * (i + 1)];
+            let d8 = loadf8(&tab[8]);
+            let dw = _mm256_set1_ps(k.dw);
+            // Q4_K: each token's integer sums, reduced for all eight below; Q4_K and Q5_K:
+            // each token's mins times sub-block sums
+            let mut si = [_mm256_setzero_si256(); 8];
+            let mut mi = [_mm256_setzero_si256(); 8];
+            for n in 0..8 {
+                let y = &ys[n][i];
+                let sumi = k_sumi::<T>(&k, y);
+                if T != 6 {
+                    mi[n] = _mm256_madd_epi16(bsums(y), k.mins);
+                }
+                if T == 4 {
+                    si[n] = sumi;
+                } else {
+                    let d = _mm256_mul_ps(loadf8(&tab[n]), dw);
+                    acc8[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc8[n]);
+                }
+            }
+            if T == 4 {
+                let s8 = _mm256_cvtepi32_ps(hsum_i32x8(si));
+                let m8 = _mm256_cvtepi32_ps(hsum_i32x8(mi));
+                acc = _mm256_fmadd_ps(s8, _mm256_mul_ps(dw, d8), acc);
+                let dm = _mm256_mul_ps(_mm256_set1_ps(k.dminw), d8);
+                accm = _mm256_fmadd_ps(m8, dm, accm);
+            } else if T == 5 {
+                // dmin = -y.d * dminw, then dmin * m added
+                let m8 = _mm256_cvtepi32_ps(hsum_i32x8(mi));
+                let neg = _mm256_xor_ps(d8, _mm256_set1_ps(-0.0));
+                let dmin = _mm256_mul_ps(neg, _mm256_set1_ps(k.dminw));
+                mins = _mm256_add_ps(mins, _mm256_mul_ps(dmin, m8));
+            }
+        }
+        *sum = match T {
+            4 => _mm256_sub_ps(acc, accm),
+            5 => _mm256_add_ps(hsum8x8(acc8), mins),
+            _ => hsum8x8(acc8),
+        };
+    }
+    let lo = transpose8(sums[..8].try_into().expect("8 registers"));
+    let hi = transpose8(sums[8..].try_into().expect("8 registers"));
+    for n in 0..8 {
+        let o = &mut out[n * out_stride..n * out_stride + rows];
+        if rows == 16 {
+            storef8((&mut o[..8]).try_into().expect("8 floats"), lo[n]);
+            storef8((&mut o[8..]).try_into().expect("8 floats"), hi[n]);
+        } else {
+            let mut t = [0f32; 16];
+            storef8((&mut t[..8]).try_into().expect("8 floats"), lo[n]);
+            storef8((&mut t[8..]).try_into().expect("8 floats"), hi[n]);
+            o.copy_from_slice(&t[..rows]);
+        }
     }
 }
 

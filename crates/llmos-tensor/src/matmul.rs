@@ -182,10 +182,10 @@ struct QuantActs {
     cols: usize,
     rows: usize,
     q8: Vec<BlockQ8>,
-    /// For prompts (16 rows or more) of Q8 blocks, by groups of 8 rows, nine registers per
-    /// block i: yd[(g * per + i) * 9 + n] is the scale of row 8 g + n spread over all
-    /// lanes, yd[(g * per + i) * 9 + 8] the eight rows' `s` (see `avx2::tile_q8x8`).
-    /// Empty otherwise.
+    /// For prompts (16 rows or more) of Q8 or Q8_K blocks, by groups of 8 rows, nine
+    /// registers per block i: yd[(g * per + i) * 9 + n] is the scale of row 8 g + n spread
+    /// over all lanes, yd[(g * per + i) * 9 + 8] the eight rows' `s` (Q8) or scales (Q8_K)
+    /// (see `avx2::tile_q8x8`, `avx2::tile_k8`). Empty otherwise.
     yd: Vec<[f32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
@@ -244,6 +244,18 @@ impl QuantActs {
                 } else {
                     for (i, o) in self.q8k.chunks_mut(per).enumerate() {
                         fill(i, o);
+                    }
+                }
+                self.yd.clear();
+                if rows >= 16 {
+                    for g in 0..rows / 8 {
+                        for i in 0..per {
+                            let d = |n: usize| self.q8k[(8 * g + n) * per + i].d;
+                            for n in 0..8 {
+                                self.yd.push([d(n); 8]);
+                            }
+                            self.yd.push(std::array::from_fn(d));
+                        }
                     }
                 }
             }
@@ -366,6 +378,32 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
                             k::tile_q8x8::<{ k::Q4_1 }>(wb, rb, r1 - r0, ys8, yd, out, rows)
                         }
                         _ => k::tile_q8x8::<{ k::Q5_1 }>(wb, rb, r1 - r0, ys8, yd, out, rows),
+                    }
+                };
+                ti += 8;
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        if N == 8 && matches!(dt, DType::Q4K | DType::Q5K | DType::Q6K) && crate::avx2::available()
+        {
+            use crate::avx2::{self as k, SCALE_ROWS};
+            let per = w.cols / 256;
+            let rb = w.row_bytes();
+            while ti + 8 <= n {
+                let g = (t0 + ti) / 8;
+                let ys8: [&[BlockQ8K]; 8] = std::array::from_fn(|j| match acts.row(t0 + ti + j) {
+                    ActRow::Q8K(y) => y,
+                    _ => unreachable!("K-type weights meet Q8_K activations"),
+                });
+                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
+                let wb = &w.data[r0 * rb..r1 * rb];
+                let out = &mut ys[ti * rows + r0..];
+                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
+                unsafe {
+                    match dt {
+                        DType::Q4K => k::tile_k8::<4>(wb, rb, r1 - r0, ys8, yd, out, rows),
+                        DType::Q5K => k::tile_k8::<5>(wb, rb, r1 - r0, ys8, yd, out, rows),
+                        _ => k::tile_k8::<6>(wb, rb, r1 - r0, ys8, yd, out, rows),
                     }
                 };
                 ti += 8;
