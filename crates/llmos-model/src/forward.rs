@@ -406,19 +406,18 @@ impl Model {
             self.lora_add(l, 4, h, g);
             self.lora_add(l, 5, h, u);
             let ff = c.n_ff;
-            let act: Option<fn(f32) -> f32> = match (c.arch, q8) {
-                (Arch::Gemma3, false) => Some(gelu_tanh),
-                // llama.cpp's CPU GELU is an f16 lookup table
-                (Arch::Gemma3, true) => Some(llmos_tensor::q8::gelu_f16_table),
-                (_, false) => Some(silu),
-                // SiLU 8 lanes at a time (a polynomial exp, as llama.cpp's)
-                (_, true) => None,
-            };
             for_each_chunk_mut(g, ff * 4, |i, gs| {
                 let us = &u[i * ff * 4..i * ff * 4 + gs.len()];
-                match act {
-                    Some(act) => gs.iter_mut().zip(us).for_each(|(a, b)| *a = act(*a) * b),
-                    None => llmos_tensor::q8::swiglu_into(gs, us),
+                match (c.arch, q8) {
+                    (Arch::Gemma3, false) => gs
+                        .iter_mut()
+                        .zip(us)
+                        .for_each(|(a, b)| *a = gelu_tanh(*a) * b),
+                    // llama.cpp's CPU GELU is an f16 lookup table
+                    (Arch::Gemma3, true) => llmos_tensor::q8::geglu_f16_into(gs, us),
+                    (_, false) => gs.iter_mut().zip(us).for_each(|(a, b)| *a = silu(*a) * b),
+                    // SiLU 8 lanes at a time (a polynomial exp, as llama.cpp's)
+                    (_, true) => llmos_tensor::q8::swiglu_into(gs, us),
                 }
             });
             c_g.set();

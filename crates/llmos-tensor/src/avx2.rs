@@ -1470,6 +1470,39 @@ pub fn pack6_rows(rows: [&[f32]; 6], dst: &mut [f32]) {
     }
 }
 
+/// See [`crate::q8::geglu_f16_into`]; `table` is the GELU of every f16 value by its bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn geglu_table_lanes(g: &mut [f32], u: &[f32], table: &[f32]) {
+    assert!(
+        table.len() > u16::MAX as usize,
+        "geglu_table_lanes: table too short"
+    );
+    let (lo, hi) = (_mm256_set1_ps(-10.0), _mm256_set1_ps(10.0));
+    let n = g.len().min(u.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = loadf8(g[i..i + 8].try_into().expect("8 floats"));
+        let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+        let mut bits = [0u16; 8];
+        // SAFETY: `bits` holds 16 writable bytes; the store is unaligned.
+        unsafe { _mm_storeu_si128(bits.as_mut_ptr().cast(), h) };
+        let looked: [f32; 8] = std::array::from_fn(|j| table[bits[j] as usize]);
+        let r = loadf8(&looked);
+        // x >= 10: x itself; x <= -10: 0
+        let r = _mm256_blendv_ps(r, v, _mm256_cmp_ps::<_CMP_GE_OQ>(v, hi));
+        let r = _mm256_andnot_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(v, lo), r);
+        let b = loadf8(u[i..i + 8].try_into().expect("8 floats"));
+        storef8(
+            (&mut g[i..i + 8]).try_into().expect("8 floats"),
+            _mm256_mul_ps(r, b),
+        );
+        i += 8;
+    }
+    for j in i..n {
+        g[j] = crate::q8::gelu_f16_table(g[j]) * u[j];
+    }
+}
+
 /// See [`crate::q8::swiglu_into`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn swiglu_lanes(g: &mut [f32], u: &[f32]) {
