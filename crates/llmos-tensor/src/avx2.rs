@@ -855,30 +855,44 @@ pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn dot_rows_64(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
-    let qv: [__m256; 8] =
-        std::array::from_fn(|c| loadf8(q[8 * c..8 * c + 8].try_into().expect("8 floats")));
-    let zero = _mm256_setzero_ps();
-    let key = |p: usize| -> __m256 {
-        let row = &k[p * stride..p * stride + 64];
-        let x: [__m256; 4] = std::array::from_fn(|j| {
-            let lo = loadf8(row[8 * j..8 * j + 8].try_into().expect("8 floats"));
-            let hi = loadf8(row[32 + 8 * j..40 + 8 * j].try_into().expect("8 floats"));
-            _mm256_fmadd_ps(qv[4 + j], hi, _mm256_fmadd_ps(qv[j], lo, zero))
-        });
-        fold4(x)
-    };
-    let n = out.len();
-    let mut p0 = 0;
-    while p0 + 8 <= n {
-        let s: [__m256; 8] = std::array::from_fn(|i| key(p0 + i));
-        storef8(
-            (&mut out[p0..p0 + 8]).try_into().expect("8 floats"),
-            reduce8(s),
-        );
-        p0 += 8;
+    let mut qv = [_mm256_setzero_ps(); 8];
+    for c in 0..8 {
+        qv[c] = loadf8(q[8 * c..8 * c + 8].try_into().expect("8 floats"));
     }
-    for p in p0..n {
-        out[p] = finish_fold(key(p));
+    let zero = _mm256_setzero_ps();
+    let n = out.len();
+    assert!(
+        n == 0 || k.len() >= (n - 1) * stride + 64,
+        "dot_rows_64: keys too short"
+    );
+    // (no closures here: they are not always inlined into this function's features)
+    let mut s = [zero; 8];
+    let mut p0 = 0;
+    while p0 < n {
+        let nk = (n - p0).min(8);
+        for i in 0..8 {
+            if i < nk {
+                let row = &k[(p0 + i) * stride..(p0 + i) * stride + 64];
+                let mut x = [zero; 4];
+                for j in 0..4 {
+                    let lo = loadf8(row[8 * j..8 * j + 8].try_into().expect("8 floats"));
+                    let hi = loadf8(row[32 + 8 * j..40 + 8 * j].try_into().expect("8 floats"));
+                    x[j] = _mm256_fmadd_ps(qv[4 + j], hi, _mm256_fmadd_ps(qv[j], lo, zero));
+                }
+                s[i] = fold4(x);
+            }
+        }
+        if nk == 8 {
+            storef8(
+                (&mut out[p0..p0 + 8]).try_into().expect("8 floats"),
+                reduce8(s),
+            );
+        } else {
+            for i in 0..nk {
+                out[p0 + i] = finish_fold(s[i]);
+            }
+        }
+        p0 += nk;
     }
 }
 
