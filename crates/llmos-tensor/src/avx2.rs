@@ -635,18 +635,22 @@ fn finish_fold(x: __m256) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn reduce8(s: [__m256; 8]) -> __m256 {
     // t(i) = high half + low half of s(i) (4 lanes); keys i and i + 1 in one register
-    let t: [__m256; 4] = std::array::from_fn(|j| {
-        let (a, b) = (s[2 * j], s[2 * j + 1]);
-        _mm256_add_ps(
-            _mm256_permute2f128_ps::<0x31>(a, b),
-            _mm256_permute2f128_ps::<0x20>(a, b),
-        )
-    });
+    let t: [__m256; 4] = std::array::from_fn(|j| add_halves(s[2 * j], s[2 * j + 1]));
     // pairs, then pairs of pairs: lanes hold keys 0, 2, 4, 6, 1, 3, 5, 7
     let h0 = _mm256_hadd_ps(t[0], t[1]);
     let h1 = _mm256_hadd_ps(t[2], t[3]);
     let r = _mm256_hadd_ps(h0, h1);
     _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+}
+
+/// High plus low half of `a` (lanes 0-3) and of `b` (lanes 4-7): [`reduce8`]'s first step.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_halves(a: __m256, b: __m256) -> __m256 {
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x31>(a, b),
+        _mm256_permute2f128_ps::<0x20>(a, b),
+    )
 }
 
 /// Horizontal sum of four accumulators in llama.cpp's f16/f32 dot order.
@@ -859,40 +863,53 @@ fn dot_rows_64(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
     for c in 0..8 {
         qv[c] = loadf8(q[8 * c..8 * c + 8].try_into().expect("8 floats"));
     }
-    let zero = _mm256_setzero_ps();
     let n = out.len();
     assert!(
         n == 0 || k.len() >= (n - 1) * stride + 64,
         "dot_rows_64: keys too short"
     );
-    // (no closures here: they are not always inlined into this function's features)
-    let mut s = [zero; 8];
-    let mut p0 = 0;
-    while p0 < n {
-        let nk = (n - p0).min(8);
-        for i in 0..8 {
-            if i < nk {
-                let row = &k[(p0 + i) * stride..(p0 + i) * stride + 64];
-                let mut x = [zero; 4];
+    let kp = k.as_ptr();
+    // one key: 8 FMAs, folded to one register (no closures here: they are not always
+    // inlined into this function's target features)
+    macro_rules! key {
+        ($p:expr) => {{
+            // SAFETY: $p < n, so the key row's 64 floats at $p * stride are inside `k`
+            // (checked above); the loads are unaligned.
+            unsafe {
+                let r = kp.add($p * stride);
+                let mut x = [_mm256_setzero_ps(); 4];
                 for j in 0..4 {
-                    let lo = loadf8(row[8 * j..8 * j + 8].try_into().expect("8 floats"));
-                    let hi = loadf8(row[32 + 8 * j..40 + 8 * j].try_into().expect("8 floats"));
-                    x[j] = _mm256_fmadd_ps(qv[4 + j], hi, _mm256_fmadd_ps(qv[j], lo, zero));
+                    let lo = _mm256_loadu_ps(r.add(8 * j));
+                    let hi = _mm256_loadu_ps(r.add(32 + 8 * j));
+                    x[j] = _mm256_fmadd_ps(
+                        qv[4 + j],
+                        hi,
+                        _mm256_fmadd_ps(qv[j], lo, _mm256_setzero_ps()),
+                    );
                 }
-                s[i] = fold4(x);
+                fold4(x)
             }
-        }
-        if nk == 8 {
-            storef8(
-                (&mut out[p0..p0 + 8]).try_into().expect("8 floats"),
-                reduce8(s),
-            );
-        } else {
-            for i in 0..nk {
-                out[p0 + i] = finish_fold(s[i]);
-            }
-        }
-        p0 += nk;
+        }};
+    }
+    // eight keys at a time, reduced as they come ([`reduce8`]'s steps: pairs of keys, then
+    // pairs of pairs): at most 15 registers live and no stores in the loop (the folded
+    // keys kept in memory ran 2-3x slower: perf put the time on those stores, likely loads
+    // of the next key rows held behind them by false store-to-load aliasing)
+    let mut p0 = 0;
+    while p0 + 8 <= n {
+        let t0 = add_halves(key!(p0), key!(p0 + 1));
+        let t1 = add_halves(key!(p0 + 2), key!(p0 + 3));
+        let h0 = _mm256_hadd_ps(t0, t1);
+        let t2 = add_halves(key!(p0 + 4), key!(p0 + 5));
+        let t3 = add_halves(key!(p0 + 6), key!(p0 + 7));
+        let h1 = _mm256_hadd_ps(t2, t3);
+        let r = _mm256_hadd_ps(h0, h1);
+        let r = _mm256_permutevar8x32_ps(r, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        storef8((&mut out[p0..p0 + 8]).try_into().expect("8 floats"), r);
+        p0 += 8;
+    }
+    for p in p0..n {
+        out[p] = finish_fold(key!(p));
     }
 }
 
