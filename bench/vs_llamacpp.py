@@ -61,9 +61,10 @@ def main():
                 o, meta = llmos_run(a.llmos, path, t, a.pp, a.tg)
                 ty = meta["type"]
                 l = llamacpp_run(llm, n_vocab, a.pp, a.tg, rng)
-                for k in ("pp", "tg"):
-                    ours[k].append(o[k])
-                    theirs[k].append(l[k])
+                for k, n in (("pp", a.pp), ("tg", a.tg)):
+                    if n:
+                        ours[k].append(o[k])
+                        theirs[k].append(l[k])
             del llm
             for k, n in (("pp", a.pp), ("tg", a.tg)):
                 if not n:

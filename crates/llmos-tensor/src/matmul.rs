@@ -182,7 +182,7 @@ struct QuantActs {
     cols: usize,
     rows: usize,
     q8: Vec<BlockQ8>,
-    /// For prompts (16 rows or more) of Q8 or Q8_K blocks, by groups of 8 rows, nine
+    /// For 8 rows or more of Q8 or Q8_K blocks, by groups of 8 rows, nine
     /// registers per block i: yd[(g * per + i) * 9 + n] is the scale of row 8 g + n spread
     /// over all lanes, yd[(g * per + i) * 9 + 8] the eight rows' `s` (Q8) or scales (Q8_K)
     /// (see `avx2::tile_q8x8`, `avx2::tile_k8`). Empty otherwise.
@@ -221,7 +221,7 @@ impl QuantActs {
                     }
                 }
                 self.yd.clear();
-                if rows >= 16 {
+                if rows >= 8 {
                     for g in 0..rows / 8 {
                         for i in 0..per {
                             let b = |n: usize| &self.q8[(8 * g + n) * per + i];
@@ -247,7 +247,7 @@ impl QuantActs {
                     }
                 }
                 self.yd.clear();
-                if rows >= 16 {
+                if rows >= 8 {
                     for g in 0..rows / 8 {
                         for i in 0..per {
                             let d = |n: usize| self.q8k[(8 * g + n) * per + i].d;
@@ -348,64 +348,18 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
     for r0 in (0..rows).step_by(16) {
         let r1 = (r0 + 16).min(rows);
         let mut ti = 0;
-        #[cfg(target_arch = "x86_64")]
-        if N == 8
-            && matches!(dt, DType::Q8_0 | DType::Q5_0 | DType::Q4_1 | DType::Q5_1)
-            && crate::avx2::available()
-        {
-            use crate::avx2::{self as k, SCALE_ROWS};
-            let per = w.cols / 32;
-            let rb = w.row_bytes();
-            while ti + 8 <= n {
-                let g = (t0 + ti) / 8;
-                let ys8: [&[BlockQ8]; 8] = std::array::from_fn(|j| match acts.row(t0 + ti + j) {
-                    ActRow::Q8(y) => y,
-                    _ => unreachable!("32-value block weights meet Q8 activations"),
-                });
-                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
-                let wb = &w.data[r0 * rb..r1 * rb];
-                let out = &mut ys[ti * rows + r0..];
-                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
-                unsafe {
-                    match dt {
-                        DType::Q8_0 => {
-                            k::tile_q8x8::<{ k::Q8_0 }>(wb, rb, r1 - r0, ys8, yd, out, rows)
-                        }
-                        DType::Q5_0 => {
-                            k::tile_q8x8::<{ k::Q5_0 }>(wb, rb, r1 - r0, ys8, yd, out, rows)
-                        }
-                        DType::Q4_1 => {
-                            k::tile_q8x8::<{ k::Q4_1 }>(wb, rb, r1 - r0, ys8, yd, out, rows)
-                        }
-                        _ => k::tile_q8x8::<{ k::Q5_1 }>(wb, rb, r1 - r0, ys8, yd, out, rows),
-                    }
-                };
-                ti += 8;
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        if N == 8 && matches!(dt, DType::Q4K | DType::Q5K | DType::Q6K) && crate::avx2::available()
-        {
-            use crate::avx2::{self as k, SCALE_ROWS};
-            let per = w.cols / 256;
-            let rb = w.row_bytes();
-            while ti + 8 <= n {
-                let g = (t0 + ti) / 8;
-                let ys8: [&[BlockQ8K]; 8] = std::array::from_fn(|j| match acts.row(t0 + ti + j) {
-                    ActRow::Q8K(y) => y,
-                    _ => unreachable!("K-type weights meet Q8_K activations"),
-                });
-                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
-                let wb = &w.data[r0 * rb..r1 * rb];
-                let out = &mut ys[ti * rows + r0..];
-                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
-                unsafe {
-                    match dt {
-                        DType::Q4K => k::tile_k8::<4>(wb, rb, r1 - r0, ys8, yd, out, rows),
-                        DType::Q5K => k::tile_k8::<5>(wb, rb, r1 - r0, ys8, yd, out, rows),
-                        _ => k::tile_k8::<6>(wb, rb, r1 - r0, ys8, yd, out, rows),
-                    }
-                };
+        if N == 8 {
+            while ti + 8 <= n
+                && tile8(
+                    dt,
+                    w,
+                    r0..r1,
+                    acts,
+                    t0 + ti,
+                    &mut ys[ti * rows + r0..],
+                    rows,
+                )
+            {
                 ti += 8;
             }
         }
@@ -429,6 +383,73 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
             }
         }
     }
+}
+
+/// Weight rows `rows` (at most 16) against the eight activation rows from `t0` (a multiple
+/// of 8, with the scale table made: 8 rows or more) by the 8-token kernels, written
+/// token-major: out[n * out_stride + r - rows.start]. Returns false, doing nothing, where
+/// no such kernel runs (weight type, CPU).
+fn tile8(
+    dt: DType,
+    w: &Weight,
+    rows: std::ops::Range<usize>,
+    acts: &QuantActs,
+    t0: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() && !acts.yd.is_empty() {
+        use crate::avx2::{self as k, SCALE_ROWS};
+        let (g, rb, nr) = (t0 / 8, w.row_bytes(), rows.len());
+        let wb = &w.data[rows.start * rb..rows.end * rb];
+        match dt {
+            DType::Q8_0 | DType::Q5_0 | DType::Q4_1 | DType::Q5_1 => {
+                let per = w.cols / 32;
+                let ys: [&[BlockQ8]; 8] = std::array::from_fn(|j| match acts.row(t0 + j) {
+                    ActRow::Q8(y) => y,
+                    _ => unreachable!("32-value block weights meet Q8 activations"),
+                });
+                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
+                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
+                unsafe {
+                    match dt {
+                        DType::Q8_0 => {
+                            k::tile_q8x8::<{ k::Q8_0 }>(wb, rb, nr, ys, yd, out, out_stride)
+                        }
+                        DType::Q5_0 => {
+                            k::tile_q8x8::<{ k::Q5_0 }>(wb, rb, nr, ys, yd, out, out_stride)
+                        }
+                        DType::Q4_1 => {
+                            k::tile_q8x8::<{ k::Q4_1 }>(wb, rb, nr, ys, yd, out, out_stride)
+                        }
+                        _ => k::tile_q8x8::<{ k::Q5_1 }>(wb, rb, nr, ys, yd, out, out_stride),
+                    }
+                }
+                return true;
+            }
+            DType::Q4K | DType::Q5K | DType::Q6K => {
+                let per = w.cols / 256;
+                let ys: [&[BlockQ8K]; 8] = std::array::from_fn(|j| match acts.row(t0 + j) {
+                    ActRow::Q8K(y) => y,
+                    _ => unreachable!("K-type weights meet Q8_K activations"),
+                });
+                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
+                // SAFETY: as above.
+                unsafe {
+                    match dt {
+                        DType::Q4K => k::tile_k8::<4>(wb, rb, nr, ys, yd, out, out_stride),
+                        DType::Q5K => k::tile_k8::<5>(wb, rb, nr, ys, yd, out, out_stride),
+                        _ => k::tile_k8::<6>(wb, rb, nr, ys, yd, out, out_stride),
+                    }
+                }
+                return true;
+            }
+            _ => {}
+        }
+    }
+    let _ = (dt, w, rows, acts, t0, out, out_stride);
+    false
 }
 
 /// Like [`matmul`], with activations meeting the weights as `mode` says. In
@@ -531,6 +552,17 @@ fn tiles<const N: usize>(
 ) -> usize {
     let t = ys.len() / rows.len();
     let rb = w.row_bytes();
+    if N == 8 {
+        let mut tmp = [0f32; 8 * 16];
+        while ti + 8 <= t && tile8(dt, w, rows.clone(), acts, ti, &mut tmp, 16) {
+            for j in 0..rows.len() {
+                for k in 0..8 {
+                    ys[j * t + ti + k] = tmp[k * 16 + j];
+                }
+            }
+            ti += 8;
+        }
+    }
     while ti + N <= t {
         let a: [ActRow; N] = std::array::from_fn(|k| acts.row(ti + k));
         let mut out = [[0f32; N]; 16];
