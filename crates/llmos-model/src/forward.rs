@@ -8,8 +8,8 @@ use crate::{Arch, Model, ModelError};
 use llmos_tensor::ops::{attend_online, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu};
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
-    dot_rows_lanes, dot_rows_lanes_multi, rmsnorm_lanes, rope_cos_sin_lanes, round_f16_slice,
-    softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi,
+    dot_rows_lanes, dot_rows_lanes_multi, pack_v_slots, rmsnorm_lanes, rope_cos_sin_lanes,
+    round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi_packed,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
 
@@ -34,6 +34,8 @@ struct Scratch {
     att: Vec<f32>,
     /// attention outputs ordered by (KV head, row) while prompts are computed
     att_kv: Vec<f32>,
+    /// V of each (sequence, KV head) packed by lane slot while prompts are computed
+    v_packed: Vec<Vec<f32>>,
     o: Vec<f32>,
     g: Vec<f32>,
     u: Vec<f32>,
@@ -187,6 +189,7 @@ impl Model {
             v,
             att,
             att_kv,
+            v_packed,
             o,
             g,
             u,
@@ -334,9 +337,24 @@ impl Model {
                 // once, so each K and V row is read once for the group, and consecutive
                 // tasks reuse one KV head's rows from cache. Same arithmetic per query.
                 let att_kv: &mut [f32] = sized(att_kv, t_n * nh * dv);
+                // V packed per (sequence, KV head) so each slot's rows are contiguous for
+                // the weighted sums (row-major, a slot's rows are 32 rows apart and share
+                // L1 sets); the pack is a copy of V, small beside the sums that read it
+                let packs = kvs.len() * nkv;
+                if v_packed.len() < packs {
+                    v_packed.resize_with(packs, Vec::new);
+                }
+                let rows_of = |seq: usize| kvs[seq].1.len() / (nkv * dv);
+                for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
+                    let (seq, kvh) = (i / nkv, i % nkv);
+                    let vc = kvs[seq].1;
+                    pack_v_slots(&vc[kvh * dv..], nkv * dv, rows_of(seq), dv, &mut buf[0]);
+                });
+                let nbs: Vec<usize> = (0..packs).map(|i| rows_of(i / nkv).div_ceil(32)).collect();
+                let v_packed = &v_packed[..packs];
                 for_each_chunk_mut(att_kv, group * dv, |i, out| {
                     let (kvh, t) = (i / t_n, i % t_n);
-                    let (kc, vc) = kvs[row_seq[t]];
+                    let kc = kvs[row_seq[t]].0;
                     let qp = row_pos[t];
                     let (n, start) = (qp + 1, first(qp));
                     let qs = &q[(t * nh + kvh * group) * d..(t * nh + (kvh + 1) * group) * d];
@@ -348,7 +366,8 @@ impl Model {
                         for row in s.chunks_exact_mut(n) {
                             finish_scores(row, start);
                         }
-                        weighted_rows_lanes_multi(s, n, &vc[kvh * dv..], nkv * dv, dv, out);
+                        let pi = row_seq[t] * nkv + kvh;
+                        weighted_rows_lanes_multi_packed(s, n, &v_packed[pi], nbs[pi], dv, out);
                     });
                 });
                 for (t, row) in att.chunks_exact_mut(nh * dv).enumerate() {

@@ -749,30 +749,67 @@ pub fn weighted_rows_lanes_multi(
         let w = &ws[j * n..(j + q) * n];
         let o = &mut outs[j * dv..(j + q) * dv];
         match q {
-            1 => weighted_rows_q::<1>(w, n, v, stride, o),
-            2 => weighted_rows_q::<2>(w, n, v, stride, o),
-            _ => weighted_rows_q::<3>(w, n, v, stride, o),
+            1 => weighted_rows_q::<1>(w, n, v, [32, stride, 32 * stride], o),
+            2 => weighted_rows_q::<2>(w, n, v, [32, stride, 32 * stride], o),
+            _ => weighted_rows_q::<3>(w, n, v, [32, stride, 32 * stride], o),
         }
         j += q;
     }
 }
 
+/// See [`crate::q8::weighted_rows_lanes_multi_packed`]: [`weighted_rows_lanes_multi`] over
+/// V packed by [`crate::q8::pack_v_slots`] (`nb` blocks of 32 rows), so each slot's rows
+/// are read one after another.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn weighted_rows_lanes_multi_packed(
+    ws: &[f32],
+    n: usize,
+    vp: &[f32],
+    nb: usize,
+    dv: usize,
+    outs: &mut [f32],
+) {
+    let nq = outs.len() / dv;
+    let strides = [32 * nb * 32, nb * 32, 32];
+    let mut j = 0;
+    while j < nq {
+        let q = match nq - j {
+            4 => 2,
+            r => r.min(3),
+        };
+        let w = &ws[j * n..(j + q) * n];
+        let o = &mut outs[j * dv..(j + q) * dv];
+        match q {
+            1 => weighted_rows_q::<1>(w, n, vp, strides, o),
+            2 => weighted_rows_q::<2>(w, n, vp, strides, o),
+            _ => weighted_rows_q::<3>(w, n, vp, strides, o),
+        }
+        j += q;
+    }
+}
+
+/// The weighted sums of Q weight vectors over V, where the 32 values of row p at columns
+/// c0..c0 + 32 (c0 a multiple of 32) start at `(c0 / 32) * strides[0] + (p % 32) *
+/// strides[1] + (p / 32) * strides[2]` in `v` (row-major V: [32, stride, 32 * stride]).
 #[target_feature(enable = "avx2,fma,f16c")]
 fn weighted_rows_q<const Q: usize>(
     ws: &[f32],
     n: usize,
     v: &[f32],
-    stride: usize,
+    strides: [usize; 3],
     outs: &mut [f32],
 ) {
     let dv = outs.len() / Q;
+    let [cs, ss, bs] = strides;
     for c0 in (0..dv).step_by(32) {
         // acc[slot][query][column group of 8] (made slot by slot: no zeroing of 12 KiB)
         let acc: [[[__m256; 4]; Q]; 32] = std::array::from_fn(|slot| {
             let mut a = [[_mm256_setzero_ps(); 4]; Q];
             let mut p = slot;
+            let mut at = (c0 / 32) * cs + slot * ss;
             while p < n {
-                let row = &v[p * stride + c0..p * stride + c0 + 32];
+                let row = &v[at..at + 32];
+                at += bs;
                 // the Q weights first, then one column group of the row at a time: Q + 4 Q
                 // + 1 registers (16 at Q = 3), so nothing spills
                 let b: [__m256; Q] = std::array::from_fn(|q| _mm256_set1_ps(ws[q * n + p]));

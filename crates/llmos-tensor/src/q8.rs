@@ -722,6 +722,66 @@ pub fn weighted_rows_lanes_multi(
     }
 }
 
+/// Packs V (`n` rows of `dv` values at `v[p * stride..]`, dv a multiple of 32) for
+/// [`weighted_rows_lanes_multi_packed`]: by column chunk of 32, then lane slot p % 32, then
+/// block p / 32, so the rows one slot sums are contiguous. Rows past `n` (to a multiple of
+/// 32) are zeros. Returns the number of blocks.
+pub fn pack_v_slots(v: &[f32], stride: usize, n: usize, dv: usize, out: &mut Vec<f32>) -> usize {
+    assert!(
+        dv.is_multiple_of(32),
+        "pack_v_slots: value size not a multiple of 32"
+    );
+    let nb = n.div_ceil(32);
+    out.clear();
+    out.resize(dv * nb * 32, 0.0);
+    for p in 0..n {
+        let row = &v[p * stride..p * stride + dv];
+        for (c, chunk) in row.chunks_exact(32).enumerate() {
+            let at = ((c * 32 + p % 32) * nb + p / 32) * 32;
+            out[at..at + 32].copy_from_slice(chunk);
+        }
+    }
+    nb
+}
+
+/// [`weighted_rows_lanes_multi`] over V packed by [`pack_v_slots`] (`nb` blocks), bit for
+/// bit: each slot's V rows are read one after another instead of 32 rows apart.
+pub fn weighted_rows_lanes_multi_packed(
+    ws: &[f32],
+    n: usize,
+    vp: &[f32],
+    nb: usize,
+    dv: usize,
+    outs: &mut [f32],
+) {
+    if dv == 0 || outs.is_empty() {
+        return;
+    }
+    let nq = outs.len() / dv;
+    assert!(
+        outs.len() == nq * dv && ws.len() == nq * n,
+        "weighted_rows_lanes_multi_packed: weights do not match outputs"
+    );
+    assert!(
+        dv.is_multiple_of(32) && nb * 32 >= n && vp.len() >= dv * nb * 32,
+        "weighted_rows_lanes_multi_packed: packed values do not match"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::weighted_rows_lanes_multi_packed(ws, n, vp, nb, dv, outs) };
+    }
+    // unpacked again, then the plain kernel
+    let mut v = vec![0f32; n * dv];
+    for p in 0..n {
+        for c in 0..dv / 32 {
+            let at = ((c * 32 + p % 32) * nb + p / 32) * 32;
+            v[p * dv + 32 * c..p * dv + 32 * c + 32].copy_from_slice(&vp[at..at + 32]);
+        }
+    }
+    weighted_rows_lanes_multi(ws, n, &v, dv, dv, outs)
+}
+
 /// Scalar reference of [`weighted_rows_lanes`].
 pub fn weighted_rows_lanes_ref(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
     let mut col = vec![0f32; w.len()];
@@ -1531,6 +1591,31 @@ mod tests {
             geglu_f16_ref(&mut b, &u);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&b), "n={n}");
+        }
+    }
+
+    /// The weighted sums over slot-packed V equal those over row-major V, bit for bit.
+    #[test]
+    fn packed_weighted_rows_equal_row_major() {
+        let mut r = rng(12);
+        for (n, dv, nq, stride) in [
+            (1usize, 64usize, 3usize, 192usize),
+            (37, 64, 3, 64),
+            (64, 256, 4, 256),
+            (100, 32, 1, 40),
+        ] {
+            let v: Vec<f32> = (0..n * stride)
+                .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let ws: Vec<f32> = (0..nq * n).map(|_| (r() % 1001) as f32 / 1000.0).collect();
+            let mut want = vec![0f32; nq * dv];
+            weighted_rows_lanes_multi(&ws, n, &v, stride, dv, &mut want);
+            let mut vp = Vec::new();
+            let nb = pack_v_slots(&v, stride, n, dv, &mut vp);
+            let mut got = vec![f32::NAN; nq * dv];
+            weighted_rows_lanes_multi_packed(&ws, n, &vp, nb, dv, &mut got);
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "n={n} dv={dv} nq={nq}");
         }
     }
 
