@@ -9,7 +9,8 @@ use llmos_tensor::ops::{attend_online, gelu_tanh, rmsnorm, rope_cs, rope_inv_fre
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
     dot_rows_lanes, dot_rows_lanes_multi, pack_v_slots, rmsnorm_lanes, rope_cos_sin_lanes,
-    round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi_packed,
+    round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi,
+    weighted_rows_lanes_multi_packed,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
 
@@ -340,21 +341,26 @@ impl Model {
                 // V packed per (sequence, KV head) so each slot's rows are contiguous for
                 // the weighted sums (row-major, a slot's rows are 32 rows apart and share
                 // L1 sets); the pack is a copy of V, small beside the sums that read it
+                // (only for sequences with 16 rows or more here: a decoding sequence's one
+                // row would not repay a copy of its whole V)
                 let packs = kvs.len() * nkv;
                 if v_packed.len() < packs {
                     v_packed.resize_with(packs, Vec::new);
                 }
                 let rows_of = |seq: usize| kvs[seq].1.len() / (nkv * dv);
+                let packed: Vec<bool> = seqs.iter().map(|s| s.len() >= 16).collect();
                 for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
                     let (seq, kvh) = (i / nkv, i % nkv);
-                    let vc = kvs[seq].1;
-                    pack_v_slots(&vc[kvh * dv..], nkv * dv, rows_of(seq), dv, &mut buf[0]);
+                    if packed[seq] {
+                        let vc = kvs[seq].1;
+                        pack_v_slots(&vc[kvh * dv..], nkv * dv, rows_of(seq), dv, &mut buf[0]);
+                    }
                 });
                 let nbs: Vec<usize> = (0..packs).map(|i| rows_of(i / nkv).div_ceil(32)).collect();
                 let v_packed = &v_packed[..packs];
                 for_each_chunk_mut(att_kv, group * dv, |i, out| {
                     let (kvh, t) = (i / t_n, i % t_n);
-                    let kc = kvs[row_seq[t]].0;
+                    let (kc, vc) = kvs[row_seq[t]];
                     let qp = row_pos[t];
                     let (n, start) = (qp + 1, first(qp));
                     let qs = &q[(t * nh + kvh * group) * d..(t * nh + (kvh + 1) * group) * d];
@@ -367,7 +373,11 @@ impl Model {
                             finish_scores(row, start);
                         }
                         let pi = row_seq[t] * nkv + kvh;
-                        weighted_rows_lanes_multi_packed(s, n, &v_packed[pi], nbs[pi], dv, out);
+                        if packed[row_seq[t]] {
+                            weighted_rows_lanes_multi_packed(s, n, &v_packed[pi], nbs[pi], dv, out);
+                        } else {
+                            weighted_rows_lanes_multi(s, n, &vc[kvh * dv..], nkv * dv, dv, out);
+                        }
                     });
                 });
                 for (t, row) in att.chunks_exact_mut(nh * dv).enumerate() {

@@ -523,8 +523,24 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
     // 16, each block dotted with up to 8 tokens per kernel call, so every weight block is
     // loaded and unpacked once for all the tokens (results row-major, then transposed)
     let chunk = chunk_rows(w.rows).next_multiple_of(16);
-    let mut yt = vec![0f32; w.rows * t];
-    for_each_chunk_mut(&mut yt, chunk * t, |ci, ys| {
+    // the row-major results in a buffer kept between calls: a fresh one (1.5 MB for
+    // SmolLM2's head at 8 sequences) cost an allocation, page faults and a memset per step
+    YT.with_borrow_mut(|yt| {
+        yt.resize(w.rows * t, 0.0);
+        few_tokens(dt, w, acts, t, chunk, &mut yt[..w.rows * t]);
+        transpose_into(y, &yt[..w.rows * t], w.rows, t);
+    });
+}
+
+thread_local! {
+    /// [`matmul_cached`]'s row-major results for a few tokens, reused from call to call.
+    static YT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The few-token path: `yt` ([rows, T], every element written) in blocks of 16 rows split
+/// across threads, each block dotted with up to 8 tokens per kernel call.
+fn few_tokens(dt: DType, w: &Weight, acts: &QuantActs, t: usize, chunk: usize, yt: &mut [f32]) {
+    for_each_chunk_mut(yt, chunk * t, |ci, ys| {
         let r0 = ci * chunk;
         let n = ys.len() / t;
         for b0 in (0..n).step_by(16) {
@@ -537,7 +553,6 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
             tiles::<1>(dt, w, acts, rows, ti, block);
         }
     });
-    transpose_into(y, &yt, w.rows, t);
 }
 
 /// Weight rows `rows` (at most 16) against tokens ti.. in groups of N while N remain;
