@@ -8,8 +8,8 @@
 use crate::ops::dot_f32;
 use crate::pool::{for_each_chunk_mut, threads};
 use crate::q8::{
-    ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k_into, vec_dot_n, vec_dot_rn,
-    vec_dot_tile,
+    ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k_into, vec_dot_n,
+    vec_dot_rows, vec_dot_tile,
 };
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
@@ -479,26 +479,12 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
         // fastest one row at a time. (Measured on SmolLM2, one thread, 64 tokens: Q4_1 file
         // 40 tok/s single rows, 55-59 pairs, 51-56 fours; Q8_0 file 52-57 single, 46-47 pairs.)
         let pairs = matches!(dt, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1);
+        let rb = w.row_bytes();
         for_each_chunk_mut(y, chunk, |ci, ys| {
-            // one row at a time: one sequential weight stream per thread streams fastest
-            // (measured: 4 rows side by side were 20-30% slower)
+            // one row (or pair) at a time: one sequential weight stream per thread streams
+            // fastest (measured: 4 rows side by side were 20-30% slower)
             let r0 = ci * chunk;
-            if !pairs {
-                for (j, o) in ys.iter_mut().enumerate() {
-                    *o = vec_dot_n(dt, w.row(r0 + j), [a])[0];
-                }
-                return;
-            }
-            let done = ys.len() / 2 * 2;
-            let (head, tail) = ys.split_at_mut(done);
-            for (qi, q) in head.chunks_exact_mut(2).enumerate() {
-                let r = r0 + 2 * qi;
-                let o = vec_dot_rn::<2, 1>(dt, [w.row(r), w.row(r + 1)], [a]);
-                (q[0], q[1]) = (o[0][0], o[1][0]);
-            }
-            for (j, o) in tail.iter_mut().enumerate() {
-                *o = vec_dot_n(dt, w.row(r0 + done + j), [a])[0];
-            }
+            vec_dot_rows(dt, &w.data[r0 * rb..(r0 + ys.len()) * rb], rb, a, ys, pairs);
         });
         return;
     }

@@ -294,6 +294,35 @@ pub fn vec_dot_rn<const R: usize, const N: usize>(
     w.map(|w| std::array::from_fn(|n| vec_dot_ref(t, w, a[n])))
 }
 
+/// Dots of `out.len()` consecutive weight rows (`row_bytes` each, from `w`) with one
+/// activation row, in pairs of rows where `pairs` (see `avx2::rows_q8`); each exactly as
+/// [`vec_dot`] computes it.
+pub fn vec_dot_rows(t: DType, w: &[u8], row_bytes: usize, a: ActRow, out: &mut [f32], pairs: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        use crate::avx2 as k;
+        let (rb, p) = (row_bytes, pairs);
+        // SAFETY (each call below): the CPU reported AVX2, FMA and F16C, all these kernels
+        // enable; row geometry was checked when the weight was made.
+        unsafe {
+            match (t, a) {
+                (DType::Q4_0, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q4_0 }>(w, rb, y, out, p),
+                (DType::Q4_1, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q4_1 }>(w, rb, y, out, p),
+                (DType::Q5_0, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q5_0 }>(w, rb, y, out, p),
+                (DType::Q5_1, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q5_1 }>(w, rb, y, out, p),
+                (DType::Q8_0, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q8_0 }>(w, rb, y, out, p),
+                (DType::Q4K, ActRow::Q8K(y)) => return k::rows_k::<4>(w, rb, y, out),
+                (DType::Q5K, ActRow::Q8K(y)) => return k::rows_k::<5>(w, rb, y, out),
+                (DType::Q6K, ActRow::Q8K(y)) => return k::rows_k::<6>(w, rb, y, out),
+                _ => {}
+            }
+        }
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        *o = vec_dot_n(t, &w[r * row_bytes..(r + 1) * row_bytes], [a])[0];
+    }
+}
+
 /// Dots of `out.len()` consecutive weight rows (`row_bytes` each, from `w`) with N
 /// activation rows: out[r][n], each exactly as [`vec_dot`] computes it.
 pub fn vec_dot_tile<const N: usize>(
@@ -1616,6 +1645,35 @@ mod tests {
             weighted_rows_lanes_multi_packed(&ws, n, &vp, nb, dv, &mut got);
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "n={n} dv={dv} nq={nq}");
+        }
+    }
+
+    /// The token-generation row loop (pairs or single rows, odd counts) equals the scalar
+    /// reference for every block type.
+    #[test]
+    fn row_loops_equal_scalar_reference() {
+        for t in BLOCK_TYPES {
+            let n = 512;
+            let rb = t.row_bytes(n as u64).unwrap() as usize;
+            let rows = 7;
+            let w: Vec<u8> = (0..rows as u64)
+                .flat_map(|j| random_row(t, n, 300 + j))
+                .collect();
+            let mut r = rng(77);
+            let x: Vec<f32> = (0..n).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            let a = quantize_for(t, &x);
+            for pairs in [false, true] {
+                let mut out = vec![f32::NAN; rows];
+                vec_dot_rows(t, &w, rb, a.as_row(), &mut out, pairs);
+                for j in 0..rows {
+                    let want = vec_dot_ref(t, &w[j * rb..(j + 1) * rb], a.as_row());
+                    assert_eq!(
+                        out[j].to_bits(),
+                        want.to_bits(),
+                        "{t} pairs={pairs} row {j}"
+                    );
+                }
+            }
         }
     }
 
