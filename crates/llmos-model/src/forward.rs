@@ -12,7 +12,7 @@ use llmos_tensor::q8::{
     round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi,
     weighted_rows_lanes_multi_packed,
 };
-use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
+use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached, matmul_cached_multi};
 
 /// Keys and values of every layer for the positions seen so far.
 pub struct KvCache {
@@ -279,9 +279,8 @@ impl Model {
             // attention block: h = norm(x); q, k, v = h Wq, h Wk, h Wv
             norm(h, x, &lw.attn_norm);
             c_h.set();
-            mm(&self.w(&lw.wq), h, q, c_h);
-            mm(&self.w(&lw.wk), h, k, c_h);
-            mm(&self.w(&lw.wv), h, v, c_h);
+            let (wq, wk, wv) = (self.w(&lw.wq), self.w(&lw.wk), self.w(&lw.wv));
+            matmul_cached_multi([&wq, &wk, &wv], h, [&mut *q, &mut *k, &mut *v], act, c_h);
             self.lora_add(l, 0, h, q);
             self.lora_add(l, 1, h, k);
             self.lora_add(l, 2, h, v);
@@ -430,8 +429,8 @@ impl Model {
             // feed-forward block: x += down(act(h Wgate) * (h Wup))
             norm(h, x, &lw.ffn_norm);
             c_h.set();
-            mm(&self.w(&lw.gate), h, g, c_h);
-            mm(&self.w(&lw.up), h, u, c_h);
+            let (wg, wu) = (self.w(&lw.gate), self.w(&lw.up));
+            matmul_cached_multi([&wg, &wu], h, [&mut *g, &mut *u], act, c_h);
             self.lora_add(l, 4, h, g);
             self.lora_add(l, 5, h, u);
             let ff = c.n_ff;

@@ -15,7 +15,7 @@ pub mod quant;
 pub mod quantize;
 
 pub use dtype::DType;
-pub use matmul::{ActCache, Weight, matmul, matmul_cached, matmul_with};
+pub use matmul::{ActCache, Weight, matmul, matmul_cached, matmul_cached_multi, matmul_with};
 pub use q8::ActMode;
 
 /// Errors from kernels that receive malformed shapes or unsupported types.

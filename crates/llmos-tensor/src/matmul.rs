@@ -6,7 +6,7 @@
 //! across the rayon pool.
 
 use crate::ops::dot_f32;
-use crate::pool::{for_each_chunk_mut, threads};
+use crate::pool::{for_each_chunk_mut, for_each_chunk_mut_multi, threads};
 use crate::q8::{
     ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k_into, vec_dot_n,
     vec_dot_rows, vec_dot_tile,
@@ -319,6 +319,15 @@ impl ActCache {
         self.fresh.iter_mut().for_each(|f| *f = false);
     }
 
+    /// The quantized copy for weight type `t`, made by an earlier [`ActCache::get`].
+    fn peek(&self, t: DType) -> &QuantActs {
+        let fmt = act_fmt(t);
+        self.sets
+            .iter()
+            .find(|s| s.fmt == fmt)
+            .expect("ActCache::peek before get")
+    }
+
     fn get(&mut self, t: DType, x: &[f32], cols: usize) -> &QuantActs {
         let fmt = act_fmt(t);
         let i = match self.sets.iter().position(|s| s.fmt == fmt) {
@@ -450,6 +459,50 @@ fn tile8(
     }
     let _ = (dt, w, rows, acts, t0, out, out_stride);
     false
+}
+
+/// [`matmul_cached`] of K weights that read the same input (q, k and v; gate and up). For
+/// one token in [`ActMode::Q8`] the rows of all K go to the threads in one parallel section
+/// (a decode step runs hundreds of them); otherwise one weight after another. The results
+/// are bit for bit [`matmul_cached`]'s.
+pub fn matmul_cached_multi<const K: usize>(
+    ws: [&Weight; K],
+    x: &[f32],
+    ys: [&mut [f32]; K],
+    mode: ActMode,
+    cache: &mut ActCache,
+) {
+    let one = ws
+        .iter()
+        .zip(&ys)
+        .all(|(w, y)| w.cols == x.len() && y.len() == w.rows && !matches!(w.dtype, DType::F32));
+    if mode == ActMode::F32 || !one {
+        for (w, y) in ws.into_iter().zip(ys) {
+            matmul_cached(w, x, y, mode, cache);
+        }
+        return;
+    }
+    for w in &ws {
+        cache.get(w.dtype, x, w.cols);
+    }
+    let acts: [&QuantActs; K] = std::array::from_fn(|k| cache.peek(ws[k].dtype));
+    let rows: usize = ws.iter().map(|w| w.rows).sum();
+    let chunk = chunk_rows(rows);
+    for_each_chunk_mut_multi(ys, [chunk; K], |k, ci, out| {
+        let w = ws[k];
+        let dt = w.dtype;
+        let pairs = matches!(dt, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1);
+        let (rb, r0) = (w.row_bytes(), ci * chunk);
+        let a = acts[k].row(0);
+        vec_dot_rows(
+            dt,
+            &w.data[r0 * rb..(r0 + out.len()) * rb],
+            rb,
+            a,
+            out,
+            pairs,
+        );
+    });
 }
 
 /// Like [`matmul`], with activations meeting the weights as `mode` says. In
@@ -607,6 +660,54 @@ mod tests {
         assert!(Weight::new(DType::Q8_0, &[0u8; 33], 1, 32).is_err());
         assert!(Weight::new(DType::Q8_0, &[0u8; 34], 1, 31).is_err());
         assert!(Weight::new(DType::Q8_1, &[0u8; 36], 1, 32).is_err());
+    }
+
+    /// Weights multiplied together in one section give what each gives alone, for one token
+    /// (the fused path, mixed types) and for several (one after another).
+    #[test]
+    fn multi_matmul_equals_each_alone() {
+        crate::pool::init(2);
+        let cols = 256;
+        let make = |dt: DType, rows: usize, seed: usize| {
+            let wf: Vec<f32> = (0..rows * cols)
+                .map(|i| (((i + seed) * 7919 % 2001) as f32) / 1000.0 - 1.0)
+                .collect();
+            crate::quantize::quantize_rows(dt, &wf, cols).unwrap()
+        };
+        let specs = [(DType::Q4_1, 70), (DType::Q8_0, 33), (DType::Q4K, 18)];
+        let bytes: Vec<Vec<u8>> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, &(dt, r))| make(dt, r, i))
+            .collect();
+        let ws: Vec<Weight> = specs
+            .iter()
+            .zip(&bytes)
+            .map(|(&(dt, r), b)| Weight::new(dt, b, r, cols).unwrap())
+            .collect();
+        for t in [1usize, 3] {
+            let x: Vec<f32> = (0..t * cols)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let mut ys: Vec<Vec<f32>> = ws.iter().map(|w| vec![f32::NAN; t * w.rows]).collect();
+            let [a, b, c] = &mut ys[..] else {
+                unreachable!()
+            };
+            let mut cache = ActCache::new();
+            matmul_cached_multi(
+                [&ws[0], &ws[1], &ws[2]],
+                &x,
+                [a, b, c],
+                ActMode::Q8,
+                &mut cache,
+            );
+            for (w, y) in ws.iter().zip(&ys) {
+                let mut want = vec![0f32; t * w.rows];
+                matmul_with(w, &x, &mut want, ActMode::Q8);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(y), bits(&want), "{} T={t}", w.dtype);
+            }
+        }
     }
 
     /// Every batching path (one token, a few, a tiled group) gives each output exactly what

@@ -249,6 +249,37 @@ pub fn for_each_chunks_mut<T: Send, const K: usize>(
     });
 }
 
+/// [`for_each_chunk_mut`] over K slices in one parallel section: every `chunk[k]`-sized
+/// piece of every slice is a task, `f(k, i, piece)` for piece i of slice k. For several
+/// small outputs computed from one input (q, k and v of one token), so the threads meet
+/// once instead of once per slice.
+pub fn for_each_chunk_mut_multi<T: Send, const K: usize>(
+    data: [&mut [T]; K],
+    chunk: [usize; K],
+    f: impl Fn(usize, usize, &mut [T]) + Sync,
+) {
+    let chunk = chunk.map(|c| c.max(1));
+    let lens: [usize; K] = std::array::from_fn(|k| data[k].len());
+    let counts: [usize; K] = std::array::from_fn(|k| lens[k].div_ceil(chunk[k]));
+    let total: usize = counts.iter().sum();
+    let bases = data.map(|d| SendPtr(d.as_mut_ptr()));
+    parallel_for(total, &|task| {
+        let (mut k, mut i) = (0, task);
+        while i >= counts[k] {
+            i -= counts[k];
+            k += 1;
+        }
+        let start = i * chunk[k];
+        let end = (start + chunk[k]).min(lens[k]);
+        let p = &bases[k];
+        // SAFETY: task (k, i) gets elements start..end of slice k; the pieces of one slice
+        // are disjoint and inside it, the slices are distinct borrows, all stay mutably
+        // borrowed until parallel_for returns, and each task is handed out exactly once.
+        let part = unsafe { std::slice::from_raw_parts_mut(p.0.add(start), end - start) };
+        f(k, i, part)
+    });
+}
+
 struct SendPtr<T>(*mut T);
 // SAFETY: the pointer is only used to build disjoint sub-slices (see for_each_chunk_mut).
 unsafe impl<T: Send> Sync for SendPtr<T> {}
