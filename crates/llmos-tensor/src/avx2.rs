@@ -738,23 +738,7 @@ pub fn weighted_rows_lanes_multi(
     dv: usize,
     outs: &mut [f32],
 ) {
-    let nq = outs.len() / dv;
-    let mut j = 0;
-    while j < nq {
-        // blocks of 3, and 2 + 2 rather than 3 + 1
-        let q = match nq - j {
-            4 => 2,
-            r => r.min(3),
-        };
-        let w = &ws[j * n..(j + q) * n];
-        let o = &mut outs[j * dv..(j + q) * dv];
-        match q {
-            1 => weighted_rows_q::<1>(w, n, v, [32, stride, 32 * stride], o),
-            2 => weighted_rows_q::<2>(w, n, v, [32, stride, 32 * stride], o),
-            _ => weighted_rows_q::<3>(w, n, v, [32, stride, 32 * stride], o),
-        }
-        j += q;
-    }
+    weighted_groups(ws, n, v, [32, stride, 32 * stride], dv, outs)
 }
 
 /// See [`crate::q8::weighted_rows_lanes_multi_packed`]: [`weighted_rows_lanes_multi`] over
@@ -769,8 +753,21 @@ pub fn weighted_rows_lanes_multi_packed(
     dv: usize,
     outs: &mut [f32],
 ) {
+    weighted_groups(ws, n, vp, [32 * nb * 32, nb * 32, 32], dv, outs)
+}
+
+/// The weight vectors in groups of up to three for [`weighted_rows_q`] (3, and 2 + 2 rather
+/// than 3 + 1).
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_groups(
+    ws: &[f32],
+    n: usize,
+    v: &[f32],
+    strides: [usize; 3],
+    dv: usize,
+    outs: &mut [f32],
+) {
     let nq = outs.len() / dv;
-    let strides = [32 * nb * 32, nb * 32, 32];
     let mut j = 0;
     while j < nq {
         let q = match nq - j {
@@ -780,9 +777,9 @@ pub fn weighted_rows_lanes_multi_packed(
         let w = &ws[j * n..(j + q) * n];
         let o = &mut outs[j * dv..(j + q) * dv];
         match q {
-            1 => weighted_rows_q::<1>(w, n, vp, strides, o),
-            2 => weighted_rows_q::<2>(w, n, vp, strides, o),
-            _ => weighted_rows_q::<3>(w, n, vp, strides, o),
+            1 => weighted_rows_q::<1>(w, n, v, strides, o),
+            2 => weighted_rows_q::<2>(w, n, v, strides, o),
+            _ => weighted_rows_q::<3>(w, n, v, strides, o),
         }
         j += q;
     }
@@ -1130,26 +1127,18 @@ pub fn tile_q8x8<const T: u8>(
     let size = block_bytes(T);
     let unsigned = T == Q4_1 || T == Q5_1;
     let nb = ys[0].len();
-    assert!(rows <= 16, "tile_q8x8: at most 16 rows");
-    assert!(
-        rows <= out_stride && out.len() >= 7 * out_stride + rows,
-        "tile_q8x8: output too short"
+    let lens = ys.map(|y| y.len());
+    check_tile8(
+        nb * size,
+        rows,
+        row_bytes,
+        w.len(),
+        nb,
+        &lens,
+        yd.len(),
+        out.len(),
+        out_stride,
     );
-    assert!(
-        row_bytes >= nb * size,
-        "weight row shorter than the activations"
-    );
-    assert!(
-        w.len() >= rows * row_bytes,
-        "weight block shorter than its rows"
-    );
-    assert!(
-        yd.len() >= SCALE_ROWS * nb,
-        "scale table shorter than the activations"
-    );
-    for y in &ys {
-        assert!(y.len() >= nb, "activation rows of unequal length");
-    }
     let yp: [*const BlockQ8; 8] = ys.map(|y| y.as_ptr());
     let ydp = yd.as_ptr();
     let ones = _mm256_set1_epi16(1);
@@ -1214,6 +1203,50 @@ pub fn tile_q8x8<const T: u8>(
         // dot_q8 adds its scalar part: the min terms, or 0.0 for the signed types
         *sum = _mm256_add_ps(hsum8x8(acc), mins);
     }
+    store_token_major(&sums, rows, out, out_stride);
+}
+
+/// The geometry the 8-token tile kernels need: `rows` (at most 16) weight rows of
+/// `row_bytes` (at least `need` bytes of blocks) in `w_len` bytes, eight activation rows of at
+/// least `nb` blocks, a scale table of [`SCALE_ROWS`] entries per block, and an output that
+/// holds eight token rows of `out_stride`.
+#[allow(clippy::too_many_arguments)]
+fn check_tile8(
+    need: usize,
+    rows: usize,
+    row_bytes: usize,
+    w_len: usize,
+    nb: usize,
+    act_lens: &[usize; 8],
+    yd_len: usize,
+    out_len: usize,
+    out_stride: usize,
+) {
+    assert!(rows <= 16, "tile kernel: at most 16 rows");
+    assert!(
+        rows <= out_stride && out_len >= 7 * out_stride + rows,
+        "tile kernel: output too short"
+    );
+    assert!(row_bytes >= need, "weight row shorter than the activations");
+    assert!(
+        w_len >= rows * row_bytes,
+        "weight block shorter than its rows"
+    );
+    assert!(
+        yd_len >= SCALE_ROWS * nb,
+        "scale table shorter than the activations"
+    );
+    assert!(
+        act_lens.iter().all(|&l| l >= nb),
+        "activation rows of unequal length"
+    );
+}
+
+/// The tile kernels' results: `sums[r]` holds row r's eight token results (lane n = token
+/// n); written token-major, out[n * out_stride + r] for r < rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store_token_major(sums: &[__m256; 16], rows: usize, out: &mut [f32], out_stride: usize) {
     let lo = transpose8(sums[..8].try_into().expect("8 registers"));
     let hi = transpose8(sums[8..].try_into().expect("8 registers"));
     for n in 0..8 {
@@ -1347,26 +1380,18 @@ pub fn tile_k8<const T: u8>(
     assert!(matches!(T, 4..=6), "tile_k8: unsupported weight type");
     let size = k_block_bytes(T);
     let nb = ys[0].len();
-    assert!(rows <= 16, "tile_k8: at most 16 rows");
-    assert!(
-        rows <= out_stride && out.len() >= 7 * out_stride + rows,
-        "tile_k8: output too short"
+    let lens = ys.map(|y| y.len());
+    check_tile8(
+        nb * size,
+        rows,
+        row_bytes,
+        w.len(),
+        nb,
+        &lens,
+        yd.len(),
+        out.len(),
+        out_stride,
     );
-    assert!(
-        row_bytes >= nb * size,
-        "weight row shorter than the activations"
-    );
-    assert!(
-        w.len() >= rows * row_bytes,
-        "weight block shorter than its rows"
-    );
-    assert!(
-        yd.len() >= SCALE_ROWS * nb,
-        "scale table shorter than the activations"
-    );
-    for y in &ys {
-        assert!(y.len() >= nb, "activation rows of unequal length");
-    }
     let mut sums = [_mm256_setzero_ps(); 16];
     for (r, sum) in sums.iter_mut().enumerate().take(rows) {
         let wr = &w[r * row_bytes..r * row_bytes + nb * size];
@@ -1421,20 +1446,7 @@ pub fn tile_k8<const T: u8>(
             _ => hsum8x8(acc8),
         };
     }
-    let lo = transpose8(sums[..8].try_into().expect("8 registers"));
-    let hi = transpose8(sums[8..].try_into().expect("8 registers"));
-    for n in 0..8 {
-        let o = &mut out[n * out_stride..n * out_stride + rows];
-        if rows == 16 {
-            storef8((&mut o[..8]).try_into().expect("8 floats"), lo[n]);
-            storef8((&mut o[8..]).try_into().expect("8 floats"), hi[n]);
-        } else {
-            let mut t = [0f32; 16];
-            storef8((&mut t[..8]).try_into().expect("8 floats"), lo[n]);
-            storef8((&mut t[8..]).try_into().expect("8 floats"), hi[n]);
-            o.copy_from_slice(&t[..rows]);
-        }
-    }
+    store_token_major(&sums, rows, out, out_stride);
 }
 
 /// The f32 GEMM micro-kernel: C[6 x 16] (stride `ldc`) = A panel [kc][6] x B panel
