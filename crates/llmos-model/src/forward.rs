@@ -341,13 +341,17 @@ impl Model {
                 // the weighted sums (row-major, a slot's rows are 32 rows apart and share
                 // L1 sets); the pack is a copy of V, small beside the sums that read it
                 // (only for sequences with 16 rows or more here: a decoding sequence's one
-                // row would not repay a copy of its whole V)
+                // row would not repay a copy of its whole V; and for value sizes the packed
+                // kernel takes, multiples of 32)
                 let packs = kvs.len() * nkv;
                 if v_packed.len() < packs {
                     v_packed.resize_with(packs, Vec::new);
                 }
                 let rows_of = |seq: usize| kvs[seq].1.len() / (nkv * dv);
-                let packed: Vec<bool> = seqs.iter().map(|s| s.len() >= 16).collect();
+                let packed: Vec<bool> = seqs
+                    .iter()
+                    .map(|s| s.len() >= 16 && dv.is_multiple_of(32))
+                    .collect();
                 for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
                     let (seq, kvh) = (i / nkv, i % nkv);
                     if packed[seq] {
