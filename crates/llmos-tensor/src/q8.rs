@@ -1434,97 +1434,132 @@ mod tests {
         }
     }
 
+    /// One 8-token tile kernel against the scalar reference on random blocks: `cases` are
+    /// (seed, rows, columns); `quant` quantizes an activation row to blocks of `block`
+    /// values, `scales` gives a block's (scale, table entry 8), `row` wraps activation
+    /// blocks for [`vec_dot_ref`], `run(w, row_bytes, rows, ys, yd, out)` calls the kernel
+    /// (output stride 16). Rows past `rows` must be left alone.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::type_complexity)]
+    fn check_tile<B>(
+        t: DType,
+        cases: &[(u64, usize, usize)],
+        block: usize,
+        quant: fn(&[f32]) -> Vec<B>,
+        scales: fn(&B) -> (f32, f32),
+        row: for<'a> fn(&'a [B]) -> ActRow<'a>,
+        run: &dyn Fn(&[u8], usize, usize, [&[B]; 8], &[[f32; 8]], &mut [f32]),
+    ) {
+        use crate::avx2::SCALE_ROWS;
+        for &(seed, rows, n) in cases {
+            let rb = t.row_bytes(n as u64).unwrap() as usize;
+            let mut w: Vec<u8> = (0..rows as u64)
+                .flat_map(|j| random_row(t, n, seed * 1000 + j))
+                .collect();
+            if t == DType::Q8_0 {
+                // a block of +-127 weights in the first row
+                for (j, q) in w[2..34].iter_mut().enumerate() {
+                    *q = if j % 2 == 0 { 127 } else { (-127i8) as u8 };
+                }
+            }
+            let mut r = rng(seed + 50);
+            let acts: Vec<Vec<B>> = (0..8)
+                .map(|j| {
+                    let mut x: Vec<f32> = (0..n)
+                        .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
+                        .collect();
+                    if j == 0 {
+                        // one large value per block: it quantizes to the extreme
+                        for b in x.chunks_mut(block) {
+                            b[3] = -50.0;
+                        }
+                    }
+                    quant(&x)
+                })
+                .collect();
+            let yd: Vec<[f32; 8]> = (0..n / block)
+                .flat_map(|i| {
+                    let a = &acts;
+                    (0..SCALE_ROWS).map(move |j| {
+                        if j < 8 {
+                            [scales(&a[j][i]).0; 8]
+                        } else {
+                            std::array::from_fn(|m| scales(&a[m][i]).1)
+                        }
+                    })
+                })
+                .collect();
+            let mut out = [f32::NAN; 8 * 16];
+            run(
+                &w,
+                rb,
+                rows,
+                std::array::from_fn(|j| &acts[j][..]),
+                &yd,
+                &mut out,
+            );
+            for m in 0..8 {
+                for j in 0..rows {
+                    let want = vec_dot_ref(t, &w[j * rb..(j + 1) * rb], row(&acts[m]));
+                    let got = out[m * 16 + j];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{t} seed {seed} token {m} row {j}: {got} vs {want}"
+                    );
+                }
+                for j in rows..16 {
+                    assert!(
+                        out[m * 16 + j].is_nan(),
+                        "{t} seed {seed} token {m} row {j} written"
+                    );
+                }
+            }
+        }
+    }
+
     /// The prompt kernel of the 32-value block types (16 rows x 8 tokens, scales from a
     /// table, results transposed to token-major) equals the scalar reference bit for bit,
     /// for full and partial row blocks, including weights and activations at the extremes.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn prompt_tiles_equal_scalar_reference() {
-        use crate::avx2::{self as k, SCALE_ROWS};
+        use crate::avx2 as k;
         if !k::available() {
             return;
         }
+        let cases = [
+            (1u64, 16usize, 576usize),
+            (2, 5, 96),
+            (3, 1, 32),
+            (4, 16, 1536),
+        ];
         for t in [DType::Q8_0, DType::Q5_0, DType::Q4_1, DType::Q5_1] {
-            for (seed, rows, n) in [
-                (1u64, 16usize, 576usize),
-                (2, 5, 96),
-                (3, 1, 32),
-                (4, 16, 1536),
-            ] {
-                let rb = t.row_bytes(n as u64).unwrap() as usize;
-                let mut w: Vec<u8> = (0..rows as u64)
-                    .flat_map(|j| random_row(t, n, seed * 1000 + j))
-                    .collect();
-                if t == DType::Q8_0 {
-                    // a block of +-127 weights in the first row
-                    for (j, q) in w[2..34].iter_mut().enumerate() {
-                        *q = if j % 2 == 0 { 127 } else { (-127i8) as u8 };
-                    }
-                }
-                let mut r = rng(seed + 50);
-                let acts: Vec<Vec<BlockQ8>> = (0..8)
-                    .map(|j| {
-                        let mut x: Vec<f32> = (0..n)
-                            .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
-                            .collect();
-                        if j == 0 {
-                            // one large value per block: it quantizes to -127
-                            for b in x.chunks_mut(32) {
-                                b[3] = -50.0;
-                            }
-                        }
-                        quantize_q8(&x)
-                    })
-                    .collect();
-                let nb = n / 32;
-                let yd: Vec<[f32; 8]> = (0..nb)
-                    .flat_map(|i| {
-                        let a = &acts;
-                        (0..SCALE_ROWS).map(move |j| {
-                            if j < 8 {
-                                [a[j][i].d; 8]
-                            } else {
-                                std::array::from_fn(|m| a[m][i].s)
-                            }
-                        })
-                    })
-                    .collect();
-                let mut out = [f32::NAN; 8 * 16];
-                let ys = std::array::from_fn(|j| &acts[j][..]);
+            let run = |w: &[u8],
+                       rb,
+                       rows,
+                       ys: [&[BlockQ8]; 8],
+                       yd: &[[f32; 8]],
+                       out: &mut [f32]| {
                 // SAFETY: AVX2, FMA and F16C were reported above.
                 unsafe {
                     match t {
-                        DType::Q8_0 => {
-                            k::tile_q8x8::<{ k::Q8_0 }>(&w, rb, rows, ys, &yd, &mut out, 16)
-                        }
-                        DType::Q5_0 => {
-                            k::tile_q8x8::<{ k::Q5_0 }>(&w, rb, rows, ys, &yd, &mut out, 16)
-                        }
-                        DType::Q4_1 => {
-                            k::tile_q8x8::<{ k::Q4_1 }>(&w, rb, rows, ys, &yd, &mut out, 16)
-                        }
-                        _ => k::tile_q8x8::<{ k::Q5_1 }>(&w, rb, rows, ys, &yd, &mut out, 16),
-                    }
-                };
-                for m in 0..8 {
-                    for j in 0..rows {
-                        let want = vec_dot_ref(t, &w[j * rb..(j + 1) * rb], ActRow::Q8(&acts[m]));
-                        let got = out[m * 16 + j];
-                        assert_eq!(
-                            got.to_bits(),
-                            want.to_bits(),
-                            "{t} seed {seed} token {m} row {j}: {got} vs {want}"
-                        );
-                    }
-                    // rows past `rows` are left alone
-                    for j in rows..16 {
-                        assert!(
-                            out[m * 16 + j].is_nan(),
-                            "{t} seed {seed} token {m} row {j} written"
-                        );
+                        DType::Q8_0 => k::tile_q8x8::<{ k::Q8_0 }>(w, rb, rows, ys, yd, out, 16),
+                        DType::Q5_0 => k::tile_q8x8::<{ k::Q5_0 }>(w, rb, rows, ys, yd, out, 16),
+                        DType::Q4_1 => k::tile_q8x8::<{ k::Q4_1 }>(w, rb, rows, ys, yd, out, 16),
+                        _ => k::tile_q8x8::<{ k::Q5_1 }>(w, rb, rows, ys, yd, out, 16),
                     }
                 }
-            }
+            };
+            check_tile(
+                t,
+                &cases,
+                32,
+                quantize_q8,
+                |b| (b.d, b.s),
+                |y| ActRow::Q8(y),
+                &run,
+            );
         }
     }
 
@@ -1534,92 +1569,32 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn k_prompt_tiles_equal_scalar_reference() {
-        use crate::avx2::{self as k, SCALE_ROWS};
+        use crate::avx2 as k;
         if !k::available() {
             return;
         }
+        let cases = [(1u64, 16usize, 512usize), (2, 7, 256), (3, 16, 2048)];
         for t in [DType::Q4K, DType::Q5K, DType::Q6K] {
-            for (seed, rows, n) in [(1u64, 16usize, 512usize), (2, 7, 256), (3, 16, 2048)] {
-                let rb = t.row_bytes(n as u64).unwrap() as usize;
-                let w: Vec<u8> = (0..rows as u64)
-                    .flat_map(|j| random_row(t, n, seed * 1000 + j))
-                    .collect();
-                let mut r = rng(seed + 70);
-                let acts: Vec<Vec<BlockQ8K>> = (0..8)
-                    .map(|j| {
-                        let mut x: Vec<f32> = (0..n)
-                            .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
-                            .collect();
-                        if j == 0 {
-                            for b in x.chunks_mut(256) {
-                                b[5] = -60.0;
-                            }
+            let run =
+                |w: &[u8], rb, rows, ys: [&[BlockQ8K]; 8], yd: &[[f32; 8]], out: &mut [f32]| {
+                    // SAFETY: AVX2, FMA and F16C were reported above.
+                    unsafe {
+                        match t {
+                            DType::Q4K => k::tile_k8::<4>(w, rb, rows, ys, yd, out, 16),
+                            DType::Q5K => k::tile_k8::<5>(w, rb, rows, ys, yd, out, 16),
+                            _ => k::tile_k8::<6>(w, rb, rows, ys, yd, out, 16),
                         }
-                        quantize_q8k(&x)
-                    })
-                    .collect();
-                let nb = n / 256;
-                let yd: Vec<[f32; 8]> = (0..nb)
-                    .flat_map(|i| {
-                        let a = &acts;
-                        (0..SCALE_ROWS).map(move |j| {
-                            if j < 8 {
-                                [a[j][i].d; 8]
-                            } else {
-                                std::array::from_fn(|m| a[m][i].d)
-                            }
-                        })
-                    })
-                    .collect();
-                let mut out = [f32::NAN; 8 * 16];
-                let ys = std::array::from_fn(|j| &acts[j][..]);
-                // SAFETY: AVX2, FMA and F16C were reported above.
-                unsafe {
-                    match t {
-                        DType::Q4K => k::tile_k8::<4>(&w, rb, rows, ys, &yd, &mut out, 16),
-                        DType::Q5K => k::tile_k8::<5>(&w, rb, rows, ys, &yd, &mut out, 16),
-                        _ => k::tile_k8::<6>(&w, rb, rows, ys, &yd, &mut out, 16),
                     }
                 };
-                for m in 0..8 {
-                    for j in 0..rows {
-                        let want = vec_dot_ref(t, &w[j * rb..(j + 1) * rb], ActRow::Q8K(&acts[m]));
-                        let got = out[m * 16 + j];
-                        assert_eq!(
-                            got.to_bits(),
-                            want.to_bits(),
-                            "{t} seed {seed} token {m} row {j}: {got} vs {want}"
-                        );
-                    }
-                    for j in rows..16 {
-                        assert!(
-                            out[m * 16 + j].is_nan(),
-                            "{t} seed {seed} token {m} row {j} written"
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// The 8-lane GeGLU (f16 table) equals the scalar reference bit for bit, with every
-    /// tail length and the +-10 short-cuts.
-    #[test]
-    fn fast_geglu_is_bit_identical() {
-        let mut r = rng(8);
-        for n in [1usize, 7, 8, 9, 31, 300] {
-            let mut x: Vec<f32> = (0..n)
-                .map(|_| (r() % 30001) as f32 / 1000.0 - 15.0)
-                .collect();
-            let u: Vec<f32> = (0..n).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
-            if n > 6 {
-                (x[0], x[1], x[2], x[3], x[4]) = (-10.0, 10.0, 9.999, -9.999, 0.0);
-            }
-            let (mut a, mut b) = (x.clone(), x.clone());
-            geglu_f16_into(&mut a, &u);
-            geglu_f16_ref(&mut b, &u);
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a), bits(&b), "n={n}");
+            check_tile(
+                t,
+                &cases,
+                256,
+                quantize_q8k,
+                |b| (b.d, b.d),
+                |y| ActRow::Q8K(y),
+                &run,
+            );
         }
     }
 
@@ -1645,6 +1620,27 @@ mod tests {
             weighted_rows_lanes_multi_packed(&ws, n, &vp, nb, dv, &mut got);
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "n={n} dv={dv} nq={nq}");
+        }
+    }
+
+    /// The 8-lane GeGLU (f16 table) equals the scalar reference bit for bit, with every
+    /// tail length and the +-10 short-cuts.
+    #[test]
+    fn fast_geglu_is_bit_identical() {
+        let mut r = rng(8);
+        for n in [1usize, 7, 8, 9, 31, 300] {
+            let mut x: Vec<f32> = (0..n)
+                .map(|_| (r() % 30001) as f32 / 1000.0 - 15.0)
+                .collect();
+            let u: Vec<f32> = (0..n).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+            if n > 6 {
+                (x[0], x[1], x[2], x[3], x[4]) = (-10.0, 10.0, 9.999, -9.999, 0.0);
+            }
+            let (mut a, mut b) = (x.clone(), x.clone());
+            geglu_f16_into(&mut a, &u);
+            geglu_f16_ref(&mut b, &u);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a), bits(&b), "n={n}");
         }
     }
 
