@@ -220,18 +220,10 @@ impl QuantActs {
                         quantize_q8_into(r, o);
                     }
                 }
-                self.yd.clear();
-                if rows >= 8 {
-                    for g in 0..rows / 8 {
-                        for i in 0..per {
-                            let b = |n: usize| &self.q8[(8 * g + n) * per + i];
-                            for n in 0..8 {
-                                self.yd.push([b(n).d; 8]);
-                            }
-                            self.yd.push(std::array::from_fn(|n| b(n).s));
-                        }
-                    }
-                }
+                let q8 = &self.q8;
+                scale_table(&mut self.yd, rows, per, |r, i| {
+                    (q8[r * per + i].d, q8[r * per + i].s)
+                });
             }
             ActFmt::Q8K => {
                 let per = cols / 256;
@@ -246,18 +238,10 @@ impl QuantActs {
                         fill(i, o);
                     }
                 }
-                self.yd.clear();
-                if rows >= 8 {
-                    for g in 0..rows / 8 {
-                        for i in 0..per {
-                            let d = |n: usize| self.q8k[(8 * g + n) * per + i].d;
-                            for n in 0..8 {
-                                self.yd.push([d(n); 8]);
-                            }
-                            self.yd.push(std::array::from_fn(d));
-                        }
-                    }
-                }
+                let q8k = &self.q8k;
+                scale_table(&mut self.yd, rows, per, |r, i| {
+                    (q8k[r * per + i].d, q8k[r * per + i].d)
+                });
             }
             ActFmt::F16 => {
                 self.f.clear();
@@ -288,6 +272,26 @@ impl QuantActs {
                 ActRow::Q8K(&self.q8k[r * per..(r + 1) * per])
             }
             _ => ActRow::Float(&self.f[r * self.cols..(r + 1) * self.cols]),
+        }
+    }
+}
+
+/// The tile kernels' scale table (see `QuantActs::yd`) for `rows` activation rows of `per`
+/// blocks, from 8 rows up (empty below): `block(r, i)` gives block i of row r's scale and
+/// the value of table entry 8 (`s` for Q8, the scale again for Q8_K).
+fn scale_table(
+    yd: &mut Vec<[f32; 8]>,
+    rows: usize,
+    per: usize,
+    block: impl Fn(usize, usize) -> (f32, f32),
+) {
+    yd.clear();
+    for g in 0..rows / 8 {
+        for i in 0..per {
+            for n in 0..8 {
+                yd.push([block(8 * g + n, i).0; 8]);
+            }
+            yd.push(std::array::from_fn(|n| block(8 * g + n, i).1));
         }
     }
 }
