@@ -665,10 +665,56 @@ fn reduce4(x: [__m256; 4]) -> f32 {
 /// multiple of 8, at most 256.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn weighted_rows_lanes(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-    if out.len() <= 64 {
+    let dv = out.len();
+    if dv.is_multiple_of(64) {
+        // 64 columns at a time: a slot's 8 accumulators stay in registers (with a run-time
+        // number of groups they lived on the stack, each FMA a load and a store that the
+        // next row's FMA waited on: perf put most of a decoding step's attention there)
+        for c in (0..dv).step_by(64) {
+            let cols: &mut [f32; 64] = (&mut out[c..c + 64]).try_into().expect("64 floats");
+            weighted_rows_64(w, &v[c..], stride, cols);
+        }
+    } else if dv <= 64 {
         weighted_rows_g::<8>(w, v, stride, out)
     } else {
         weighted_rows_g::<32>(w, v, stride, out)
+    }
+}
+
+/// [`weighted_rows_g`] for 64 columns: the same sums in the same order, with the group
+/// loop a constant so it unrolls into registers.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_rows_64(w: &[f32], v: &[f32], stride: usize, out: &mut [f32; 64]) {
+    let n = w.len();
+    assert!(
+        n == 0 || v.len() >= (n - 1) * stride + 64,
+        "weighted_rows_64: values too short"
+    );
+    let vp = v.as_ptr();
+    let mut acc = [[_mm256_setzero_ps(); 8]; 32];
+    for (slot, acc_slot) in acc.iter_mut().enumerate() {
+        let mut a = [_mm256_setzero_ps(); 8];
+        let mut p = slot;
+        while p < n {
+            // SAFETY: p < n, so row p's 64 floats at p * stride are inside `v` (checked
+            // above); the loads are unaligned.
+            unsafe {
+                let row = vp.add(p * stride);
+                let b = _mm256_set1_ps(w[p]);
+                for (g, ag) in a.iter_mut().enumerate() {
+                    *ag = _mm256_fmadd_ps(b, _mm256_loadu_ps(row.add(8 * g)), *ag);
+                }
+            }
+            p += 32;
+        }
+        *acc_slot = a;
+    }
+    for g in 0..8 {
+        let r = reduce_slots(std::array::from_fn(|slot| acc[slot][g]));
+        storef8(
+            (&mut out[8 * g..8 * g + 8]).try_into().expect("8 floats"),
+            r,
+        );
     }
 }
 

@@ -1287,7 +1287,16 @@ mod tests {
     #[test]
     fn weighted_rows_equal_column_dots() {
         let mut r = rng(21);
-        for (n, dv) in [(1usize, 64usize), (7, 64), (33, 64), (100, 256), (64, 8)] {
+        for (n, dv) in [
+            (1usize, 64usize),
+            (7, 64),
+            (33, 64),
+            (100, 256),
+            (64, 8),
+            (70, 128),
+            (40, 32),
+            (9, 16),
+        ] {
             let stride = dv * 3;
             let w: Vec<f32> = (0..n).map(|_| (r() % 1001) as f32 / 1000.0).collect();
             let v: Vec<f32> = (0..n * stride)
