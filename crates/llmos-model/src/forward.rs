@@ -8,9 +8,9 @@ use crate::{Arch, Model, ModelError};
 use llmos_tensor::ops::{attend_online, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu};
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
-    dot_rows_lanes, dot_rows_lanes_multi, pack_v_slots, rmsnorm_lanes, rope_cos_sin_lanes,
-    round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi,
-    weighted_rows_lanes_multi_packed,
+    dot_rows_lanes, dot_rows_lanes_multi, lane_dots, pack_v_cols, rmsnorm_lanes,
+    rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes,
+    weighted_rows_lanes_multi,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached, matmul_cached_multi};
 
@@ -337,29 +337,27 @@ impl Model {
                 // once, so each K and V row is read once for the group, and consecutive
                 // tasks reuse one KV head's rows from cache. Same arithmetic per query.
                 let att_kv: &mut [f32] = sized(att_kv, t_n * nh * dv);
-                // V packed per (sequence, KV head) so each slot's rows are contiguous for
-                // the weighted sums (row-major, a slot's rows are 32 rows apart and share
-                // L1 sets); the pack is a copy of V, small beside the sums that read it
-                // (only for sequences with 16 rows or more here: a decoding sequence's one
-                // row would not repay a copy of its whole V; and for value sizes the packed
-                // kernel takes, multiples of 32)
+                // V packed transposed per (sequence, KV head), so the weighted sums are dots
+                // of the group's weight rows with V's columns, tiled like the scores (each
+                // loaded chunk feeds several FMAs); the pack is a copy of V, small beside
+                // the sums that read it (only for sequences with 16 rows or more here: a
+                // decoding sequence's one row would not repay a copy of its whole V)
                 let packs = kvs.len() * nkv;
                 if v_packed.len() < packs {
                     v_packed.resize_with(packs, Vec::new);
                 }
                 let rows_of = |seq: usize| kvs[seq].1.len() / (nkv * dv);
-                let packed: Vec<bool> = seqs
-                    .iter()
-                    .map(|s| s.len() >= 16 && dv.is_multiple_of(32))
-                    .collect();
+                let packed: Vec<bool> = seqs.iter().map(|s| s.len() >= 16).collect();
                 for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
                     let (seq, kvh) = (i / nkv, i % nkv);
                     if packed[seq] {
                         let vc = kvs[seq].1;
-                        pack_v_slots(&vc[kvh * dv..], nkv * dv, rows_of(seq), dv, &mut buf[0]);
+                        pack_v_cols(&vc[kvh * dv..], nkv * dv, rows_of(seq), dv, &mut buf[0]);
                     }
                 });
-                let nbs: Vec<usize> = (0..packs).map(|i| rows_of(i / nkv).div_ceil(32)).collect();
+                let n32s: Vec<usize> = (0..packs)
+                    .map(|i| rows_of(i / nkv).next_multiple_of(32))
+                    .collect();
                 let v_packed = &v_packed[..packs];
                 for_each_chunk_mut(att_kv, group * dv, |i, out| {
                     let (kvh, t) = (i / t_n, i % t_n);
@@ -367,17 +365,33 @@ impl Model {
                     let qp = row_pos[t];
                     let (n, start) = (qp + 1, first(qp));
                     let qs = &q[(t * nh + kvh * group) * d..(t * nh + (kvh + 1) * group) * d];
+                    let pi = row_seq[t] * nkv + kvh;
+                    // packed: weight rows padded with zeros to a multiple of 32
+                    let ws = if packed[row_seq[t]] {
+                        n.next_multiple_of(32)
+                    } else {
+                        n
+                    };
                     SCORES.with_borrow_mut(|s| {
                         s.clear();
-                        s.resize(group * n, f32::NEG_INFINITY);
+                        s.resize(group * ws, f32::NEG_INFINITY);
                         let ks = &kc[(start * nkv + kvh) * d..];
-                        dot_rows_lanes_multi(qs, group, ks, nkv * d, n - start, &mut s[start..], n);
-                        for row in s.chunks_exact_mut(n) {
-                            finish_scores(row, start);
+                        dot_rows_lanes_multi(
+                            qs,
+                            group,
+                            ks,
+                            nkv * d,
+                            n - start,
+                            &mut s[start..],
+                            ws,
+                        );
+                        for row in s.chunks_exact_mut(ws) {
+                            finish_scores(&mut row[..n], start);
+                            row[n..].fill(0.0);
                         }
-                        let pi = row_seq[t] * nkv + kvh;
                         if packed[row_seq[t]] {
-                            weighted_rows_lanes_multi_packed(s, n, &v_packed[pi], nbs[pi], dv, out);
+                            let vp = &v_packed[pi];
+                            lane_dots(s, group, ws, vp, dv, n32s[pi], ws, out, dv);
                         } else {
                             weighted_rows_lanes_multi(s, n, &vc[kvh * dv..], nkv * dv, dv, out);
                         }

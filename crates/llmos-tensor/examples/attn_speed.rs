@@ -1,8 +1,9 @@
 //! Speed of the q8-mode prompt attention kernels for one KV head, as the prompt path calls
 //! them: `cargo run --release --example attn_speed [ROWS] [HEAD] [GROUP] [STRIDE]`
 //! (defaults 512 64 3 192: SmolLM2). For every row t < ROWS, GROUP queries against keys
-//! 0..=t (scores), then the weighted sum of values 0..=t; prints ns per key and query.
-use llmos_tensor::q8::{dot_rows_lanes_multi, weighted_rows_lanes_multi};
+//! 0..=t (scores), then the weighted sum of values 0..=t, over row-major V and over V packed
+//! by columns (the prompt path's); prints ns per key and query.
+use llmos_tensor::q8::{dot_rows_lanes_multi, lane_dots, pack_v_cols, weighted_rows_lanes_multi};
 use std::time::Instant;
 
 fn main() {
@@ -52,8 +53,11 @@ fn main() {
             (t2 - t1).as_secs_f64() * 1e9 / per
         );
     }
+    let mut vt = Vec::new();
+    let n32 = pack_v_cols(&v, stride, rows, d, &mut vt);
+    let mut wpad = vec![0f32; group * n32];
     for rep in 0..3 {
-        let (mut ts, mut tw) = (0f64, 0f64);
+        let (mut ts, mut tw, mut tp) = (0f64, 0f64, 0f64);
         for t in 0..rows {
             let n = t + 1;
             let t0 = Instant::now();
@@ -62,13 +66,24 @@ fn main() {
             // weights: any values of the right length
             weighted_rows_lanes_multi(&scores[..group * n], n, &v, stride, d, &mut out);
             let t2 = Instant::now();
+            // the same over packed V, weights padded to a multiple of 32
+            let l = n.next_multiple_of(32);
+            for j in 0..group {
+                wpad[j * l..j * l + n].copy_from_slice(&scores[j * n..j * n + n]);
+                wpad[j * l + n..j * l + l].fill(0.0);
+            }
+            let t3 = Instant::now();
+            lane_dots(&wpad, group, l, &vt, d, n32, l, &mut out, d);
+            let t4 = Instant::now();
             ts += (t1 - t0).as_secs_f64();
             tw += (t2 - t1).as_secs_f64();
+            tp += (t4 - t3).as_secs_f64();
         }
         println!(
-            "rep {rep}: scores {:.2} ns per key and query, weighted sum {:.2} ns per value and query",
+            "rep {rep}: scores {:.2} ns per key and query, weighted sum {:.2} (packed V {:.2}) ns per value and query",
             ts * 1e9 / pairs as f64,
-            tw * 1e9 / pairs as f64
+            tw * 1e9 / pairs as f64,
+            tp * 1e9 / pairs as f64
         );
     }
 }

@@ -787,19 +787,160 @@ pub fn weighted_rows_lanes_multi(
     weighted_groups(ws, n, v, [32, stride, 32 * stride], dv, outs)
 }
 
-/// See [`crate::q8::weighted_rows_lanes_multi_packed`]: [`weighted_rows_lanes_multi`] over
-/// V packed by [`crate::q8::pack_v_slots`] (`nb` blocks of 32 rows), so each slot's rows
-/// are read one after another.
+/// See [`crate::q8::lane_dots`]: the dots of `na` rows of A with `nb` rows of B, each in
+/// [`dot_lanes`] order, as a register tile of up to 4 A rows by 2-8 B rows (so each loaded
+/// chunk feeds several FMAs, where the one-query kernels make two loads per FMA).
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub fn weighted_rows_lanes_multi_packed(
-    ws: &[f32],
-    n: usize,
-    vp: &[f32],
+pub fn lane_dots(
+    a: &[f32],
+    na: usize,
+    a_stride: usize,
+    b: &[f32],
     nb: usize,
-    dv: usize,
-    outs: &mut [f32],
+    b_stride: usize,
+    l: usize,
+    out: &mut [f32],
+    out_stride: usize,
 ) {
-    weighted_groups(ws, n, vp, [32 * nb * 32, nb * 32, 32], dv, outs)
+    assert!(
+        l.is_multiple_of(32),
+        "lane_dots: length not a multiple of 32"
+    );
+    if na == 0 || nb == 0 {
+        return;
+    }
+    assert!(
+        a.len() >= (na - 1) * a_stride + l && b.len() >= (nb - 1) * b_stride + l,
+        "lane_dots: rows too short"
+    );
+    assert!(
+        out.len() >= (na - 1) * out_stride + nb,
+        "lane_dots: output too short"
+    );
+    let mut i = 0;
+    while i < na {
+        let q = (na - i).min(4);
+        let (ai, oi) = (&a[i * a_stride..], &mut out[i * out_stride..]);
+        let g = (ai, a_stride, b, nb, b_stride, l);
+        match q {
+            1 => lane_rows::<1, 8>(g, oi, out_stride),
+            2 => lane_rows::<2, 4>(g, oi, out_stride),
+            3 => lane_rows::<3, 2>(g, oi, out_stride),
+            _ => lane_rows::<4, 2>(g, oi, out_stride),
+        }
+        i += q;
+    }
+}
+
+/// [`lane_dots`] for QA rows of A (the geometry checked by the caller): B rows eight at a
+/// time, KB per tile, the eight folded sums of each A row finished together by [`reduce8`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_rows<const QA: usize, const KB: usize>(
+    (a, a_stride, b, nb, b_stride, l): (&[f32], usize, &[f32], usize, usize, usize),
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut k0 = 0;
+    while k0 + 8 <= nb {
+        let mut f = [[_mm256_setzero_ps(); 8]; QA];
+        let mut kt = 0;
+        while kt < 8 {
+            // SAFETY: rows k0 + kt .. k0 + kt + KB <= nb of B and the QA rows of A hold l
+            // floats each (checked by lane_dots).
+            let r = unsafe {
+                lane_tile::<QA, KB>(ap, a_stride, bp.add((k0 + kt) * b_stride), b_stride, l)
+            };
+            for qa in 0..QA {
+                f[qa][kt..kt + KB].copy_from_slice(&r[qa]);
+            }
+            kt += KB;
+        }
+        for (qa, fq) in f.iter().enumerate() {
+            let at = qa * out_stride + k0;
+            storef8(
+                (&mut out[at..at + 8]).try_into().expect("8 floats"),
+                reduce8(*fq),
+            );
+        }
+        k0 += 8;
+    }
+    for k in k0..nb {
+        // SAFETY: row k < nb of B and the QA rows of A hold l floats each (checked by
+        // lane_dots).
+        let r = unsafe { lane_tile::<QA, 1>(ap, a_stride, bp.add(k * b_stride), b_stride, l) };
+        for (qa, rq) in r.iter().enumerate() {
+            out[qa * out_stride + k] = finish_fold(rq[0]);
+        }
+    }
+}
+
+/// The folded lane sums ([`fold4`] of the four accumulators of [`dot_lanes`]) of QA rows
+/// of A (at `a`, `a_stride` apart) with KB rows of B, over `l` floats (a multiple of 32):
+/// accumulator by accumulator ([`lane_pass`]), then folded.
+///
+/// # Safety
+/// Every row read (`a + i * a_stride` for i < QA, `b + k * b_stride` for k < KB) holds `l`
+/// floats.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lane_tile<const QA: usize, const KB: usize>(
+    a: *const f32,
+    a_stride: usize,
+    b: *const f32,
+    b_stride: usize,
+    l: usize,
+) -> [[__m256; KB]; QA] {
+    // SAFETY: the caller's promise, passed on
+    let s: [[[__m256; KB]; QA]; 4] =
+        std::array::from_fn(|j| unsafe { lane_pass::<QA, KB>(a, a_stride, b, b_stride, l, j) });
+    let mut r = [[_mm256_setzero_ps(); KB]; QA];
+    for (i, ri) in r.iter_mut().enumerate() {
+        for (k, x) in ri.iter_mut().enumerate() {
+            *x = fold4([s[0][i][k], s[1][i][k], s[2][i][k], s[3][i][k]]);
+        }
+    }
+    r
+}
+
+/// Accumulator `j` of [`dot_lanes`] for every pair of QA rows of A and KB rows of B: the
+/// chunks 32 c + 8 j in order of c, so the pairs are independent FMA chains and each loaded
+/// chunk of A or B meets KB or QA of them. One pass per call, not inlined: with the four
+/// passes in one body the compiler kept the finished passes' sums in registers and spilled
+/// the running pass's accumulators instead (a store and a load per FMA, seen in perf).
+///
+/// # Safety
+/// As [`lane_tile`].
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn lane_pass<const QA: usize, const KB: usize>(
+    a: *const f32,
+    a_stride: usize,
+    b: *const f32,
+    b_stride: usize,
+    l: usize,
+    j: usize,
+) -> [[__m256; KB]; QA] {
+    let mut acc = [[_mm256_setzero_ps(); KB]; QA];
+    let mut off = 8 * j;
+    while off < l {
+        let mut bv = [_mm256_setzero_ps(); KB];
+        for (k, bk) in bv.iter_mut().enumerate() {
+            // SAFETY: off + 8 <= l, inside row k of B (the caller's promise)
+            *bk = unsafe { _mm256_loadu_ps(b.add(k * b_stride + off)) };
+        }
+        for (i, acc_i) in acc.iter_mut().enumerate() {
+            // SAFETY: off + 8 <= l, inside row i of A (the caller's promise)
+            let av = unsafe { _mm256_loadu_ps(a.add(i * a_stride + off)) };
+            for (k, x) in acc_i.iter_mut().enumerate() {
+                *x = _mm256_fmadd_ps(av, bv[k], *x);
+            }
+        }
+        off += 32;
+    }
+    acc
 }
 
 /// The weight vectors in groups of up to three for [`weighted_rows_q`] (3, and 2 + 2 rather

@@ -701,12 +701,17 @@ pub fn dot_rows_lanes_multi(
         out.len() >= (nq - 1) * out_stride + m,
         "dot_rows_lanes_multi: output too short"
     );
+    let d = qs.len() / nq;
+    if d > 64 && d.is_multiple_of(32) {
+        // wide heads: the register tile of the group's queries by a few keys (at head size
+        // 64 the one-query kernel keeps the whole query in registers instead)
+        return lane_dots(qs, nq, d, k, m, stride, d, out, out_stride);
+    }
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() {
         // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
         return unsafe { crate::avx2::dot_rows_lanes_multi(qs, nq, k, stride, m, out, out_stride) };
     }
-    let d = qs.len() / nq;
     for p in 0..m {
         let row = &k[p * stride..p * stride + d];
         for (j, q) in qs.chunks_exact(d).enumerate() {
@@ -751,64 +756,79 @@ pub fn weighted_rows_lanes_multi(
     }
 }
 
-/// Packs V (`n` rows of `dv` values at `v[p * stride..]`, dv a multiple of 32) for
-/// [`weighted_rows_lanes_multi_packed`]: by column chunk of 32, then lane slot p % 32, then
-/// block p / 32, so the rows one slot sums are contiguous. Rows past `n` (to a multiple of
-/// 32) are zeros. Returns the number of blocks.
-pub fn pack_v_slots(v: &[f32], stride: usize, n: usize, dv: usize, out: &mut Vec<f32>) -> usize {
-    assert!(
-        dv.is_multiple_of(32),
-        "pack_v_slots: value size not a multiple of 32"
-    );
-    let nb = n.div_ceil(32);
+/// Packs V (`n` rows of `dv` values at `v[p * stride..]`) transposed, for the weighted
+/// sums by [`lane_dots`]: column i is `out[i * n32..][..n32]`, n32 = n rounded up to a
+/// multiple of 32, zeros past row n. Returns n32. With weights zero past n (see
+/// [`lane_dots`]'s padding note), `lane_dots(w, nq, n32, out, dv, n32, n32, ..)` is
+/// [`weighted_rows_lanes_multi`] bit for bit.
+pub fn pack_v_cols(v: &[f32], stride: usize, n: usize, dv: usize, out: &mut Vec<f32>) -> usize {
+    let n32 = n.next_multiple_of(32);
     out.clear();
-    out.resize(dv * nb * 32, 0.0);
-    for p in 0..n {
-        let row = &v[p * stride..p * stride + dv];
-        for (c, chunk) in row.chunks_exact(32).enumerate() {
-            let at = ((c * 32 + p % 32) * nb + p / 32) * 32;
-            out[at..at + 32].copy_from_slice(chunk);
+    out.resize(dv * n32, 0.0);
+    // 8 rows at a time, so each column's 8 writes are one contiguous run
+    for p0 in (0..n).step_by(8) {
+        let rows = (n - p0).min(8);
+        for (i, col) in out.chunks_exact_mut(n32).enumerate() {
+            for (r, o) in col[p0..p0 + rows].iter_mut().enumerate() {
+                *o = v[(p0 + r) * stride + i];
+            }
         }
     }
-    nb
+    n32
 }
 
-/// [`weighted_rows_lanes_multi`] over V packed by [`pack_v_slots`] (`nb` blocks), bit for
-/// bit: each slot's V rows are read one after another instead of 32 rows apart.
-pub fn weighted_rows_lanes_multi_packed(
-    ws: &[f32],
-    n: usize,
-    vp: &[f32],
+/// `out[i * out_stride + k] = dot_f16_lanes(row i of A, row k of B)` for i < `na`, k <
+/// `nb`, rows of `l` floats (a multiple of 32): row i of A at `a[i * a_stride..]`, row k of
+/// B at `b[k * b_stride..]`. Attention's scores (queries against keys) and its weighted
+/// sums (weights against the columns of V, packed by [`pack_v_cols`]) are both such dots;
+/// the rows of a group of queries share each loaded key, and each loaded key chunk serves
+/// the group. Padding: a dot over zeros past the true length is the same value (the terms
+/// 0 * x add +-0 to sums that are never -0).
+#[allow(clippy::too_many_arguments)]
+pub fn lane_dots(
+    a: &[f32],
+    na: usize,
+    a_stride: usize,
+    b: &[f32],
     nb: usize,
-    dv: usize,
-    outs: &mut [f32],
+    b_stride: usize,
+    l: usize,
+    out: &mut [f32],
+    out_stride: usize,
 ) {
-    if dv == 0 || outs.is_empty() {
-        return;
-    }
-    let nq = outs.len() / dv;
-    assert!(
-        outs.len() == nq * dv && ws.len() == nq * n,
-        "weighted_rows_lanes_multi_packed: weights do not match outputs"
-    );
-    assert!(
-        dv.is_multiple_of(32) && nb * 32 >= n && vp.len() >= dv * nb * 32,
-        "weighted_rows_lanes_multi_packed: packed values do not match"
-    );
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() {
         // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
-        return unsafe { crate::avx2::weighted_rows_lanes_multi_packed(ws, n, vp, nb, dv, outs) };
+        return unsafe {
+            crate::avx2::lane_dots(a, na, a_stride, b, nb, b_stride, l, out, out_stride)
+        };
     }
-    // unpacked again, then the plain kernel
-    let mut v = vec![0f32; n * dv];
-    for p in 0..n {
-        for c in 0..dv / 32 {
-            let at = ((c * 32 + p % 32) * nb + p / 32) * 32;
-            v[p * dv + 32 * c..p * dv + 32 * c + 32].copy_from_slice(&vp[at..at + 32]);
+    lane_dots_ref(a, na, a_stride, b, nb, b_stride, l, out, out_stride)
+}
+
+/// Scalar reference of [`lane_dots`].
+#[allow(clippy::too_many_arguments)]
+pub fn lane_dots_ref(
+    a: &[f32],
+    na: usize,
+    a_stride: usize,
+    b: &[f32],
+    nb: usize,
+    b_stride: usize,
+    l: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(
+        l.is_multiple_of(32),
+        "lane_dots: length not a multiple of 32"
+    );
+    for i in 0..na {
+        for k in 0..nb {
+            let (x, y) = (&a[i * a_stride..][..l], &b[k * b_stride..][..l]);
+            out[i * out_stride + k] = dot_f16_lanes_body(x, y);
         }
     }
-    weighted_rows_lanes_multi(ws, n, &v, dv, dv, outs)
 }
 
 /// Scalar reference of [`weighted_rows_lanes`].
@@ -1323,6 +1343,7 @@ mod tests {
             (5, 64, 40, 32),
             (2, 65, 32, 96),
             (9, 31, 64, 24),
+            (6, 20, 128, 64),
         ] {
             let (ks, vs) = (d * 3 + 5, dv * 2 + 3);
             let qs: Vec<f32> = (0..nq * d).map(|_| val(2.0)).collect();
@@ -1607,7 +1628,8 @@ mod tests {
         }
     }
 
-    /// The weighted sums over slot-packed V equal those over row-major V, bit for bit.
+    /// The weighted sums over column-packed V (the tile kernel) equal those over row-major
+    /// V, bit for bit, zero padding included.
     #[test]
     fn packed_weighted_rows_equal_row_major() {
         let mut r = rng(12);
@@ -1616,6 +1638,10 @@ mod tests {
             (37, 64, 3, 64),
             (64, 256, 4, 256),
             (100, 32, 1, 40),
+            (300, 256, 4, 256),
+            (45, 64, 2, 64),
+            (70, 96, 5, 100),
+            (33, 16, 3, 16),
         ] {
             let v: Vec<f32> = (0..n * stride)
                 .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
@@ -1623,12 +1649,46 @@ mod tests {
             let ws: Vec<f32> = (0..nq * n).map(|_| (r() % 1001) as f32 / 1000.0).collect();
             let mut want = vec![0f32; nq * dv];
             weighted_rows_lanes_multi(&ws, n, &v, stride, dv, &mut want);
+            // weights padded with zeros to the packed length
             let mut vp = Vec::new();
-            let nb = pack_v_slots(&v, stride, n, dv, &mut vp);
+            let n32 = pack_v_cols(&v, stride, n, dv, &mut vp);
+            let mut wp = vec![0f32; nq * n32];
+            for (j, w) in ws.chunks_exact(n).enumerate() {
+                wp[j * n32..j * n32 + n].copy_from_slice(w);
+            }
             let mut got = vec![f32::NAN; nq * dv];
-            weighted_rows_lanes_multi_packed(&ws, n, &vp, nb, dv, &mut got);
+            lane_dots(&wp, nq, n32, &vp, dv, n32, n32, &mut got, dv);
             let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "n={n} dv={dv} nq={nq}");
+        }
+    }
+
+    /// The tile kernel of attention's dots equals the scalar reference bit for bit on every
+    /// tile shape (1-4 rows of A, whole and partial blocks of 8 rows of B, strides wider
+    /// than the rows).
+    #[test]
+    fn lane_dots_equal_scalar_reference() {
+        let mut r = rng(13);
+        for (na, nb, l) in [
+            (1, 1, 32),
+            (4, 8, 256),
+            (3, 19, 64),
+            (2, 9, 128),
+            (6, 17, 96),
+            (5, 3, 32),
+        ] {
+            let (a_stride, b_stride, out_stride) = (l + 5, l + 3, nb + 2);
+            let a: Vec<f32> = (0..na * a_stride)
+                .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let b: Vec<f32> = (0..nb * b_stride)
+                .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
+                .collect();
+            let (mut got, mut want) = (vec![0f32; na * out_stride], vec![0f32; na * out_stride]);
+            lane_dots(&a, na, a_stride, &b, nb, b_stride, l, &mut got, out_stride);
+            lane_dots_ref(&a, na, a_stride, &b, nb, b_stride, l, &mut want, out_stride);
+            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "na={na} nb={nb} l={l}");
         }
     }
 
