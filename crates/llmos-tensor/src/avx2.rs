@@ -224,17 +224,25 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                     _mm_cvtsi32_si128(wp[0].add(i * size).cast::<i32>().read_unaligned()),
                     wp[1].add(i * size).cast::<i32>().read_unaligned(),
                 ));
-                let d0 = _mm256_broadcastss_ps(dm);
-                let d1 = _mm256_broadcastss_ps(_mm_movehl_ps(dm, dm));
                 for n in 0..N {
                     let y = &*yp[n].add(i);
                     let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
-                    let ydv = _mm256_set1_ps(y.d);
-                    summ2[n] = _mm_add_ps(summ2[n], _mm_mul_ps(dm, _mm_set1_ps(y.s)));
-                    for (r, dr) in [d0, d1].into_iter().enumerate() {
-                        let dv = _mm256_mul_ps(dr, ydv);
+                    // [d, s, d, s] of the activation block (d and s are adjacent), so one
+                    // multiply makes both rows' scale products (lanes 0 and 2, the f32
+                    // products d_w * d_y) and min terms (lanes 1 and 3)
+                    let ys = _mm_castpd_ps(_mm_loaddup_pd((&raw const y.d).cast::<f64>()));
+                    let prod = _mm_mul_ps(dm, ys);
+                    summ2[n] = _mm_add_ps(summ2[n], prod);
+                    let dv = [
+                        _mm256_broadcastss_ps(prod),
+                        _mm256_permutevar8x32_ps(
+                            _mm256_castps128_ps256(prod),
+                            _mm256_set1_epi32(2),
+                        ),
+                    ];
+                    for (r, dr) in dv.into_iter().enumerate() {
                         let p = _mm256_cvtepi32_ps(mul_sum_u8(qx[r], qy));
-                        acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
+                        acc[r][n] = _mm256_fmadd_ps(dr, p, acc[r][n]);
                     }
                 }
                 continue;
