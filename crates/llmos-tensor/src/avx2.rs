@@ -15,7 +15,7 @@
 // the one safety contract is stated in the module docs above
 #![allow(clippy::missing_safety_doc)]
 
-use crate::q8::{BlockQ8, BlockQ8K};
+use crate::q8::{BlockQ8, BlockQ8K, Q32};
 use crate::quant::k_scale_min;
 use std::arch::x86_64::*;
 
@@ -1315,14 +1315,15 @@ pub const SCALE_ROWS: usize = 9;
 /// eight rows' `s` (block sum times scale). So the inner loop makes each block's scale
 /// product (the same f32 product [`dot_q8`] makes) with one load and one multiply (a
 /// broadcast from memory costs this CPU more than both, measured), and the min terms of
-/// Q4_1 / Q5_1 advance for all eight rows in one multiply and add. Each output is bit for
-/// bit what [`dot_q8`] gives.
+/// Q4_1 / Q5_1 advance for all eight rows in one multiply and add. The activations' values
+/// come interleaved by block, `qt[8 i + n]` = row n's block i (`q8::tile_qs`): aligned
+/// loads, none across a cache line. Each output is bit for bit what [`dot_q8`] gives.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn tile_q8x8<const T: u8>(
     w: &[u8],
     row_bytes: usize,
     rows: usize,
-    ys: [&[BlockQ8]; 8],
+    qt: &[Q32],
     yd: &[[f32; 8]],
     out: &mut [f32],
     out_stride: usize,
@@ -1333,8 +1334,8 @@ pub fn tile_q8x8<const T: u8>(
     );
     let size = block_bytes(T);
     let unsigned = T == Q4_1 || T == Q5_1;
-    let nb = ys[0].len();
-    let lens = ys.map(|y| y.len());
+    let nb = qt.len() / 8;
+    let lens = [nb; 8];
     check_tile8(
         nb * size,
         rows,
@@ -1346,7 +1347,7 @@ pub fn tile_q8x8<const T: u8>(
         out.len(),
         out_stride,
     );
-    let yp: [*const BlockQ8; 8] = ys.map(|y| y.as_ptr());
+    let qp = qt.as_ptr();
     let ydp = yd.as_ptr();
     let ones = _mm256_set1_epi16(1);
     let m4 = _mm256_set1_epi8(0x0f);
@@ -1390,8 +1391,7 @@ pub fn tile_q8x8<const T: u8>(
                 // signed weights: |x| once per block; the sign moves to the activations
                 let ax = _mm256_sign_epi8(qx, qx);
                 for n in 0..8 {
-                    let y = &*yp[n].add(i);
-                    let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
+                    let qy = _mm256_load_si256(qp.add(8 * i + n).cast());
                     let p = if unsigned {
                         _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones)
                     } else {

@@ -8,8 +8,8 @@
 use crate::ops::dot_f32;
 use crate::pool::{for_each_chunk_mut, for_each_chunk_mut_multi, threads};
 use crate::q8::{
-    ActMode, ActRow, BlockQ8, BlockQ8K, quantize_q8_into, quantize_q8k_into, vec_dot_n,
-    vec_dot_rows, vec_dot_tile,
+    ActMode, ActRow, BlockQ8, BlockQ8K, Q32, quantize_q8_into, quantize_q8k_into, tile_qs,
+    vec_dot_n, vec_dot_rows, vec_dot_tile,
 };
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
@@ -187,6 +187,9 @@ struct QuantActs {
     /// over all lanes, yd[(g * per + i) * 9 + 8] the eight rows' `s` (Q8) or scales (Q8_K)
     /// (see `avx2::tile_q8x8`, `avx2::tile_k8`). Empty otherwise.
     yd: Vec<[f32; 8]>,
+    /// For 8 rows or more of Q8 blocks, their values interleaved by group of 8 rows and
+    /// block (`q8::tile_qs`): the 32-value tile kernels' copy. Empty otherwise.
+    qt: Vec<Q32>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
 }
@@ -199,6 +202,7 @@ impl QuantActs {
             rows: 0,
             q8: Vec::new(),
             yd: Vec::new(),
+            qt: Vec::new(),
             q8k: Vec::new(),
             f: Vec::new(),
         }
@@ -223,6 +227,11 @@ impl QuantActs {
                 let q8 = &self.q8;
                 scale_table(&mut self.yd, rows, per, |r, i| {
                     (q8[r * per + i].d, q8[r * per + i].s)
+                });
+                self.qt.clear();
+                self.qt.resize(rows / 8 * per * 8, Q32::ZERO);
+                for_each_chunk_mut(&mut self.qt, per * 8, |g, o| {
+                    tile_qs(std::array::from_fn(|n| &q8[(8 * g + n) * per..]), o)
                 });
             }
             ActFmt::Q8K => {
@@ -419,24 +428,21 @@ fn tile8(
         match dt {
             DType::Q8_0 | DType::Q5_0 | DType::Q4_1 | DType::Q5_1 => {
                 let per = w.cols / 32;
-                let ys: [&[BlockQ8]; 8] = std::array::from_fn(|j| match acts.row(t0 + j) {
-                    ActRow::Q8(y) => y,
-                    _ => unreachable!("32-value block weights meet Q8 activations"),
-                });
+                let qt = &acts.qt[g * per * 8..(g + 1) * per * 8];
                 let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
                 // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
                 unsafe {
                     match dt {
                         DType::Q8_0 => {
-                            k::tile_q8x8::<{ k::Q8_0 }>(wb, rb, nr, ys, yd, out, out_stride)
+                            k::tile_q8x8::<{ k::Q8_0 }>(wb, rb, nr, qt, yd, out, out_stride)
                         }
                         DType::Q5_0 => {
-                            k::tile_q8x8::<{ k::Q5_0 }>(wb, rb, nr, ys, yd, out, out_stride)
+                            k::tile_q8x8::<{ k::Q5_0 }>(wb, rb, nr, qt, yd, out, out_stride)
                         }
                         DType::Q4_1 => {
-                            k::tile_q8x8::<{ k::Q4_1 }>(wb, rb, nr, ys, yd, out, out_stride)
+                            k::tile_q8x8::<{ k::Q4_1 }>(wb, rb, nr, qt, yd, out, out_stride)
                         }
-                        _ => k::tile_q8x8::<{ k::Q5_1 }>(wb, rb, nr, ys, yd, out, out_stride),
+                        _ => k::tile_q8x8::<{ k::Q5_1 }>(wb, rb, nr, qt, yd, out, out_stride),
                     }
                 }
                 return true;
