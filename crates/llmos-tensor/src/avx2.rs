@@ -1318,6 +1318,7 @@ pub const SCALE_ROWS: usize = 9;
 /// Q4_1 / Q5_1 advance for all eight rows in one multiply and add. The activations' values
 /// come interleaved by block, `qt[8 i + n]` = row n's block i (`q8::tile_qs`): aligned
 /// loads, none across a cache line. Each output is bit for bit what [`dot_q8`] gives.
+#[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn tile_q8x8<const T: u8>(
     w: &[u8],
@@ -1408,6 +1409,43 @@ pub fn tile_q8x8<const T: u8>(
         *sum = _mm256_add_ps(hsum8x8(acc), mins);
     }
     store_token_major(&sums, rows, out, out_stride);
+}
+
+/// [`tile_q8x8`] for `groups` consecutive groups of eight tokens (`qt` and `yd` hold the
+/// groups one after another, `nb` blocks each; group g's outputs start at token row 8 g of
+/// `out`): one call per block of rows instead of one per group (the calls and their
+/// dispatch were 3% of Gemma-3's prompt time).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn tiles_q8x8<const T: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    groups: usize,
+    qt: &[Q32],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if groups == 0 {
+        return;
+    }
+    let nb = qt.len() / (8 * groups);
+    assert!(
+        qt.len() == groups * nb * 8 && yd.len() >= groups * nb * SCALE_ROWS,
+        "tiles_q8x8: activations do not match the groups"
+    );
+    for g in 0..groups {
+        tile_q8x8::<T>(
+            w,
+            row_bytes,
+            rows,
+            &qt[g * nb * 8..(g + 1) * nb * 8],
+            &yd[g * nb * SCALE_ROWS..(g + 1) * nb * SCALE_ROWS],
+            &mut out[g * 8 * out_stride..],
+            out_stride,
+        );
+    }
 }
 
 /// The geometry the 8-token tile kernels need: `rows` (at most 16) weight rows of

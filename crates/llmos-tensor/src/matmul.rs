@@ -371,19 +371,7 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
         let r1 = (r0 + 16).min(rows);
         let mut ti = 0;
         if N == 8 {
-            while ti + 8 <= n
-                && tile8(
-                    dt,
-                    w,
-                    r0..r1,
-                    acts,
-                    t0 + ti,
-                    &mut ys[ti * rows + r0..],
-                    rows,
-                )
-            {
-                ti += 8;
-            }
+            ti = tile8(dt, w, r0..r1, acts, t0, n / 8, &mut ys[r0..], rows);
         }
         while ti + N <= n {
             let a: [ActRow; N] = std::array::from_fn(|k| acts.row(t0 + ti + k));
@@ -407,19 +395,21 @@ fn group_tiles<const N: usize>(dt: DType, w: &Weight, acts: &QuantActs, t0: usiz
     }
 }
 
-/// Weight rows `rows` (at most 16) against the eight activation rows from `t0` (a multiple
-/// of 8, with the scale table made: 8 rows or more) by the 8-token kernels, written
-/// token-major: out[n * out_stride + r - rows.start]. Returns false, doing nothing, where
-/// no such kernel runs (weight type, CPU).
+/// Weight rows `rows` (at most 16) against `groups` groups of eight activation rows from
+/// `t0` (a multiple of 8, with the scale table made: 8 rows or more) by the 8-token
+/// kernels, written token-major: out[n * out_stride + r - rows.start]. Returns the number
+/// of tokens done: 8 x groups, or 0 where no such kernel runs (weight type, CPU).
+#[allow(clippy::too_many_arguments)]
 fn tile8(
     dt: DType,
     w: &Weight,
     rows: std::ops::Range<usize>,
     acts: &QuantActs,
     t0: usize,
+    groups: usize,
     out: &mut [f32],
     out_stride: usize,
-) -> bool {
+) -> usize {
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() && !acts.yd.is_empty() {
         use crate::avx2::{self as k, SCALE_ROWS};
@@ -428,47 +418,53 @@ fn tile8(
         match dt {
             DType::Q8_0 | DType::Q5_0 | DType::Q4_1 | DType::Q5_1 => {
                 let per = w.cols / 32;
-                let qt = &acts.qt[g * per * 8..(g + 1) * per * 8];
-                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
+                let (g1, o) = (g + groups, out_stride);
+                let qt = &acts.qt[g * per * 8..g1 * per * 8];
+                let yd = &acts.yd[g * per * SCALE_ROWS..g1 * per * SCALE_ROWS];
                 // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
                 unsafe {
                     match dt {
                         DType::Q8_0 => {
-                            k::tile_q8x8::<{ k::Q8_0 }>(wb, rb, nr, qt, yd, out, out_stride)
+                            k::tiles_q8x8::<{ k::Q8_0 }>(wb, rb, nr, groups, qt, yd, out, o)
                         }
                         DType::Q5_0 => {
-                            k::tile_q8x8::<{ k::Q5_0 }>(wb, rb, nr, qt, yd, out, out_stride)
+                            k::tiles_q8x8::<{ k::Q5_0 }>(wb, rb, nr, groups, qt, yd, out, o)
                         }
                         DType::Q4_1 => {
-                            k::tile_q8x8::<{ k::Q4_1 }>(wb, rb, nr, qt, yd, out, out_stride)
+                            k::tiles_q8x8::<{ k::Q4_1 }>(wb, rb, nr, groups, qt, yd, out, o)
                         }
-                        _ => k::tile_q8x8::<{ k::Q5_1 }>(wb, rb, nr, qt, yd, out, out_stride),
+                        _ => k::tiles_q8x8::<{ k::Q5_1 }>(wb, rb, nr, groups, qt, yd, out, o),
                     }
                 }
-                return true;
+                return 8 * groups;
             }
             DType::Q4K | DType::Q5K | DType::Q6K => {
                 let per = w.cols / 256;
-                let ys: [&[BlockQ8K]; 8] = std::array::from_fn(|j| match acts.row(t0 + j) {
-                    ActRow::Q8K(y) => y,
-                    _ => unreachable!("K-type weights meet Q8_K activations"),
-                });
-                let yd = &acts.yd[g * per * SCALE_ROWS..(g + 1) * per * SCALE_ROWS];
-                // SAFETY: as above.
-                unsafe {
-                    match dt {
-                        DType::Q4K => k::tile_k8::<4>(wb, rb, nr, ys, yd, out, out_stride),
-                        DType::Q5K => k::tile_k8::<5>(wb, rb, nr, ys, yd, out, out_stride),
-                        _ => k::tile_k8::<6>(wb, rb, nr, ys, yd, out, out_stride),
+                for j in 0..groups {
+                    let t = t0 + 8 * j;
+                    let ys: [&[BlockQ8K]; 8] = std::array::from_fn(|m| match acts.row(t + m) {
+                        ActRow::Q8K(y) => y,
+                        _ => unreachable!("K-type weights meet Q8_K activations"),
+                    });
+                    let gj = g + j;
+                    let yd = &acts.yd[gj * per * SCALE_ROWS..(gj + 1) * per * SCALE_ROWS];
+                    let out = &mut out[8 * j * out_stride..];
+                    // SAFETY: as above.
+                    unsafe {
+                        match dt {
+                            DType::Q4K => k::tile_k8::<4>(wb, rb, nr, ys, yd, out, out_stride),
+                            DType::Q5K => k::tile_k8::<5>(wb, rb, nr, ys, yd, out, out_stride),
+                            _ => k::tile_k8::<6>(wb, rb, nr, ys, yd, out, out_stride),
+                        }
                     }
                 }
-                return true;
+                return 8 * groups;
             }
             _ => {}
         }
     }
-    let _ = (dt, w, rows, acts, t0, out, out_stride);
-    false
+    let _ = (dt, w, rows, acts, t0, groups, out, out_stride);
+    0
 }
 
 /// [`matmul_cached`] of K weights that read the same input (q, k and v; gate and up). For
@@ -618,7 +614,7 @@ fn tiles<const N: usize>(
     let rb = w.row_bytes();
     if N == 8 {
         let mut tmp = [0f32; 8 * 16];
-        while ti + 8 <= t && tile8(dt, w, rows.clone(), acts, ti, &mut tmp, 16) {
+        while ti + 8 <= t && tile8(dt, w, rows.clone(), acts, ti, 1, &mut tmp, 16) == 8 {
             for j in 0..rows.len() {
                 for k in 0..8 {
                     ys[j * t + ti + k] = tmp[k * 16 + j];
