@@ -846,8 +846,8 @@ pub fn lane_dots(
         match q {
             1 => lane_rows::<1, 8>(g, oi, out_stride),
             2 => lane_rows::<2, 4>(g, oi, out_stride),
-            3 => lane_rows::<3, 2>(g, oi, out_stride),
-            _ => lane_rows::<4, 2>(g, oi, out_stride),
+            3 => lane_rows::<3, 3>(g, oi, out_stride),
+            _ => lane_rows::<4, 3>(g, oi, out_stride),
         }
         i += q;
     }
@@ -867,7 +867,7 @@ fn lane_rows<const QA: usize, const KB: usize>(
     while k0 + 8 <= nb {
         let mut f = [[_mm256_setzero_ps(); 8]; QA];
         let mut kt = 0;
-        while kt < 8 {
+        while kt + KB <= 8 {
             // SAFETY: rows k0 + kt .. k0 + kt + KB <= nb of B and the QA rows of A hold l
             // floats each (checked by lane_dots).
             let r = unsafe {
@@ -878,6 +878,16 @@ fn lane_rows<const QA: usize, const KB: usize>(
             }
             kt += KB;
         }
+        if kt < 8 {
+            // KB = 3: the last two of the eight
+            // SAFETY: as above, rows k0 + 6, k0 + 7 < nb.
+            let r = unsafe {
+                lane_tile::<QA, 2>(ap, a_stride, bp.add((k0 + 6) * b_stride), b_stride, l)
+            };
+            for qa in 0..QA {
+                f[qa][6..8].copy_from_slice(&r[qa]);
+            }
+        }
         for (qa, fq) in f.iter().enumerate() {
             let at = qa * out_stride + k0;
             storef8(
@@ -887,9 +897,20 @@ fn lane_rows<const QA: usize, const KB: usize>(
         }
         k0 += 8;
     }
-    for k in k0..nb {
-        // SAFETY: row k < nb of B and the QA rows of A hold l floats each (checked by
-        // lane_dots).
+    // the last keys two at a time (one tile of two keeps twice the FMA chains of one key)
+    let mut k = k0;
+    while k + 2 <= nb {
+        // SAFETY: rows k, k + 1 < nb of B and the QA rows of A hold l floats each (checked
+        // by lane_dots).
+        let r = unsafe { lane_tile::<QA, 2>(ap, a_stride, bp.add(k * b_stride), b_stride, l) };
+        for (qa, rq) in r.iter().enumerate() {
+            out[qa * out_stride + k] = finish_fold(rq[0]);
+            out[qa * out_stride + k + 1] = finish_fold(rq[1]);
+        }
+        k += 2;
+    }
+    if k < nb {
+        // SAFETY: row k < nb of B, as above.
         let r = unsafe { lane_tile::<QA, 1>(ap, a_stride, bp.add(k * b_stride), b_stride, l) };
         for (qa, rq) in r.iter().enumerate() {
             out[qa * out_stride + k] = finish_fold(rq[0]);
