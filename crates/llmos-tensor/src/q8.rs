@@ -968,16 +968,53 @@ pub fn exp_poly(x: f32) -> f32 {
 
 /// RMSNorm as llama.cpp computes it: squares in f32 summed in a double, mean and scale in
 /// f32, then x * scale, then times the weight.
+///
+/// The double sum is one chain of dependent adds per row (its order is the arithmetic), so
+/// rows go eight at a time with their chains interleaved: a row alone waits on each add.
 pub fn rmsnorm_lanes(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     let c = w.len();
-    for (yr, xr) in y.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
-        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+    if c == 0 {
+        return;
+    }
+    let rows = (x.len() / c).min(y.len() / c);
+    let finish = |y: &mut [f32], x: &[f32], sum: f64| {
         let mean = (sum / c as f64) as f32;
         let scale = 1.0f32 / (mean + eps).sqrt();
         for i in 0..c {
-            yr[i] = (xr[i] * scale) * w[i];
+            y[i] = (x[i] * scale) * w[i];
+        }
+    };
+    let mut r = 0;
+    while r + 8 <= rows {
+        let sums = square_sums::<8>(&x[r * c..(r + 8) * c], c);
+        for (k, &sum) in sums.iter().enumerate() {
+            let at = (r + k) * c..(r + k + 1) * c;
+            finish(&mut y[at.clone()], &x[at], sum);
+        }
+        r += 8;
+    }
+    for r in r..rows {
+        let at = r * c..(r + 1) * c;
+        finish(
+            &mut y[at.clone()],
+            &x[at.clone()],
+            square_sums::<1>(&x[at], c)[0],
+        );
+    }
+}
+
+/// Sum of squares (each square in f32, added in a double, in order) of R rows of `c`.
+#[inline]
+fn square_sums<const R: usize>(x: &[f32], c: usize) -> [f64; R] {
+    let rows: [&[f32]; R] = std::array::from_fn(|k| &x[k * c..(k + 1) * c]);
+    let mut s = [0f64; R];
+    for i in 0..c {
+        for k in 0..R {
+            let v = rows[k][i];
+            s[k] += (v * v) as f64;
         }
     }
+    s
 }
 
 /// RoPE (cos, sin) per rotated pair for position `pos`, with the angle advanced by repeated
@@ -1175,6 +1212,37 @@ mod tests {
         for ((c, s), f) in cs.iter().zip(&inv) {
             let t = 17.0 * f;
             assert!((c - t.cos()).abs() < 1e-4 && (s - t.sin()).abs() < 1e-4);
+        }
+    }
+
+    /// Many rows at once (eight interleaved sums, then the rest) give each row exactly
+    /// what the one-row formula gives: squares summed in order in a double.
+    #[test]
+    fn rmsnorm_rows_equal_the_one_row_formula() {
+        let mut r = rng(31);
+        let c = 40;
+        let w: Vec<f32> = (0..c).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+        for rows in [1usize, 7, 8, 19] {
+            let x: Vec<f32> = (0..rows * c)
+                .map(|_| ((r() % 20001) as f32 / 1000.0 - 10.0) * 1.7)
+                .collect();
+            let mut y = vec![0f32; rows * c];
+            rmsnorm_lanes(&mut y, &x, &w, 1e-6);
+            for (k, (yr, xr)) in y.chunks_exact(c).zip(x.chunks_exact(c)).enumerate() {
+                let mut sum = 0f64;
+                for &v in xr {
+                    sum += (v * v) as f64;
+                }
+                let scale = 1.0f32 / ((sum / c as f64) as f32 + 1e-6).sqrt();
+                for i in 0..c {
+                    let want = (xr[i] * scale) * w[i];
+                    assert_eq!(
+                        yr[i].to_bits(),
+                        want.to_bits(),
+                        "rows {rows} row {k} col {i}"
+                    );
+                }
+            }
         }
     }
 
