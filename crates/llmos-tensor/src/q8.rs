@@ -769,10 +769,12 @@ pub fn weighted_rows_lanes_multi(
         "weighted_rows_lanes_multi: weights do not match outputs"
     );
     #[cfg(target_arch = "x86_64")]
-    if crate::avx2::available() && dv.is_multiple_of(32) {
+    if crate::avx2::available() && dv.is_multiple_of(32) && !dv.is_multiple_of(64) {
         // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
         return unsafe { crate::avx2::weighted_rows_lanes_multi(ws, n, v, stride, dv, outs) };
     }
+    // one query at a time (value sizes that are multiples of 64 take the kernel that keeps
+    // a slot's accumulators in registers; the V rows come from cache for the later ones)
     for (w, out) in ws.chunks_exact(n.max(1)).zip(outs.chunks_exact_mut(dv)) {
         weighted_rows_lanes(&w[..n], v, stride, out);
     }
