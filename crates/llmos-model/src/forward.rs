@@ -5,12 +5,14 @@
 //! `llmos_tensor::matmul`.
 
 use crate::{Arch, Model, ModelError};
-use llmos_tensor::ops::{attend_online, gelu_tanh, rmsnorm, rope_cs, rope_inv_freqs, silu};
+use llmos_tensor::ops::{
+    attend_online, gelu_tanh, rmsnorm, rmsnorm_inplace, rope_cs, rope_inv_freqs, silu,
+};
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
     dot_rows_lanes, dot_rows_lanes_multi, lane_dots, pack_v_cols, rmsnorm_lanes,
-    rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes,
-    weighted_rows_lanes_multi,
+    rmsnorm_lanes_inplace, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
+    weighted_rows_lanes, weighted_rows_lanes_multi,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached, matmul_cached_multi};
 
@@ -239,8 +241,19 @@ impl Model {
             }
         };
         let norm_inplace = |x: &mut [f32], w: &[f32]| {
-            let src = x.to_vec();
-            norm(x, &src, w);
+            let c = w.len();
+            let one = |x: &mut [f32]| {
+                if q8 {
+                    rmsnorm_lanes_inplace(x, w, eps)
+                } else {
+                    rmsnorm_inplace(x, w, eps)
+                }
+            };
+            if x.len() / c >= 16 {
+                for_each_chunk_mut(x, 8 * c, |_, xs| one(xs));
+            } else {
+                one(x)
+            }
         };
 
         // RoPE (cos, sin) per token, for global and sliding-window layers
