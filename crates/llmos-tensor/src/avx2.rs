@@ -682,26 +682,25 @@ fn reduce4(x: [__m256; 4]) -> f32 {
 
 /// See [`crate::q8::weighted_rows_lanes`]: 32 partial sums per output (one per lane slot of
 /// the f16 dot), accumulated row by row, then reduced in the dot's order. `out.len()` is a
-/// multiple of 8, at most 256.
+/// multiple of 8.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn weighted_rows_lanes(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
-    let dv = out.len();
-    if dv.is_multiple_of(64) {
-        // 64 columns at a time: a slot's 8 accumulators stay in registers (with a run-time
-        // number of groups they lived on the stack, each FMA a load and a store that the
-        // next row's FMA waited on: perf put most of a decoding step's attention there)
-        for c in (0..dv).step_by(64) {
-            let cols: &mut [f32; 64] = (&mut out[c..c + 64]).try_into().expect("64 floats");
-            weighted_rows_64(w, &v[c..], stride, cols);
-        }
-    } else if dv <= 64 {
-        weighted_rows_g::<8>(w, v, stride, out)
-    } else {
-        weighted_rows_g::<32>(w, v, stride, out)
+    // 64 columns at a time: a slot's 8 accumulators stay in registers (with a run-time
+    // number of groups they lived on the stack, each FMA a load and a store that the next
+    // row's FMA waited on: perf put most of a decoding step's attention there); the last
+    // columns (fewer than 64) by the general kernel. Each column's sum is its own, so the
+    // split changes no arithmetic.
+    let whole = out.len() / 64 * 64;
+    for c in (0..whole).step_by(64) {
+        let cols: &mut [f32; 64] = (&mut out[c..c + 64]).try_into().expect("64 floats");
+        weighted_rows_64(w, &v[c..], stride, cols);
+    }
+    if whole < out.len() {
+        weighted_rows_g(w, &v[whole..], stride, &mut out[whole..]);
     }
 }
 
-/// [`weighted_rows_g`] for 64 columns: the same sums in the same order, with the group
+/// The weighted sums of 64 columns, slot by slot (see [`weighted_rows_lanes`]), the group
 /// loop a constant so it unrolls into registers.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn weighted_rows_64(w: &[f32], v: &[f32], stride: usize, out: &mut [f32; 64]) {
@@ -738,11 +737,14 @@ fn weighted_rows_64(w: &[f32], v: &[f32], stride: usize, out: &mut [f32; 64]) {
     }
 }
 
+/// The weighted sums of fewer than 64 columns (a multiple of 8), in [`weighted_rows_64`]'s
+/// order.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn weighted_rows_g<const G: usize>(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+fn weighted_rows_g(w: &[f32], v: &[f32], stride: usize, out: &mut [f32]) {
+    const G: usize = 8;
     let dv = out.len();
     let groups = dv / 8;
-    assert!(groups <= G);
+    assert!(groups < G, "weighted_rows_g: 64 columns or more");
     // acc[slot][g]: slot = p % 32 (the lane slot of the f16 dot), g = output group of 8.
     // Slot by slot, so the G accumulators of a slot stay in registers while its rows
     // p = slot, slot + 32, ... stream by (the same order of additions per slot).
