@@ -1076,6 +1076,16 @@ mod tests {
     use super::*;
     use crate::quant::dequantize_row;
 
+    /// The bit patterns of `x`, for bit-for-bit comparisons.
+    fn bits(x: &[f32]) -> Vec<u32> {
+        x.iter().map(|f| f.to_bits()).collect()
+    }
+
+    /// `n` values in [-1, 1] in steps of 0.001.
+    fn unit_values(r: &mut impl FnMut() -> u64, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
     fn rng(seed: u64) -> impl FnMut() -> u64 {
         let mut s = seed;
         move || {
@@ -1253,7 +1263,7 @@ mod tests {
     fn rmsnorm_rows_equal_the_one_row_formula() {
         let mut r = rng(31);
         let c = 40;
-        let w: Vec<f32> = (0..c).map(|_| (r() % 2001) as f32 / 1000.0 - 1.0).collect();
+        let w = unit_values(&mut r, c);
         for rows in [1usize, 7, 8, 19] {
             let x: Vec<f32> = (0..rows * c)
                 .map(|_| ((r() % 20001) as f32 / 1000.0 - 10.0) * 1.7)
@@ -1262,11 +1272,7 @@ mod tests {
             rmsnorm_lanes(&mut y, &x, &w, 1e-6);
             let mut z = x.clone();
             rmsnorm_lanes_inplace(&mut z, &w, 1e-6);
-            assert_eq!(
-                z.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
-                y.iter().map(|f| f.to_bits()).collect::<Vec<_>>(),
-                "in place, rows {rows}"
-            );
+            assert_eq!(bits(&z), bits(&y), "in place, rows {rows}");
             for (k, (yr, xr)) in y.chunks_exact(c).zip(x.chunks_exact(c)).enumerate() {
                 let mut sum = 0f64;
                 for &v in xr {
@@ -1789,7 +1795,6 @@ mod tests {
             }
             let mut got = vec![f32::NAN; nq * dv];
             lane_dots(&wp, nq, n32, &vp, dv, n32, n32, &mut got, dv);
-            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "n={n} dv={dv} nq={nq}");
         }
     }
@@ -1809,16 +1814,11 @@ mod tests {
             (5, 3, 32),
         ] {
             let (a_stride, b_stride, out_stride) = (l + 5, l + 3, nb + 2);
-            let a: Vec<f32> = (0..na * a_stride)
-                .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
-                .collect();
-            let b: Vec<f32> = (0..nb * b_stride)
-                .map(|_| (r() % 2001) as f32 / 1000.0 - 1.0)
-                .collect();
+            let a = unit_values(&mut r, na * a_stride);
+            let b = unit_values(&mut r, nb * b_stride);
             let (mut got, mut want) = (vec![0f32; na * out_stride], vec![0f32; na * out_stride]);
             lane_dots(&a, na, a_stride, &b, nb, b_stride, l, &mut got, out_stride);
             lane_dots_ref(&a, na, a_stride, &b, nb, b_stride, l, &mut want, out_stride);
-            let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "na={na} nb={nb} l={l}");
         }
     }
