@@ -331,6 +331,17 @@ fn prefetch_ahead(b: &[u8], lines: usize) {
     }
 }
 
+/// Asks the cache for the first [`PREFETCH`] bytes of `w` at once: the kernels' running
+/// prefetch covers only what lies that far ahead, so without this a task's first bytes
+/// arrive one miss after another (a decode task is 10-70 KB of rows).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn prefetch_start(w: &[u8]) {
+    for at in (0..w.len().min(PREFETCH)).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(w[at..].as_ptr().cast());
+    }
+}
+
 /// The 8 scales and 8 mins of a Q4_K / Q5_K super-block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1285,6 +1296,7 @@ pub fn rows_q8<const T: u8>(
     pairs: bool,
 ) {
     let n = out.len();
+    prefetch_start(&w[..n * row_bytes]);
     let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
     let mut r = 0;
     if pairs {
@@ -1303,6 +1315,7 @@ pub fn rows_q8<const T: u8>(
 /// [`rows_q8`] for the K types (`T` = 4, 5, 6), one row at a time.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn rows_k<const T: u8>(w: &[u8], row_bytes: usize, y: &[BlockQ8K], out: &mut [f32]) {
+    prefetch_start(&w[..out.len() * row_bytes]);
     for (r, o) in out.iter_mut().enumerate() {
         let wr = &w[r * row_bytes..(r + 1) * row_bytes];
         *o = match T {
