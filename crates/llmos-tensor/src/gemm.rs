@@ -595,6 +595,9 @@ mod tests {
     /// and slabs, one and two threads, overwrite and accumulate.
     #[test]
     fn gemm_matches_naive_for_every_layout_and_edge() {
+        let _one = crate::pool::SERIAL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for th in [1usize, 2] {
             crate::pool::init(th);
             for &(m, n, k) in &[
