@@ -328,6 +328,7 @@ fn finish(path: &Path, expected: Option<&str>) -> Result<PathBuf> {
         );
     }
     write_atomic(&sidecar(path), format!("{h}\n").as_bytes())?;
+    llmos_formats::gguf::drop_page_cache(path);
     Ok(path.to_path_buf())
 }
 

@@ -369,6 +369,20 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Drops the page cache of a model file just written in small pieces (a download), once it
+/// is on disk. A file written that way sits in the cache as small folios, which the kernel
+/// maps with 4 KiB pages however [`Gguf::open`] advises; read in afresh by the first map,
+/// it comes as 2 MiB folios. Only clean pages are dropped; failures change nothing.
+pub fn drop_page_cache(path: &Path) {
+    #[cfg(target_os = "linux")]
+    if let Ok(f) = std::fs::File::open(path) {
+        let dont = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED;
+        let _ = nix::fcntl::posix_fadvise(&f, 0, 0, dont);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = path;
+}
+
 impl Gguf {
     /// Opens and memory-maps `path`, parsing and validating the header.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
@@ -391,7 +405,16 @@ impl Gguf {
             // SAFETY: the map is read-only and private; llmos never writes to a model file while
             // it is open, and a file truncated underneath us by another process is outside
             // what any mmap-based loader (llama.cpp included) can defend against.
-            Bytes::Mapped(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+            let m = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            // Transparent huge pages for the weights where the kernel maps file pages that
+            // way (Linux with large page-cache folios, e.g. ext4 since 6.16): asked before any
+            // page is touched, so the pages read in for this map come as 2 MiB folios. Decode
+            // streams every weight once per token; with 4 KiB pages that is a TLB miss per
+            // 4 KiB (SmolLM2 Q4_1 tg at 2 threads, interleaved: 106-112 -> 114-121 tok/s).
+            // Where it does not apply the advice changes nothing, so its result is ignored.
+            #[cfg(target_os = "linux")]
+            let _ = m.advise(memmap2::Advice::HugePage);
+            Bytes::Mapped(m)
         };
         Self::parse(path.to_path_buf(), bytes)
     }
