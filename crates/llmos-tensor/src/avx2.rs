@@ -608,6 +608,63 @@ pub fn quantize_q8_into(x: &[f32], out: &mut [BlockQ8]) {
     }
 }
 
+/// Q8_K quantization of one row, bit-identical to [`crate::q8::quantize_q8k_ref`]: the
+/// scale from the first value of largest magnitude (NaN never is one), values rounded half
+/// to even (as its `nearest_int`, exact below 2^22 and here at most 127), a NaN product
+/// giving 0 as the scalar rounding does, and the sums of each 16 values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn quantize_q8k_into(x: &[f32], out: &mut [BlockQ8K]) {
+    let sign = _mm256_set1_ps(-0.0);
+    for (c, b) in x.chunks_exact(256).zip(out.iter_mut()) {
+        let v: [__m256; 32] =
+            std::array::from_fn(|j| loadf8(c[8 * j..8 * j + 8].try_into().expect("8 floats")));
+        // max(|v|, m) keeps m where |v| is NaN, as the scalar `>` does
+        let mut m = _mm256_setzero_ps();
+        for vj in &v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, *vj), m);
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        *b = BlockQ8K::ZERO;
+        if amax == 0.0 {
+            continue;
+        }
+        let am = _mm256_set1_ps(amax);
+        let mut max = 0f32;
+        for (j, vj) in v.iter().enumerate() {
+            let eq = _mm256_cmp_ps::<_CMP_EQ_OQ>(_mm256_andnot_ps(sign, *vj), am);
+            let bits = _mm256_movemask_ps(eq);
+            if bits != 0 {
+                max = c[8 * j + bits.trailing_zeros() as usize];
+                break;
+            }
+        }
+        let iscale = -127.0 / max;
+        let mul = _mm256_set1_ps(iscale);
+        let top = _mm256_set1_epi32(127);
+        let mut qi = [_mm256_setzero_si256(); 32];
+        for (q, vj) in qi.iter_mut().zip(&v) {
+            let p = _mm256_mul_ps(*vj, mul);
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(p);
+            let ord = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_ORD_Q>(p, p));
+            *q = _mm256_min_epi32(_mm256_and_si256(_mm256_cvtps_epi32(r), ord), top);
+        }
+        for j in 0..8 {
+            let p0 = _mm256_packs_epi32(qi[4 * j], qi[4 * j + 1]);
+            let p1 = _mm256_packs_epi32(qi[4 * j + 2], qi[4 * j + 3]);
+            let p = _mm256_packs_epi16(p0, p1);
+            let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            // SAFETY: qs holds 256 bytes, 32 j .. 32 j + 32 of them written; unaligned store.
+            unsafe { _mm256_storeu_si256(b.qs.as_mut_ptr().add(32 * j).cast(), p) };
+        }
+        for (k, s) in b.bsums.iter_mut().enumerate() {
+            *s = hsum_i32(_mm256_add_epi32(qi[2 * k], qi[2 * k + 1])) as i16;
+        }
+        b.d = 1.0 / iscale;
+    }
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn round_f16(x: f32) -> f32 {

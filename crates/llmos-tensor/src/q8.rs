@@ -229,8 +229,18 @@ pub fn quantize_q8k(x: &[f32]) -> Vec<BlockQ8K> {
     out
 }
 
-/// [`quantize_q8k`] into a buffer of `x.len() / 256` blocks.
+/// [`quantize_q8k`] into a buffer of `x.len() / 256` blocks, on the fastest kernel.
 pub fn quantize_q8k_into(x: &[f32], out: &mut [BlockQ8K]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::quantize_q8k_into(x, out) };
+    }
+    quantize_q8k_ref(x, out)
+}
+
+/// The scalar Q8_K quantizer, reference for the fast one.
+pub fn quantize_q8k_ref(x: &[f32], out: &mut [BlockQ8K]) {
     for (c, b) in x.chunks_exact(256).zip(out.iter_mut()) {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in c {
@@ -1420,6 +1430,40 @@ mod tests {
                 assert_eq!(
                     (a.d.to_bits(), a.s.to_bits(), a.qs),
                     (b.d.to_bits(), b.s.to_bits(), b.qs)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fast_q8k_quantizer_equals_reference() {
+        let mut r = rng(78);
+        for len in [256usize, 1024, 2048] {
+            let mut x: Vec<f32> = (0..len)
+                .map(|_| ((r() % 20001) as f32 / 10000.0 - 1.0) * 3.0)
+                .collect();
+            x[..256].fill(0.0); // an all-zero block
+            if len > 256 {
+                // the largest magnitude twice with both signs: the first one sets the sign
+                x[300] = -4.0;
+                x[301] = 4.0;
+                x[302] = 2.0; // a tie after scaling (-127 / -4 * 2 = -63.5)
+                x[303] = 0.031496063;
+            }
+            if len > 1024 {
+                x[1100] = f32::INFINITY; // inf and NaN: the scalar loop's results exactly
+                x[1400] = f32::NAN;
+                x[1500] = -f32::INFINITY;
+            }
+            let mut fast = vec![BlockQ8K::ZERO; len / 256];
+            let mut slow = vec![BlockQ8K::ZERO; len / 256];
+            quantize_q8k_into(&x, &mut fast);
+            quantize_q8k_ref(&x, &mut slow);
+            for (i, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                assert_eq!(
+                    (a.d.to_bits(), a.qs, a.bsums),
+                    (b.d.to_bits(), b.qs, b.bsums),
+                    "len {len} block {i}"
                 );
             }
         }
