@@ -10,7 +10,7 @@
 //! for them, which costs a context switch per section.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -19,16 +19,25 @@ const SPIN: Duration = Duration::from_millis(5);
 
 type Job = &'static (dyn Fn(usize) + Sync);
 
+/// What the threads share. A job is published without locks: the caller writes `job`,
+/// `active` and the runs, then moves `generation` (release); a worker that sees the new
+/// generation (acquire) reads them and checks the generation again, so it never acts on a
+/// mix of two jobs. The fields stay as written until every thread that takes part has
+/// finished (`pending` back to 0), so a worker of the job always reads that job's.
 struct Shared {
     generation: AtomicUsize,
-    /// The job, its task count, how many threads (caller included) take part, and its
-    /// generation.
-    job: Mutex<Option<(Job, usize, usize, usize)>>,
+    /// The current job: the address of the caller's reference to its closure, valid while
+    /// the caller waits in [`parallel_for`].
+    job: AtomicPtr<Job>,
+    /// How many threads (caller included) take part in the current job.
+    active: AtomicUsize,
     /// Each thread's run of the current job's tasks, [lo, hi) packed as hi << 32 | lo.
     runs: Vec<Run>,
     pending: AtomicUsize,
     panicked: AtomicBool,
-    sleep: Mutex<usize>,
+    /// Workers asleep (or about to be) on `wake`; the caller takes `sleep` only when some are.
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
     wake: Condvar,
 }
 
@@ -112,11 +121,13 @@ impl Pool {
     fn new(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
             generation: AtomicUsize::new(0),
-            job: Mutex::new(None),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            active: AtomicUsize::new(0),
             runs: (0..threads).map(|_| Run(AtomicU64::new(0))).collect(),
             pending: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
-            sleep: Mutex::new(0),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
             wake: Condvar::new(),
         });
         for i in 1..threads {
@@ -158,23 +169,32 @@ fn worker(s: Arc<Shared>, index: usize) {
             std::hint::spin_loop();
             spins += 1;
             if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
-                let mut sleepers = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
-                *sleepers += 1;
-                while s.generation.load(Ordering::Acquire) == seen {
-                    sleepers = s.wake.wait(sleepers).unwrap_or_else(|e| e.into_inner());
+                // announced before the last look at the generation (both sequentially
+                // consistent, as the caller's store and its look at `sleepers`): either this
+                // look sees the new job or the caller sees a sleeper and notifies, which it
+                // can only do once this thread waits (it holds `sleep` until then)
+                let mut guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
+                s.sleepers.fetch_add(1, Ordering::SeqCst);
+                while s.generation.load(Ordering::SeqCst) == seen {
+                    guard = s.wake.wait(guard).unwrap_or_else(|e| e.into_inner());
                 }
-                *sleepers -= 1;
+                s.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        // The slot is filled before the generation moves, and a job stays in it until every
-        // thread that takes part has finished, so a job of this generation is either there
-        // or was not ours (this worker sat it out).
-        seen = s.generation.load(Ordering::Acquire);
-        let job = *s.job.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((job, _, active, g)) = job
-            && g == seen
-            && index < active
-        {
+        let g = s.generation.load(Ordering::Acquire);
+        let (job, active) = (
+            s.job.load(Ordering::Relaxed),
+            s.active.load(Ordering::Relaxed),
+        );
+        if s.generation.load(Ordering::Acquire) != g {
+            continue; // a later job was published meanwhile (this worker sat this one out)
+        }
+        seen = g;
+        if index < active {
+            // SAFETY: `job` was published with generation g and this worker takes part in
+            // it, so the caller is still waiting in parallel_for for this worker's `pending`
+            // decrement and the reference it points at is alive.
+            let job: Job = unsafe { *job };
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 claim_all(&s, job, index, active)
             }));
@@ -201,20 +221,25 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let _run = p.run.lock().unwrap_or_else(|e| e.into_inner());
     let s = &*p.shared;
     // SAFETY: the job is only called while this function waits below for every worker to
-    // report it finished (`pending` back to 0), and the slot is cleared before returning, so
-    // no use of the reference outlives the borrow it was made from.
+    // report it finished (`pending` back to 0): a worker reads the published pointer only
+    // after seeing this call's generation and calls it only when it takes part, so no use
+    // of the reference outlives the borrow it was made from.
     let job: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), Job>(f) };
-    let g = s.generation.load(Ordering::Relaxed) + 1;
+    let g = s.generation.load(Ordering::Relaxed).wrapping_add(1);
     for (j, run) in s.runs[..active].iter().enumerate() {
         let (lo, hi) = (j * n / active, (j + 1) * n / active);
         run.0
             .store(((hi as u64) << 32) | lo as u64, Ordering::Relaxed);
     }
     s.panicked.store(false, Ordering::Relaxed);
-    s.pending.store(active - 1, Ordering::Release);
-    *s.job.lock().unwrap_or_else(|e| e.into_inner()) = Some((job, n, active, g));
-    s.generation.store(g, Ordering::Release);
-    if *s.sleep.lock().unwrap_or_else(|e| e.into_inner()) > 0 {
+    s.pending.store(active - 1, Ordering::Relaxed);
+    let slot: Job = job;
+    s.job
+        .store((&slot as *const Job).cast_mut(), Ordering::Relaxed);
+    s.active.store(active, Ordering::Relaxed);
+    s.generation.store(g, Ordering::SeqCst);
+    if s.sleepers.load(Ordering::SeqCst) > 0 {
+        let _guard = s.sleep.lock().unwrap_or_else(|e| e.into_inner());
         s.wake.notify_all();
     }
     IN_JOB.with(|c| c.set(true));
@@ -225,7 +250,6 @@ pub fn parallel_for(n: usize, f: &(dyn Fn(usize) + Sync)) {
     while s.pending.load(Ordering::Acquire) != 0 {
         std::hint::spin_loop();
     }
-    *s.job.lock().unwrap_or_else(|e| e.into_inner()) = None;
     if let Err(e) = mine {
         std::panic::resume_unwind(e);
     }
@@ -387,6 +411,22 @@ mod tests {
             t0.elapsed() < Duration::from_secs(20),
             "task 7 was not taken over"
         );
+    }
+
+    #[test]
+    fn sleeping_workers_wake_for_the_next_job() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        init(2);
+        // pauses around the workers' spin time, so some jobs find them asleep: a lost
+        // wake-up would leave the caller waiting for `pending` forever
+        for i in 0..24u64 {
+            std::thread::sleep(Duration::from_millis(i % 4 * 3));
+            let count = AtomicUsize::new(0);
+            parallel_for(8, &|_| {
+                count.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(count.load(Ordering::Relaxed), 8);
+        }
     }
 
     #[test]
