@@ -3,6 +3,7 @@
 //! (defaults 512 64 3 192: SmolLM2). For every row t < ROWS, GROUP queries against keys
 //! 0..=t (scores), then the weighted sum of values 0..=t, over row-major V and over V packed
 //! by columns (the prompt path's); prints ns per key and query.
+mod common;
 use llmos_tensor::q8::{dot_rows_lanes_multi, lane_dots, pack_v_cols, weighted_rows_lanes_multi};
 use std::time::Instant;
 
@@ -20,13 +21,7 @@ fn main() {
     let d = a.get(1).copied().unwrap_or(64);
     let group = a.get(2).copied().unwrap_or(3);
     let stride = a.get(3).copied().unwrap_or(192).max(d);
-    let mut s = 0x2545_f491_u32;
-    let mut rnd = move || {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        (s as f32 / u32::MAX as f32) - 0.5
-    };
+    let mut rnd = common::values(0x2545_f491);
     let k: Vec<f32> = (0..rows * stride).map(|_| rnd()).collect();
     let v: Vec<f32> = (0..rows * stride).map(|_| rnd()).collect();
     let q: Vec<f32> = (0..group * d).map(|_| rnd()).collect();

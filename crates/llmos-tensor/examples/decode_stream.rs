@@ -2,6 +2,7 @@
 //! layer matrices (30 layers of q/k/v, o, gate/up, down) in Q4_1, one token, the same
 //! parallel sections as the model, then its Q8_0 head. Prints GB/s of weights read:
 //! `cargo run --release -p llmos-tensor --example decode_stream [THREADS] [LAYERS]`.
+mod common;
 use llmos_tensor::quantize::quantize_rows;
 use llmos_tensor::{ActCache, ActMode, DType, Weight, matmul_cached, matmul_cached_multi};
 use std::time::Instant;
@@ -15,13 +16,7 @@ fn main() {
     let layers = args.get(1).copied().unwrap_or(30);
     llmos_tensor::init_threads(threads);
     let (e, kv, ff, vocab) = (576usize, 192usize, 1536usize, 49152usize);
-    let mut s = 0x9e37_79b9_u32;
-    let mut rnd = move || {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        (s as f32 / u32::MAX as f32) - 0.5
-    };
+    let mut rnd = common::values(0x9e37_79b9);
     let mut make = |t: DType, rows: usize, cols: usize| {
         let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
         quantize_rows(t, &wf, cols).expect("quantize")

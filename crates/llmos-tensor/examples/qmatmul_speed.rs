@@ -1,6 +1,7 @@
 //! Multiply-adds per second of the quantized matmul (q8 activations) on one shape:
 //! `cargo run --release --example qmatmul_speed TYPE ROWS COLS TOKENS [THREADS]`, TYPE one of
 //! q8_0, q4_0, q4_1, q4_k, q6_k. Prints the best and median of 20 runs.
+mod common;
 use llmos_tensor::DType;
 use llmos_tensor::quantize::quantize_rows;
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached};
@@ -30,13 +31,7 @@ fn main() {
     let (rows, cols, toks) = (n[0], n[1], n[2]);
     llmos_tensor::init_threads(n.get(3).copied().unwrap_or(1));
     // deterministic pseudo-random values
-    let mut s = 0x9e37_79b9_u32;
-    let mut rnd = move || {
-        s ^= s << 13;
-        s ^= s >> 17;
-        s ^= s << 5;
-        (s as f32 / u32::MAX as f32) - 0.5
-    };
+    let mut rnd = common::values(0x9e37_79b9);
     let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
     let data = quantize_rows(t, &wf, cols).expect("quantize");
     let w = Weight::new(t, &data, rows, cols).expect("weight");

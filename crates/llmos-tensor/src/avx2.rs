@@ -569,6 +569,15 @@ pub fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     reduce4(x)
 }
 
+/// The largest of the 8 lanes (of magnitudes, where no lane is NaN).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hmax8(m: __m256) -> f32 {
+    let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)))
+}
+
 /// Q8_0/Q8_1 quantization of one row (the AVX2 quantizer's arithmetic: scale 127/amax,
 /// round half to even), bit-identical to [`crate::q8::quantize_q8`].
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -581,9 +590,7 @@ pub fn quantize_q8_into(x: &[f32], out: &mut [BlockQ8]) {
         for vj in &v[1..] {
             m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vj));
         }
-        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let amax = hmax8(m);
         let d = amax / 127.0;
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mul = _mm256_set1_ps(id);
@@ -623,9 +630,7 @@ pub fn quantize_q8k_into(x: &[f32], out: &mut [BlockQ8K]) {
         for vj in &v {
             m = _mm256_max_ps(_mm256_andnot_ps(sign, *vj), m);
         }
-        let m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
-        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        let amax = hmax8(m);
         *b = BlockQ8K::ZERO;
         if amax == 0.0 {
             continue;
