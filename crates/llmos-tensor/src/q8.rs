@@ -988,31 +988,10 @@ pub fn rmsnorm_lanes(y: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
     if c == 0 {
         return;
     }
-    let rows = (x.len() / c).min(y.len() / c);
-    let finish = |y: &mut [f32], x: &[f32], sum: f64| {
-        let mean = (sum / c as f64) as f32;
-        let scale = 1.0f32 / (mean + eps).sqrt();
-        for i in 0..c {
-            y[i] = (x[i] * scale) * w[i];
-        }
-    };
-    let mut r = 0;
-    while r + 8 <= rows {
-        let sums = square_sums::<8>(&x[r * c..(r + 8) * c], c);
-        for (k, &sum) in sums.iter().enumerate() {
-            let at = (r + k) * c..(r + k + 1) * c;
-            finish(&mut y[at.clone()], &x[at], sum);
-        }
-        r += 8;
-    }
-    for r in r..rows {
-        let at = r * c..(r + 1) * c;
-        finish(
-            &mut y[at.clone()],
-            &x[at.clone()],
-            square_sums::<1>(&x[at], c)[0],
-        );
-    }
+    // the in-place norm on a copy: the same sums and scaling, one row loop for both
+    let n = (x.len() / c).min(y.len() / c) * c;
+    y[..n].copy_from_slice(&x[..n]);
+    rmsnorm_lanes_inplace(&mut y[..n], w, eps);
 }
 
 /// [`rmsnorm_lanes`] in place: each row's sum is taken before the row is scaled, so no
