@@ -1932,6 +1932,69 @@ pub fn pack6_rows(rows: [&[f32]; 6], dst: &mut [f32]) {
     }
 }
 
+/// Sixteen columns side by side: dst[kk * 16 + j] = cols[j][kk] for kk < dst.len() / 16
+/// (the GEMM's B panel when B's columns lie along memory, as a weight read transposed or
+/// the keys of attention do). Eight steps at a time through two 8 x 8 transposes, then
+/// the rest one by one.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn pack16_cols(cols: [&[f32]; 16], dst: &mut [f32]) {
+    let kc = dst.len() / 16;
+    for c in &cols {
+        assert!(
+            c.len() >= kc,
+            "pack16_cols: a column shorter than the panel"
+        );
+    }
+    let mut kk = 0;
+    while kk + 8 <= kc {
+        for half in 0..2 {
+            let r: [__m256; 8] = std::array::from_fn(|i| {
+                loadf8(cols[half * 8 + i][kk..kk + 8].try_into().expect("8 floats"))
+            });
+            let t: [__m256; 8] = std::array::from_fn(|i| {
+                let (a, b) = (
+                    r[i / 4 * 4 + (i % 4) / 2 * 2],
+                    r[i / 4 * 4 + (i % 4) / 2 * 2 + 1],
+                );
+                if i % 2 == 0 {
+                    _mm256_unpacklo_ps(a, b)
+                } else {
+                    _mm256_unpackhi_ps(a, b)
+                }
+            });
+            // t[2p] = unpacklo(r[2p], r[2p + 1]), t[2p + 1] = unpackhi(...); then u[4q..4q + 4]
+            // hold rows 4q..4q + 4 of steps (0, 4), (2, 6), (1, 5), (3, 7) in their low and
+            // high halves
+            let u: [__m256; 8] = std::array::from_fn(|i| {
+                let (q, j) = (i / 4, i % 4);
+                let (a, b) = (t[4 * q + j % 2], t[4 * q + 2 + j % 2]);
+                if j / 2 == 0 {
+                    _mm256_shuffle_ps::<0x44>(a, b)
+                } else {
+                    _mm256_shuffle_ps::<0xEE>(a, b)
+                }
+            });
+            // step j (< 4) of all 8 rows: the low halves of u[o] and u[4 + o], step j + 4
+            // their high halves, o = where step j landed
+            let order = [0usize, 2, 1, 3];
+            for (j, &o) in order.iter().enumerate() {
+                let lo = _mm256_permute2f128_ps::<0x20>(u[o], u[4 + o]);
+                let hi = _mm256_permute2f128_ps::<0x31>(u[o], u[4 + o]);
+                let at = (kk + j) * 16 + half * 8;
+                let at4 = (kk + j + 4) * 16 + half * 8;
+                storef8((&mut dst[at..at + 8]).try_into().expect("8 floats"), lo);
+                storef8((&mut dst[at4..at4 + 8]).try_into().expect("8 floats"), hi);
+            }
+        }
+        kk += 8;
+    }
+    for k in kk..kc {
+        for j in 0..16 {
+            dst[k * 16 + j] = cols[j][k];
+        }
+    }
+}
+
 /// See [`crate::q8::geglu_f16_into`]; `table` is the GELU of every f16 value by its bits.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn geglu_table_lanes(g: &mut [f32], u: &[f32], table: &[f32]) {

@@ -71,6 +71,12 @@ impl<'a> MatRef<'a> {
 struct Aligned(Vec<f32>);
 
 impl Aligned {
+    /// The first `len` floats handed out by the last `get`.
+    fn slice(&self, len: usize) -> &[f32] {
+        let off = (16 - (self.0.as_ptr() as usize / 4) % 16) % 16;
+        &self.0[off..off + len]
+    }
+
     fn get(&mut self, len: usize) -> &mut [f32] {
         if self.0.len() < len + 16 {
             self.0.resize(len + 16, 0.0);
@@ -263,7 +269,106 @@ unsafe fn gemm_rows(
     });
 }
 
-/// The f32 GEMM rate of this machine with the pool's current threads, in GFLOP/s: the best
+/// A k x n B operand packed once for many single-threaded products that each use a band of
+/// its rows and a prefix of its columns (attention: the keys of a head meet every query
+/// block, each block only the keys up to its last row). Panels are NR columns by all k
+/// rows, so rows r0..r1 of any panel are one contiguous run.
+#[derive(Default)]
+pub struct PackedB {
+    buf: Aligned,
+    len: usize,
+    k: usize,
+    n: usize,
+}
+
+impl PackedB {
+    /// Packs B (k x n), reusing this buffer.
+    pub fn pack(&mut self, b: MatRef, k: usize, n: usize) {
+        b.check(k, n, "B");
+        let panels = n.div_ceil(NR);
+        self.len = panels * NR * k;
+        let buf = self.buf.get(self.len);
+        for p in 0..panels {
+            let nc = NR.min(n - p * NR);
+            pack_b(&mut buf[p * NR * k..(p + 1) * NR * k], b, 0, k, p * NR, nc);
+        }
+        (self.k, self.n) = (k, n);
+    }
+
+    fn panel(&self, p: usize) -> &[f32] {
+        &self.buf.slice(self.len)[p * NR * self.k..(p + 1) * NR * self.k]
+    }
+}
+
+/// C[m x n] = A[m x k] B[rows, 0..n] (+ C when `accumulate`) on the calling thread, where
+/// B is packed and `rows` (k of them) lies inside its rows, n inside its columns.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed(
+    m: usize,
+    n: usize,
+    a: MatRef,
+    b: &PackedB,
+    rows: std::ops::Range<usize>,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) {
+    let k = rows.len();
+    assert!(
+        rows.end <= b.k && n <= b.n,
+        "gemm: rows {rows:?} x {n} columns of a packed {} x {}",
+        b.k,
+        b.n
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
+    assert!(
+        c.len() >= (m - 1) * ldc + n,
+        "gemm: C of {m} x {n} (ldc {ldc}) does not fit in {} values",
+        c.len()
+    );
+    a.check(m, k, "A");
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return;
+    }
+    let cp = c.as_mut_ptr();
+    PACK.with(|p| {
+        let (pa_buf, _) = &mut *p.borrow_mut();
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let pa = pa_buf.get(m.div_ceil(MR) * MR * kc);
+            pack_a(pa, a, 0, m, pc, kc);
+            let store = pc == 0 && !accumulate;
+            for jr in (0..n).step_by(NR) {
+                let nr = NR.min(n - jr);
+                let at = (rows.start + pc) * NR;
+                let bp = &b.panel(jr / NR)[at..at + kc * NR];
+                let mut ir = 0;
+                if nr == NR {
+                    // SAFETY: rows 0..m / MR * MR x NR columns from jr lie inside C's m x n
+                    // (checked above); pa holds m / MR full panels of kc steps.
+                    ir = unsafe { strip(kc, pa, m / MR, bp, cp.add(jr), ldc, store) };
+                }
+                while ir < m {
+                    let mr = MR.min(m - ir);
+                    let ap = &pa[ir * kc..(ir + MR) * kc];
+                    // SAFETY: (ir, jr) plus mr x nr lies inside C's m x n (checked above).
+                    unsafe { micro(kc, ap, bp, cp.add(ir * ldc + jr), ldc, mr, nr, store) };
+                    ir += MR;
+                }
+            }
+        }
+    });
+}
+
+/// The f32 GEMM rate of this machine/// The f32 GEMM rate of this machine with the pool's current threads, in GFLOP/s: the best
 /// 1024 x 1024 x 1024 product over at least a second of repeats (threads woken, clocks
 /// up; the denominator of model FLOPs utilisation).
 pub fn peak_gflops() -> f64 {
@@ -437,11 +542,7 @@ fn pack_b(buf: &mut [f32], b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize
             // columns of B are rows in memory (a transposed weight): sixteen streams
             let cols: [&[f32]; NR] =
                 std::array::from_fn(|j| &b.data[base + j * b.cs..base + j * b.cs + kc]);
-            for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
-                for j in 0..NR {
-                    d[j] = cols[j][kk];
-                }
-            }
+            pack_cols(cols, dst);
         } else {
             for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
                 for (j, v) in d.iter_mut().enumerate() {
@@ -452,6 +553,25 @@ fn pack_b(buf: &mut [f32], b: MatRef, pc: usize, kc: usize, jc: usize, nc: usize
                     };
                 }
             }
+        }
+    }
+}
+
+/// dst[kk * NR + j] = cols[j][kk]: sixteen columns of B that lie along memory, side by side.
+fn pack_cols(cols: [&[f32]; NR], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, the only feature the kernel needs.
+        return unsafe { crate::avx2::pack16_cols(cols, dst) };
+    }
+    pack_cols_ref(cols, dst)
+}
+
+/// The scalar [`pack_cols`]: the oracle and the fallback.
+fn pack_cols_ref(cols: [&[f32]; NR], dst: &mut [f32]) {
+    for (kk, d) in dst.chunks_exact_mut(NR).enumerate() {
+        for j in 0..NR {
+            d[j] = cols[j][kk];
         }
     }
 }
@@ -708,6 +828,79 @@ mod tests {
             pack_rows_ref(rows, &mut want);
             let mut got = vec![f32::NAN; MR * kc];
             pack_rows(rows, &mut got);
+            assert_eq!(want, got, "kc={kc}");
+        }
+    }
+
+    /// A packed B serves any band of its rows and prefix of its columns, against plain and
+    /// transposed A, overwriting and accumulating.
+    #[test]
+    fn packed_b_products_match_naive() {
+        let (k, n) = (400, 45);
+        let bv = rand_vec(k * n, 3);
+        for tb in [false, true] {
+            let b = if tb {
+                MatRef::rows_t(&bv, k)
+            } else {
+                MatRef::rows(&bv, n)
+            };
+            let mut pb = PackedB::default();
+            pb.pack(b, k, n);
+            for &(m, r0, r1, nn) in &[
+                (1, 0, 1, 1),
+                (13, 0, 400, 45),
+                (20, 37, 390, 33),
+                (6, 5, 9, 16),
+            ] {
+                let kk = r1 - r0;
+                let av = rand_vec(m * kk, (m + kk) as u64);
+                for ta in [false, true] {
+                    let a = if ta {
+                        MatRef::rows_t(&av, m)
+                    } else {
+                        MatRef::rows(&av, kk)
+                    };
+                    let band = MatRef {
+                        data: &b.data[r0 * b.rs..],
+                        ..b
+                    };
+                    let want = naive(m, nn, kk, a, band);
+                    let ldc = nn + 2;
+                    let mut c = vec![7f32; m * ldc];
+                    sgemm_packed(m, nn, a, &pb, r0..r1, &mut c, ldc, false);
+                    for i in 0..m {
+                        for j in 0..nn {
+                            let (g, w) = (c[i * ldc + j] as f64, want[i * nn + j]);
+                            assert!(
+                                (g - w).abs() <= 1e-4 * (1.0 + w.abs()) * (kk as f64).sqrt(),
+                                "{m} rows {r0}..{r1} x {nn} ta={ta} tb={tb} ({i},{j}): {g} vs {w}"
+                            );
+                        }
+                        assert!(c[i * ldc + nn..(i + 1) * ldc].iter().all(|&v| v == 7.0));
+                    }
+                    let before = c.clone();
+                    sgemm_packed(m, nn, a, &pb, r0..r1, &mut c, ldc, true);
+                    for i in 0..m {
+                        for j in 0..nn {
+                            let (g, w2) = (c[i * ldc + j], 2.0 * before[i * ldc + j]);
+                            assert!((g - w2).abs() <= 1e-5 * (1.0 + w2.abs()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SIMD packing of sixteen columns equals the scalar one, for every tail length.
+    #[test]
+    fn simd_column_packing_equals_scalar() {
+        for kc in [1usize, 7, 8, 9, 16, 23, 256] {
+            let src = rand_vec(NR * (kc + 3), kc as u64 + 5);
+            let cols: [&[f32]; NR] = std::array::from_fn(|j| &src[j * (kc + 3)..][..kc]);
+            let mut want = vec![0f32; NR * kc];
+            pack_cols_ref(cols, &mut want);
+            let mut got = vec![f32::NAN; NR * kc];
+            pack_cols(cols, &mut got);
             assert_eq!(want, got, "kc={kc}");
         }
     }

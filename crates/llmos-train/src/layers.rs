@@ -4,13 +4,14 @@
 //! differences in the tests below. Backward functions *add* into parameter gradients (so
 //! micro-batches accumulate) and either set or add input gradients as documented.
 
-use llmos_tensor::gemm::{MatRef, sgemm};
-use llmos_tensor::ops::{RopeStyle, rmsnorm, rope_cs};
+use llmos_tensor::gemm::{MatRef, PackedB, sgemm, sgemm_packed};
+use llmos_tensor::ops::{RopeStyle, dot_f32, rmsnorm, rope_cs};
 use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
 use llmos_tensor::q8::{sigmoid_into, softmax_scaled_lanes};
+use std::cell::RefCell;
 
 /// Query rows per attention block: each block meets only the keys up to its last row.
-const QB: usize = 64;
+const QB: usize = 24;
 
 /// Rows per parallel task in the row-wise layers.
 const ROWS: usize = 32;
@@ -200,25 +201,46 @@ impl AttnShape {
     }
 }
 
-fn gather(
-    src: &[f32],
-    width: usize,
-    col: usize,
-    d: usize,
-    t: usize,
-    row0: usize,
-    dst: &mut Vec<f32>,
-) {
-    dst.clear();
-    for r in 0..t {
-        let at = (row0 + r) * width + col;
-        dst.extend_from_slice(&src[at..at + d]);
+/// Per-thread buffers of the attention passes: the packed operands of one (batch row, kv
+/// head) task and the backward's [T, T] dS.
+#[derive(Default)]
+struct AttnScratch {
+    k: PackedB,
+    v: PackedB,
+    q: PackedB,
+    dout: PackedB,
+    dp: Vec<f32>,
+}
+
+thread_local! {
+    static ATTN: RefCell<AttnScratch> = RefCell::default();
+}
+
+/// Columns `col..col + d` of the `t` rows from `row0` of a matrix `width` floats wide, as
+/// a t x d operand (`transposed`: d x t), read in place.
+fn head_rows(src: &[f32], width: usize, row0: usize, col: usize, transposed: bool) -> MatRef<'_> {
+    let data = &src[row0 * width + col..];
+    if transposed {
+        MatRef {
+            data,
+            rs: 1,
+            cs: width,
+        }
+    } else {
+        MatRef {
+            data,
+            rs: width,
+            cs: 1,
+        }
     }
 }
 
 /// Causal softmax attention. `qkv` rows (N = B*T of them) hold q (H*D), then k (KV*D),
 /// then v (KV*D), as one fused projection writes them; out [N, H*D]; `state` (len
 /// [`AttnShape::state_len`]) keeps the probabilities for the backward.
+///
+/// One task per batch row and kv head: its keys and values are packed once, then each
+/// block of QB queries meets only the keys up to its last row.
 pub fn attention_fwd(s: AttnShape, qkv: &[f32], out: &mut [f32], state: &mut [f32]) {
     let (t, d, g) = (s.t, s.head_dim, s.group());
     let (qw, kw) = (s.heads * d, s.kv_heads * d);
@@ -226,68 +248,53 @@ pub fn attention_fwd(s: AttnShape, qkv: &[f32], out: &mut [f32], state: &mut [f3
     let scale = s.scale;
     for_each_chunk_mut(state, s.task_len(), |task, st| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
-        let (mut kb, mut vb, mut qb) = (Vec::new(), Vec::new(), Vec::new());
-        gather(qkv, w, qw + kvh * d, d, t, b * t, &mut kb);
-        gather(qkv, w, qw + kw + kvh * d, d, t, b * t, &mut vb);
-        let (probs, outs) = st.split_at_mut(g * t * t);
-        for gi in 0..g {
-            let h = kvh * g + gi;
-            gather(qkv, w, h * d, d, t, b * t, &mut qb);
-            let p = &mut probs[gi * t * t..(gi + 1) * t * t];
-            let o = &mut outs[gi * t * d..(gi + 1) * t * d];
-            // query blocks only meet the keys up to their last row (causal): half the work
-            for i0 in (0..t).step_by(QB) {
-                let i1 = (i0 + QB).min(t);
-                let pb = &mut p[i0 * t..];
-                sgemm(
-                    i1 - i0,
-                    i1,
-                    d,
-                    MatRef::rows(&qb[i0 * d..], d),
-                    MatRef::rows_t(&kb, d),
-                    pb,
-                    t,
-                    false,
-                );
-                for (ii, row) in pb.chunks_exact_mut(t).take(i1 - i0).enumerate() {
-                    let i = i0 + ii;
-                    // scale, max, exp, normalise: layer 1's 8-lane softmax
-                    softmax_scaled_lanes(&mut row[..=i], scale);
-                    row[i + 1..].fill(0.0);
+        ATTN.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            sc.k.pack(head_rows(qkv, w, b * t, qw + kvh * d, true), d, t);
+            sc.v.pack(head_rows(qkv, w, b * t, qw + kw + kvh * d, false), t, d);
+            let (probs, outs) = st.split_at_mut(g * t * t);
+            for gi in 0..g {
+                let h = kvh * g + gi;
+                let p = &mut probs[gi * t * t..(gi + 1) * t * t];
+                let o = &mut outs[gi * t * d..(gi + 1) * t * d];
+                for i0 in (0..t).step_by(QB) {
+                    let (i1, m) = ((i0 + QB).min(t), (i0 + QB).min(t) - i0);
+                    let q = head_rows(qkv, w, b * t + i0, h * d, false);
+                    let pb = &mut p[i0 * t..];
+                    sgemm_packed(m, i1, q, &sc.k, 0..d, pb, t, false);
+                    for (ii, row) in pb.chunks_exact_mut(t).take(m).enumerate() {
+                        let i = i0 + ii;
+                        // scale, max, exp, normalise: layer 1's 8-lane softmax; zeros up to
+                        // the block's end (the backward's key blocks read that far)
+                        softmax_scaled_lanes(&mut row[..=i], scale);
+                        row[i + 1..i1].fill(0.0);
+                    }
+                    let pm = MatRef::rows(&p[i0 * t..], t);
+                    sgemm_packed(m, d, pm, &sc.v, 0..i1, &mut o[i0 * d..], d, false);
                 }
-                let pm = MatRef {
-                    data: &p[i0 * t..],
-                    rs: t,
-                    cs: 1,
-                };
-                sgemm(
-                    i1 - i0,
-                    d,
-                    i1,
-                    pm,
-                    MatRef::rows(&vb, d),
-                    &mut o[i0 * d..],
-                    d,
-                    false,
-                );
+            }
+        });
+    });
+    // the per-head outputs [G, T, D] of each task into rows [N, H*D], rows in parallel
+    let state: &[f32] = state;
+    for_each_chunk_mut(out, ROWS * qw, |ci, oc| {
+        for (j, row) in oc.chunks_exact_mut(qw).enumerate() {
+            let (b, r) = ((ci * ROWS + j) / t, (ci * ROWS + j) % t);
+            for (h, dst) in row.chunks_exact_mut(d).enumerate() {
+                let (kvh, gi) = (h / g, h % g);
+                let st = &state[(b * s.kv_heads + kvh) * s.task_len()..];
+                let at = g * t * t + (gi * t + r) * d;
+                dst.copy_from_slice(&st[at..at + d]);
             }
         }
     });
-    // scatter the per-head outputs [G, T, D] into rows [N, H*D]
-    for (task, st) in state.chunks_exact(s.task_len()).enumerate() {
-        let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
-        let outs = &st[g * t * t..];
-        for gi in 0..g {
-            let h = kvh * g + gi;
-            for r in 0..t {
-                let dst = (b * t + r) * qw + h * d;
-                out[dst..dst + d].copy_from_slice(&outs[(gi * t + r) * d..(gi * t + r + 1) * d]);
-            }
-        }
-    }
 }
 
 /// Gradients of [`attention_fwd`] with respect to `qkv`, set (not added) in `dqkv`.
+///
+/// Per task and query head: dP = dO V^T and dS by blocks of queries, then dQ = dS K;
+/// dK = dS^T Q and dV = P^T dO by blocks of keys (each key meets the queries from its own
+/// block on), summed over the kv head's query heads.
 pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dqkv: &mut [f32]) {
     let (t, d, g) = (s.t, s.head_dim, s.group());
     let (qw, kw) = (s.heads * d, s.kv_heads * d);
@@ -299,88 +306,71 @@ pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dq
     for_each_chunk_mut(&mut grads, per, |task, gr| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let st = &state[task * s.task_len()..(task + 1) * s.task_len()];
-        let (mut kb, mut vb, mut qb, mut dob) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        gather(qkv, w, qw + kvh * d, d, t, b * t, &mut kb);
-        gather(qkv, w, qw + kw + kvh * d, d, t, b * t, &mut vb);
-        let (dqs, dkv) = gr.split_at_mut(g * t * d);
-        let (dkb, dvb) = dkv.split_at_mut(t * d);
-        let mut dp = vec![0f32; t * t];
-        for gi in 0..g {
-            let h = kvh * g + gi;
-            gather(qkv, w, h * d, d, t, b * t, &mut qb);
-            gather(dout, qw, h * d, d, t, b * t, &mut dob);
-            let p = &st[gi * t * t..(gi + 1) * t * t];
-            let dqh = &mut dqs[gi * t * d..(gi + 1) * t * d];
-            for i0 in (0..t).step_by(QB) {
-                let (i1, m) = ((i0 + QB).min(t), (i0 + QB).min(t) - i0);
-                let pt = MatRef {
-                    data: &p[i0 * t..],
-                    rs: 1,
-                    cs: t,
-                };
-                let dob_b = MatRef::rows(&dob[i0 * d..], d);
-                // dV[..i1] += P^T dO ; dP = dO V[..i1]^T
-                sgemm(i1, d, m, pt, dob_b, dvb, d, true);
-                sgemm(
-                    m,
-                    i1,
-                    d,
-                    dob_b,
-                    MatRef::rows_t(&vb, d),
-                    &mut dp[i0 * t..],
-                    t,
-                    false,
-                );
-                // dS = P (dP - sum_j P dP) * scale, zero above the diagonal
-                for ii in 0..m {
-                    let i = i0 + ii;
-                    let (dr, pr) = (&mut dp[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
-                    let dot: f32 = dr[..=i].iter().zip(&pr[..=i]).map(|(a, b)| a * b).sum();
-                    for j in 0..=i {
-                        dr[j] = pr[j] * (dr[j] - dot) * scale;
+        ATTN.with(|sc| {
+            let sc = &mut *sc.borrow_mut();
+            // k: K [T, D] for dQ = dS K; v: V^T [D, T] for dP = dO V^T
+            sc.k.pack(head_rows(qkv, w, b * t, qw + kvh * d, false), t, d);
+            sc.v.pack(head_rows(qkv, w, b * t, qw + kw + kvh * d, true), d, t);
+            sc.dp.resize(t * t, 0.0);
+            let dp = &mut sc.dp;
+            let (dqs, dkv) = gr.split_at_mut(g * t * d);
+            let (dkb, dvb) = dkv.split_at_mut(t * d);
+            for gi in 0..g {
+                let h = kvh * g + gi;
+                let p = &st[gi * t * t..(gi + 1) * t * t];
+                let dqh = &mut dqs[gi * t * d..(gi + 1) * t * d];
+                for i0 in (0..t).step_by(QB) {
+                    let (i1, m) = ((i0 + QB).min(t), (i0 + QB).min(t) - i0);
+                    let dob = head_rows(dout, qw, b * t + i0, h * d, false);
+                    sgemm_packed(m, i1, dob, &sc.v, 0..d, &mut dp[i0 * t..], t, false);
+                    // dS = P (dP - sum_j P dP) * scale, zero above the diagonal (the key
+                    // blocks below read it up to their block's end)
+                    for ii in 0..m {
+                        let i = i0 + ii;
+                        let (dr, pr) = (&mut dp[i * t..i * t + i1], &p[i * t..i * t + i1]);
+                        let dot = dot_f32(&dr[..=i], &pr[..=i]);
+                        for (x, &pv) in dr[..=i].iter_mut().zip(&pr[..=i]) {
+                            *x = pv * (*x - dot) * scale;
+                        }
+                        dr[i + 1..].fill(0.0);
                     }
-                    dr[i + 1..].fill(0.0);
+                    let ds = MatRef::rows(&dp[i0 * t..], t);
+                    sgemm_packed(m, d, ds, &sc.k, 0..i1, &mut dqh[i0 * d..], d, false);
                 }
-                // dQ = dS K[..i1] ; dK[..i1] += dS^T Q
-                let ds = MatRef {
-                    data: &dp[i0 * t..],
-                    rs: t,
-                    cs: 1,
+                sc.q.pack(head_rows(qkv, w, b * t, h * d, false), t, d);
+                sc.dout.pack(head_rows(dout, qw, b * t, h * d, false), t, d);
+                for j0 in (0..t).step_by(QB) {
+                    let m = (j0 + QB).min(t) - j0;
+                    // rows j0..j0 + m of dS^T and P^T, queries j0..t
+                    let dst = MatRef::rows_t(&dp[j0 * t + j0..], t);
+                    let dk = &mut dkb[j0 * d..];
+                    sgemm_packed(m, d, dst, &sc.q, j0..t, dk, d, gi > 0);
+                    let pt = MatRef::rows_t(&p[j0 * t + j0..], t);
+                    let dv = &mut dvb[j0 * d..];
+                    sgemm_packed(m, d, pt, &sc.dout, j0..t, dv, d, gi > 0);
+                }
+            }
+        });
+    });
+    // the tasks' dQ, dK and dV into rows of dqkv, rows in parallel
+    let grads = &grads;
+    for_each_chunk_mut(dqkv, ROWS * w, |ci, dc| {
+        for (j, row) in dc.chunks_exact_mut(w).enumerate() {
+            let (b, r) = ((ci * ROWS + j) / t, (ci * ROWS + j) % t);
+            for (hc, dst) in row.chunks_exact_mut(d).enumerate() {
+                // q heads, then k heads, then v heads
+                let (kvh, slot) = if hc < s.heads {
+                    (hc / g, hc % g)
+                } else if hc < s.heads + s.kv_heads {
+                    (hc - s.heads, g)
+                } else {
+                    (hc - s.heads - s.kv_heads, g + 1)
                 };
-                sgemm(
-                    m,
-                    d,
-                    i1,
-                    ds,
-                    MatRef::rows(&kb, d),
-                    &mut dqh[i0 * d..],
-                    d,
-                    false,
-                );
-                let dst = MatRef {
-                    data: &dp[i0 * t..],
-                    rs: 1,
-                    cs: t,
-                };
-                sgemm(i1, d, m, dst, MatRef::rows(&qb[i0 * d..], d), dkb, d, true);
+                let at = (b * s.kv_heads + kvh) * per + (slot * t + r) * d;
+                dst.copy_from_slice(&grads[at..at + d]);
             }
         }
     });
-    for (task, gr) in grads.chunks_exact(per).enumerate() {
-        let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
-        for r in 0..t {
-            let row = b * t + r;
-            for gi in 0..g {
-                let h = kvh * g + gi;
-                let src = &gr[(gi * t + r) * d..(gi * t + r + 1) * d];
-                dqkv[row * w + h * d..row * w + (h + 1) * d].copy_from_slice(src);
-            }
-            let at = row * w + qw + kvh * d;
-            dqkv[at..at + d].copy_from_slice(&gr[(g * t + r) * d..(g * t + r + 1) * d]);
-            let at = row * w + qw + kw + kvh * d;
-            dqkv[at..at + d].copy_from_slice(&gr[((g + 1) * t + r) * d..((g + 1) * t + r + 1) * d]);
-        }
-    }
 }
 
 /// a = silu(gate) * up, where each row of `gu` holds gate (f values) then up (f values),
