@@ -1344,6 +1344,54 @@ pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
     }
 }
 
+/// See [`crate::q8::softmax_xent_row`]; the same bits as its scalar reference.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn softmax_xent_row(row: &mut [f32], target: usize, grad: Option<f32>) -> f32 {
+    let x_tgt = row[target];
+    let mut chunks = row.chunks_exact(8);
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in chunks.by_ref() {
+        vmax = _mm256_max_ps(vmax, loadf8(c.try_into().expect("8 floats")));
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .fold(hmax8(vmax), |m, &v| if v > m { v } else { m });
+    let vm = _mm256_set1_ps(max);
+    let mut lanes = _mm256_setzero_ps();
+    let mut chunks = row.chunks_exact_mut(8);
+    for c in chunks.by_ref() {
+        let c: &mut [f32; 8] = c.try_into().expect("8 floats");
+        let e = exp8(_mm256_sub_ps(loadf8(c), vm));
+        if grad.is_some() {
+            storef8(c, e);
+        }
+        lanes = _mm256_add_ps(lanes, e);
+    }
+    let mut l = [0f32; 8];
+    storef8(&mut l, lanes);
+    for (i, v) in chunks.into_remainder().iter_mut().enumerate() {
+        let e = crate::q8::exp_poly(*v - max);
+        if grad.is_some() {
+            *v = e;
+        }
+        l[i] += e;
+    }
+    let sum: f64 = l.iter().map(|&v| v as f64).sum();
+    if let Some(k) = grad {
+        let f = _mm256_set1_ps((k as f64 / sum) as f32);
+        let mut chunks = row.chunks_exact_mut(8);
+        for c in chunks.by_ref() {
+            let c: &mut [f32; 8] = c.try_into().expect("8 floats");
+            storef8(c, _mm256_mul_ps(loadf8(c), f));
+        }
+        let f = (k as f64 / sum) as f32;
+        chunks.into_remainder().iter_mut().for_each(|v| *v *= f);
+        row[target] -= k;
+    }
+    ((max as f64 + sum.ln()) - x_tgt as f64) as f32
+}
+
 /// Token generation: consecutive weight rows (`row_bytes` each, `out.len()` of them, from
 /// `w`) against one activation row, the rows in pairs if `pairs` (two independent chains
 /// hide the longer per-block work of the 4- and 5-bit types). One call per chunk of rows:

@@ -23,7 +23,7 @@ const NC: usize = 256;
 /// The largest B (in floats, 8 MB) packed whole and shared by the threads; a larger one
 /// (a vocabulary head: SmolLM2's is 28 M) would leave every row block streaming it from
 /// memory, so it is packed block by block inside each thread's columns instead.
-const WHOLE_B: usize = 2 << 20;
+const WHOLE_B: usize = 1 << 20;
 
 /// A matrix operand: element (i, j) is at `data[i * rs + j * cs]`.
 #[derive(Clone, Copy, Debug)]

@@ -888,6 +888,54 @@ pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
     softmax_scaled_lanes_ref(x, scale)
 }
 
+/// Cross-entropy of one row of logits against `target`: returns -log softmax(row)[target]
+/// (log-sum-exp from the row's max and the sum of e^(x - max), summed in 8 lanes). With
+/// `grad` = Some(k) the row becomes k (softmax(row) - onehot(target)), the gradient of k
+/// times the loss; without, the row is left as it was. Three passes over the row: max,
+/// exponentials, scaling (a training head's rows are a vocabulary wide).
+pub fn softmax_xent_row(row: &mut [f32], target: usize, grad: Option<f32>) -> f32 {
+    assert!(
+        target < row.len(),
+        "softmax_xent_row: target {target} outside the row"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::softmax_xent_row(row, target, grad) };
+    }
+    softmax_xent_row_ref(row, target, grad)
+}
+
+/// Scalar reference of [`softmax_xent_row`]: element i's exponential goes to lane i % 8.
+pub fn softmax_xent_row_ref(row: &mut [f32], target: usize, grad: Option<f32>) -> f32 {
+    let x_tgt = row[target];
+    let mut m8 = [f32::NEG_INFINITY; 8];
+    let whole = row.len() / 8 * 8;
+    for (i, &v) in row[..whole].iter().enumerate() {
+        m8[i % 8] = if v > m8[i % 8] { v } else { m8[i % 8] };
+    }
+    // the lanes' max, then the tail in order
+    let mut max = m8.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for &v in &row[whole..] {
+        max = if v > max { v } else { max };
+    }
+    let mut lanes = [0f32; 8];
+    for (i, v) in row.iter_mut().enumerate() {
+        let e = exp_poly(*v - max);
+        if grad.is_some() {
+            *v = e;
+        }
+        lanes[i % 8] += e;
+    }
+    let sum: f64 = lanes.iter().map(|&v| v as f64).sum();
+    if let Some(k) = grad {
+        let f = (k as f64 / sum) as f32;
+        row.iter_mut().for_each(|v| *v *= f);
+        row[target] -= k;
+    }
+    ((max as f64 + sum.ln()) - x_tgt as f64) as f32
+}
+
 /// out[i] = 1 / (1 + e^-x[i]), the exponential being [`exp_poly`] (8 lanes at a time where
 /// the CPU has AVX2; the same bits either way).
 pub fn sigmoid_into(x: &[f32], out: &mut [f32]) {
@@ -1710,6 +1758,42 @@ mod tests {
     /// table, results transposed to token-major) equals the scalar reference bit for bit,
     /// for full and partial row blocks, including weights and activations at the extremes.
     #[cfg(target_arch = "x86_64")]
+    /// The fused cross-entropy row: SIMD equals the scalar reference bit for bit, and both
+    /// equal the loss and gradient computed in f64.
+    #[test]
+    fn softmax_xent_row_matches_reference_and_f64() {
+        for n in [1usize, 7, 8, 9, 100, 8192] {
+            let base: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 + n) % 1013) as f32 / 97.0 - 5.0)
+                .collect();
+            let tgt = (n * 5) / 7;
+            let m = base.iter().map(|&v| v as f64).fold(f64::MIN, f64::max);
+            let z: f64 = base.iter().map(|&v| (v as f64 - m).exp()).sum();
+            let want_loss = m + z.ln() - base[tgt] as f64;
+            for grad in [None, Some(0.25f32)] {
+                let (mut a, mut b) = (base.clone(), base.clone());
+                let la = softmax_xent_row(&mut a, tgt, grad);
+                let lb = softmax_xent_row_ref(&mut b, tgt, grad);
+                assert_eq!(la.to_bits(), lb.to_bits(), "n={n} grad={grad:?}");
+                assert_eq!(a, b, "n={n} grad={grad:?}");
+                assert!(
+                    (la as f64 - want_loss).abs() < 1e-5 * (1.0 + want_loss.abs()),
+                    "n={n}"
+                );
+                match grad {
+                    None => assert_eq!(a, base, "loss only leaves the row"),
+                    Some(k) => {
+                        for (i, (&g, &x)) in a.iter().zip(&base).enumerate() {
+                            let p = (x as f64 - m).exp() / z;
+                            let want = k as f64 * (p - if i == tgt { 1.0 } else { 0.0 });
+                            assert!((g as f64 - want).abs() < 1e-6, "n={n} i={i}: {g} vs {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn prompt_tiles_equal_scalar_reference() {
         use crate::avx2 as k;

@@ -7,7 +7,7 @@
 use llmos_tensor::gemm::{MatRef, PackedB, sgemm, sgemm_packed};
 use llmos_tensor::ops::{RopeStyle, dot_f32, rmsnorm, rope_cs};
 use llmos_tensor::pool::{for_each_chunk_mut, for_each_chunks_mut};
-use llmos_tensor::q8::{sigmoid_into, softmax_scaled_lanes};
+use llmos_tensor::q8::{sigmoid_into, softmax_scaled_lanes, softmax_xent_row};
 use std::cell::RefCell;
 
 /// Query rows per attention block: each block meets only the keys up to its last row.
@@ -214,6 +214,10 @@ struct AttnScratch {
 
 thread_local! {
     static ATTN: RefCell<AttnScratch> = RefCell::default();
+    /// The attention backward's per-task dQ, dK, dV.
+    static ATTN_GRADS: RefCell<Vec<f32>> = RefCell::default();
+    /// The fused head's chunk of logits.
+    static HEAD_LOGITS: RefCell<Vec<f32>> = RefCell::default();
 }
 
 /// Columns `col..col + d` of the `t` rows from `row0` of a matrix `width` floats wide, as
@@ -302,7 +306,10 @@ pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dq
     let scale = s.scale;
     // per task: dQ of its heads [G, T, D], then dK [T, D], dV [T, D]
     let per = (g + 2) * t * d;
-    let mut grads = vec![0f32; s.batch * s.kv_heads * per];
+    // every value is written below (the first query head's key blocks overwrite); the
+    // buffer is kept between calls like the head's logits
+    let mut grads = ATTN_GRADS.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    grads.resize(s.batch * s.kv_heads * per, 0.0);
     for_each_chunk_mut(&mut grads, per, |task, gr| {
         let (b, kvh) = (task / s.kv_heads, task % s.kv_heads);
         let st = &state[task * s.task_len()..(task + 1) * s.task_len()];
@@ -353,7 +360,7 @@ pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dq
         });
     });
     // the tasks' dQ, dK and dV into rows of dqkv, rows in parallel
-    let grads = &grads;
+    let gref = &grads;
     for_each_chunk_mut(dqkv, ROWS * w, |ci, dc| {
         for (j, row) in dc.chunks_exact_mut(w).enumerate() {
             let (b, r) = ((ci * ROWS + j) / t, (ci * ROWS + j) % t);
@@ -367,10 +374,11 @@ pub fn attention_back(s: AttnShape, qkv: &[f32], state: &[f32], dout: &[f32], dq
                     (hc - s.heads - s.kv_heads, g + 1)
                 };
                 let at = (b * s.kv_heads + kvh) * per + (slot * t + r) * d;
-                dst.copy_from_slice(&grads[at..at + d]);
+                dst.copy_from_slice(&gref[at..at + d]);
             }
         }
     });
+    ATTN_GRADS.with(|l| *l.borrow_mut() = grads);
 }
 
 /// a = silu(gate) * up, where each row of `gu` holds gate (f values) then up (f values),
@@ -547,7 +555,10 @@ fn head_ce_rows(
     // without weights: the mean (divided once at the end, as the pretraining loss always was)
     let weight = |r: usize| weights.map_or(1.0, |w| w[r]);
     let chunk = ce_chunk(vocab);
-    let mut logits = vec![0f32; chunk.min(n) * vocab];
+    // the logits buffer (tens of MB) is kept from call to call: a fresh one each step
+    // cost page faults and the kernel's zeroing of every page
+    let mut logits = HEAD_LOGITS.with(|l| std::mem::take(&mut *l.borrow_mut()));
+    logits.resize(chunk.min(n) * vocab, 0.0);
     let mut total = 0f64;
     let mut grads = grads;
     for r0 in (0..n).step_by(chunk) {
@@ -566,27 +577,12 @@ fn head_ce_rows(
             [16 * vocab, 16],
             |ci, [lc, lo]| {
                 for (j, row) in lc.chunks_exact_mut(vocab).enumerate() {
-                    let tgt = tg[ci * 16 + j] as usize;
-                    let (mut am, mut max) = (0, f32::NEG_INFINITY);
-                    for (k, &x) in row.iter().enumerate() {
-                        if x > max {
-                            (am, max) = (k, x);
-                        }
-                    }
-                    let x_tgt = row[tgt];
-                    softmax_scaled_lanes(row, 1.0);
-                    // p[argmax] = 1 / sum exp(x - max), so log-sum-exp = max - ln p[argmax]
-                    // (p[argmax] >= 1 / vocab never underflows, unlike p[target])
-                    lo[j] = ((max as f64 - (row[am] as f64).ln()) - x_tgt as f64) as f32;
-                    if let Some(scale) = grad_k {
-                        let r = r0 + ci * 16 + j;
-                        let k = match weights {
-                            Some(w) => scale * w[r],
-                            None => scale / n as f32,
-                        };
-                        row[tgt] -= 1.0;
-                        row.iter_mut().for_each(|x| *x *= k);
-                    }
+                    let r = r0 + ci * 16 + j;
+                    let k = grad_k.map(|scale| match weights {
+                        Some(w) => scale * w[r],
+                        None => scale / n as f32,
+                    });
+                    lo[j] = softmax_xent_row(row, tg[ci * 16 + j] as usize, k);
                 }
             },
         );
@@ -611,6 +607,7 @@ fn head_ce_rows(
             );
         }
     }
+    HEAD_LOGITS.with(|l| *l.borrow_mut() = logits);
     if weights.is_some() {
         total
     } else {
