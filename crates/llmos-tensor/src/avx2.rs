@@ -1344,6 +1344,37 @@ pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
     }
 }
 
+/// [`crate::ops::rope_cs`] for the interleaved pairing, 4 pairs at a time: x0 c - x1 s and
+/// x0 s + x1 c as two products and a sum, rounded as the scalar code rounds them.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn rope_interleaved(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
+    assert!(
+        head_dim % 8 == 0 && head_dim <= 256 && cs.len() == head_dim / 2,
+        "rope_interleaved: bad table"
+    );
+    let even_neg = _mm256_setr_ps(-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0);
+    // the table as floats, c0 s0 c1 s1 ..., shared by every head of x
+    let mut buf = [0f32; 256];
+    for (t, &(c, s)) in buf.chunks_exact_mut(2).zip(cs) {
+        (t[0], t[1]) = (c, s);
+    }
+    let t = &buf[..head_dim];
+    for head in x.chunks_exact_mut(head_dim) {
+        for (xc, tc) in head.chunks_exact_mut(8).zip(t.chunks_exact(8)) {
+            let xc: &mut [f32; 8] = xc.try_into().expect("8 floats");
+            let v = loadf8(tc.try_into().expect("8 floats"));
+            let c = _mm256_moveldup_ps(v);
+            let s = _mm256_xor_ps(_mm256_movehdup_ps(v), even_neg);
+            let xv = loadf8(xc);
+            let sw = _mm256_permute_ps::<0xB1>(xv);
+            storef8(
+                xc,
+                _mm256_add_ps(_mm256_mul_ps(xv, c), _mm256_mul_ps(sw, s)),
+            );
+        }
+    }
+}
+
 /// See [`crate::q8::softmax_xent_row`]; the same bits as its scalar reference.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn softmax_xent_row(row: &mut [f32], target: usize, grad: Option<f32>) -> f32 {

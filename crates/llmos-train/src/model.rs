@@ -360,7 +360,6 @@ pub struct Workspace {
     grad: [Vec<f32>; 10],
     inputs: Vec<u32>,
     targets: Vec<u32>,
-    dhead: Vec<f32>,
     /// dequantized weights of a quantized base
     scratch: Vec<f32>,
     /// LoRA's d(x A^T)
@@ -793,26 +792,16 @@ impl Model {
         let c = &self.cfg;
         let dh = &mut ws.grad[2];
         let head = self.head_range();
-        let loss = {
-            let mut dhead = g.is_some().then(|| {
-                ws.dhead.clear();
-                ws.dhead.resize(c.vocab * c.dim, 0.0);
-                &mut ws.dhead[..]
-            });
-            let loss = head_ce(
-                &ws.hf,
-                p.read(head.clone(), &mut ws.scratch),
-                c.dim,
-                c.vocab,
-                &ws.targets,
-                weights,
-                Some((dh, dhead.as_deref_mut(), scale)),
-            );
-            if let (Some(g), Some(dhead)) = (g.as_deref_mut(), dhead) {
-                add_into(&mut g[head], dhead);
-            }
-            loss
-        };
+        // the head's gradient is added straight into g (head_ce adds, never sets)
+        let loss = head_ce(
+            &ws.hf,
+            p.read(head.clone(), &mut ws.scratch),
+            c.dim,
+            c.vocab,
+            &ws.targets,
+            weights,
+            Some((dh, sub(&mut g, head), scale)),
+        );
         self.backward_trunk(p, g, lora_g, ws, b, t);
         loss
     }

@@ -32,6 +32,20 @@ impl AdamW {
     /// One update of `p` from gradient `g` at learning rate `lr`. `decay` lists the ranges
     /// of `p` that weight decay applies to (decoupled: p -= lr * wd * p).
     pub fn step(&mut self, p: &mut [f32], g: &[f32], lr: f32, decay: &[std::ops::Range<usize>]) {
+        self.step_scaled(p, g, 1.0, lr, decay)
+    }
+
+    /// [`AdamW::step`] from the gradient `k g` (the clipping factor of [`clip_factor`]
+    /// applied as each value is read: the same products as scaling `g` first, one pass
+    /// over it fewer).
+    pub fn step_scaled(
+        &mut self,
+        p: &mut [f32],
+        g: &[f32],
+        k: f32,
+        lr: f32,
+        decay: &[std::ops::Range<usize>],
+    ) {
         assert!(p.len() == g.len() && p.len() == self.m.len());
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
@@ -45,8 +59,9 @@ impl AdamW {
             for_each_chunks_mut([p, m, v], [CH; 3], |ci, [p, m, v]| {
                 let g = &g[ci * CH..ci * CH + p.len()];
                 for i in 0..p.len() {
-                    m[i] = b1 * m[i] + (1.0 - b1) * g[i];
-                    v[i] = b2 * v[i] + (1.0 - b2) * g[i] * g[i];
+                    let gi = g[i] * k;
+                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
                     let denom = v[i].sqrt() * c2s + eps;
                     p[i] -= step * m[i] / denom + lr * wd * p[i];
                 }
@@ -105,6 +120,17 @@ pub fn lr_at(step: usize, steps: usize, warmup: usize, lr: f32, min_lr: f32, dec
 
 /// Scales `g` so its L2 norm is at most `max_norm` (when positive); returns the norm it had.
 pub fn clip_grad(g: &mut [f32], max_norm: f32) -> f32 {
+    let (norm, k) = clip_factor(g, max_norm);
+    if k != 1.0 {
+        const CH: usize = 1 << 14;
+        for_each_chunk_mut(g, CH, |_, gc| gc.iter_mut().for_each(|x| *x *= k));
+    }
+    norm
+}
+
+/// The L2 norm of `g` and the factor that clips it to `max_norm` (1 when it is within, or
+/// when `max_norm` is not positive).
+pub fn clip_factor(g: &[f32], max_norm: f32) -> (f32, f32) {
     const CH: usize = 1 << 14;
     let mut part = vec![0f64; g.len().div_ceil(CH)];
     for_each_chunk_mut(&mut part, 1, |ci, s| {
@@ -113,10 +139,10 @@ pub fn clip_grad(g: &mut [f32], max_norm: f32) -> f32 {
     });
     let norm = part.iter().sum::<f64>().sqrt() as f32;
     if max_norm > 0.0 && norm > max_norm {
-        let k = max_norm / norm;
-        for_each_chunk_mut(g, CH, |_, gc| gc.iter_mut().for_each(|x| *x *= k));
+        (norm, max_norm / norm)
+    } else {
+        (norm, 1.0)
     }
-    norm
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use crate::data::{
     DataError, Meta, eval_windows, read_shard, sample_batch, write_atomic, write_json,
 };
 use crate::model::{Model, ModelConfig, Rng, Workspace, init_params};
-use crate::optim::{AdamW, Decay, clip_grad, lr_at};
+use crate::optim::{AdamW, Decay, clip_factor, lr_at};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -403,8 +403,8 @@ pub fn train(
         }
         loss /= cfg.accum as f64;
         check_loss(loss, step)?;
-        let grad_norm = clip_grad(&mut grads, cfg.grad_clip);
-        opt.step(&mut params, &grads, lr, &decay);
+        let (grad_norm, k) = clip_factor(&grads, cfg.grad_clip);
+        opt.step_scaled(&mut params, &grads, k, lr, &decay);
         elapsed += t0.elapsed().as_secs_f64();
         win_loss += loss;
         win_steps += 1;
