@@ -1349,7 +1349,7 @@ pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn rope_interleaved(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)]) {
     assert!(
-        head_dim % 8 == 0 && head_dim <= 256 && cs.len() == head_dim / 2,
+        head_dim.is_multiple_of(8) && head_dim <= 256 && cs.len() == head_dim / 2,
         "rope_interleaved: bad table"
     );
     let even_neg = _mm256_setr_ps(-0.0, 0.0, -0.0, 0.0, -0.0, 0.0, -0.0, 0.0);

@@ -117,7 +117,7 @@ pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], style:
 pub fn rope_cs(x: &mut [f32], head_dim: usize, cs: &[(f32, f32)], style: RopeStyle) {
     #[cfg(target_arch = "x86_64")]
     if style == RopeStyle::Interleaved
-        && head_dim % 8 == 0
+        && head_dim.is_multiple_of(8)
         && head_dim <= 256
         && cs.len() == head_dim / 2
         && crate::avx2::available()
