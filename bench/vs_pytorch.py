@@ -88,7 +88,7 @@ def summarize(path):
     for p in peaks:
         best[p["runtime"]] = max(best.get(p["runtime"], 0), p["gflops"])
     print(f"{'shape':5} {'runtime':14} {'tok/s (median)':>15} {'reps':>4} {'GFLOP/s':>8} "
-          f"{'MFU/llmos GEMM':>15} {'MFU/torch GEMM':>15} {'vs torch eager':>15}")
+          f"{'MFU/llmos GEMM':>15} {'MFU/torch GEMM':>15} {'vs torch eager':>15} {'MFU/run peak':>13}")
     for shape in sorted({r["shape"] for r in runs}):
         eager = [r["tok_s"] for r in runs if r["shape"] == shape and r["runtime"] == "torch eager"]
         for rt in ("llmos", "torch eager", "torch.compile"):
@@ -100,10 +100,15 @@ def summarize(path):
             ratio = f"{t / med(eager):.2f}x" if eager else "-"
             m_l = f"{gf / best['llmos'] * 100:.0f}%" if "llmos" in best else "-"
             m_t = f"{gf / best['torch'] * 100:.0f}%" if "torch" in best else "-"
-            print(f"{shape:5} {rt:14} {t:15.0f} {len(xs):4} {gf:8.1f} {m_l:>15} {m_t:>15} {ratio:>15}")
+            # llmos's own figure: each run's MFU against the GEMM peak it measured at its
+            # start, minutes from the steps (the machine's load then), median over runs
+            own = [r["mfu"] for r in xs if r.get("mfu") is not None]
+            m_o = f"{med(own) * 100:.0f}%" if own else "-"
+            print(f"{shape:5} {rt:14} {t:15.0f} {len(xs):4} {gf:8.1f} {m_l:>15} {m_t:>15} {ratio:>15} {m_o:>13}")
     for p in peaks:
         print(f"GEMM peak ({p['runtime']}, {p['threads']} threads): {p['gflops']:.1f} GFLOP/s")
-    print("MFU = 6 x parameters (embedding excluded unless it is the tied head) x tokens/s over the best GEMM peak of the session")
+    print("MFU = 6 x parameters (embedding excluded unless it is the tied head) x tokens/s over the best GEMM peak of the session;")
+    print("MFU/run peak: the median of each llmos run's own MFU, against the GEMM peak that run measured as it started")
 
 
 def main():
