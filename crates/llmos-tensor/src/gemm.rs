@@ -124,22 +124,7 @@ pub fn sgemm_with(
     ldc: usize,
     accumulate: bool,
 ) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
-    assert!(
-        c.len() >= (m - 1) * ldc + n,
-        "gemm: C of {m} x {n} (ldc {ldc}) does not fit in {} values",
-        c.len()
-    );
-    a.check(m, k, "A");
-    if k == 0 {
-        if !accumulate {
-            for row in c.chunks_mut(ldc).take(m) {
-                row[..n].fill(0.0);
-            }
-        }
+    if !checked(m, n, k, a, c, ldc, accumulate) {
         return;
     }
     let cp = SendMut(c.as_mut_ptr());
@@ -300,6 +285,39 @@ impl PackedB {
     }
 }
 
+/// The checks every product makes of A and C; false when there is nothing to multiply
+/// (an empty C, or k = 0: then C is zeroed unless accumulating).
+#[allow(clippy::too_many_arguments)]
+fn checked(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    c: &mut [f32],
+    ldc: usize,
+    accumulate: bool,
+) -> bool {
+    if m == 0 || n == 0 {
+        return false;
+    }
+    assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
+    assert!(
+        c.len() >= (m - 1) * ldc + n,
+        "gemm: C of {m} x {n} (ldc {ldc}) does not fit in {} values",
+        c.len()
+    );
+    a.check(m, k, "A");
+    if k == 0 {
+        if !accumulate {
+            for row in c.chunks_mut(ldc).take(m) {
+                row[..n].fill(0.0);
+            }
+        }
+        return false;
+    }
+    true
+}
+
 /// C[m x n] = A[m x k] B[rows, 0..n] (+ C when `accumulate`) on the calling thread, where
 /// B is packed and `rows` (k of them) lies inside its rows, n inside its columns.
 #[allow(clippy::too_many_arguments)]
@@ -320,22 +338,7 @@ pub fn sgemm_packed(
         b.k,
         b.n
     );
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(ldc >= n, "gemm: ldc {ldc} < n {n}");
-    assert!(
-        c.len() >= (m - 1) * ldc + n,
-        "gemm: C of {m} x {n} (ldc {ldc}) does not fit in {} values",
-        c.len()
-    );
-    a.check(m, k, "A");
-    if k == 0 {
-        if !accumulate {
-            for row in c.chunks_mut(ldc).take(m) {
-                row[..n].fill(0.0);
-            }
-        }
+    if !checked(m, n, k, a, c, ldc, accumulate) {
         return;
     }
     let cp = c.as_mut_ptr();
