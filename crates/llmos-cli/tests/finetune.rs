@@ -231,8 +231,11 @@ fn lora_sft_teaches_the_format_and_merges() {
         "8",
         "--ctx",
         "128",
+        // 1e-2 sat at the edge of divergence (2e-2 diverges): a change in the order of
+        // one sum in the attention backward moved the result from 1.0 to 0.3; 3e-3, 5e-3
+        // and 7e-3 all reach 1.0 and a lower validation loss (4.16 against 4.24)
         "--lr",
-        "1e-2",
+        "5e-3",
         "--warmup",
         "5",
         "--eval-every",

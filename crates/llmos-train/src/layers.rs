@@ -744,6 +744,85 @@ pub(crate) mod tests {
         }
     }
 
+    /// Every gradient of the attention against the formulas evaluated in f64 (finite
+    /// differences above sample 200 of them): grouped queries, several batch rows,
+    /// sequences shorter than, equal to and longer than one query block.
+    #[test]
+    fn attention_backward_matches_f64_formulas_everywhere() {
+        crate::tests::init_pool();
+        for (heads, kv, t, d) in [
+            (4usize, 2usize, 37usize, 16usize),
+            (2, 1, QB, 8),
+            (3, 3, 5, 8),
+            (2, 2, 3 * QB + 1, 8),
+        ] {
+            let s = AttnShape {
+                batch: 3,
+                t,
+                heads,
+                kv_heads: kv,
+                head_dim: d,
+                scale: 0.3,
+            };
+            let (n, g) = (s.batch * t, heads / kv);
+            let (qw, w) = (heads * d, s.qkv_width());
+            let qkv = rand_vec(n * w, 21, 1.0);
+            let dy = rand_vec(n * qw, 22, 1.0);
+            let mut out = vec![0f32; n * qw];
+            let mut st = vec![0f32; s.state_len()];
+            attention_fwd(s, &qkv, &mut out, &mut st);
+            let mut dqkv = vec![f32::NAN; n * w];
+            attention_back(s, &qkv, &st, &dy, &mut dqkv);
+            let mut want = vec![0f64; n * w];
+            let at = |r: usize, c: usize| qkv[r * w + c] as f64;
+            for b in 0..s.batch {
+                for h in 0..heads {
+                    let kvh = h / g;
+                    let (qc, kc, vc) = (h * d, qw + kvh * d, qw + kv * d + kvh * d);
+                    for i in 0..t {
+                        let ri = b * t + i;
+                        let sc: Vec<f64> = (0..=i)
+                            .map(|j| {
+                                (0..d)
+                                    .map(|x| at(ri, qc + x) * at(b * t + j, kc + x))
+                                    .sum::<f64>()
+                                    * 0.3
+                            })
+                            .collect();
+                        let mx = sc.iter().cloned().fold(f64::MIN, f64::max);
+                        let z: f64 = sc.iter().map(|v| (v - mx).exp()).sum();
+                        let pr: Vec<f64> = sc.iter().map(|v| (v - mx).exp() / z).collect();
+                        let dp: Vec<f64> = (0..=i)
+                            .map(|j| {
+                                (0..d)
+                                    .map(|x| dy[ri * qw + h * d + x] as f64 * at(b * t + j, vc + x))
+                                    .sum()
+                            })
+                            .collect();
+                        let dot: f64 = pr.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                        for j in 0..=i {
+                            let rj = b * t + j;
+                            let ds = pr[j] * (dp[j] - dot) * 0.3;
+                            for x in 0..d {
+                                want[ri * w + qc + x] += ds * at(rj, kc + x);
+                                want[rj * w + kc + x] += ds * at(ri, qc + x);
+                                want[rj * w + vc + x] += pr[j] * dy[ri * qw + h * d + x] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+            for (i, (&got, &w64)) in dqkv.iter().zip(&want).enumerate() {
+                assert!(
+                    (got as f64 - w64).abs() <= 1e-4 * (1.0 + w64.abs()),
+                    "heads {heads} kv {kv} t {t}: value {i} (row {}, column {}): {got} vs {w64}",
+                    i / w,
+                    i % w
+                );
+            }
+        }
+    }
+
     #[test]
     fn attention_gradients_match_finite_differences() {
         crate::tests::init_pool();
