@@ -4,12 +4,10 @@
 use llmos_train::layers::{AttnShape, attention_back, attention_fwd};
 use std::time::Instant;
 
+mod common;
+
 fn main() {
-    let th: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    llmos_tensor::init_threads(th);
+    common::init_threads_from_args();
     let s = AttnShape {
         batch: 8,
         t: 256,
@@ -20,9 +18,7 @@ fn main() {
     };
     let n = s.batch * s.t;
     let w = s.qkv_width();
-    let qkv: Vec<f32> = (0..n * w)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
+    let qkv = common::values(n * w, 7919);
     let mut out = vec![0f32; n * s.heads * s.head_dim];
     let mut state = vec![0f32; s.state_len()];
     let dout = out.clone();

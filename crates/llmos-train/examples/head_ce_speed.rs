@@ -4,16 +4,12 @@
 use llmos_train::layers::head_ce;
 use std::time::Instant;
 
+mod common;
+
 fn main() {
-    let th: usize = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    llmos_tensor::init_threads(th);
+    common::init_threads_from_args();
     let (n, c, v) = (2048, 256, 8192);
-    let h: Vec<f32> = (0..n * c)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
+    let h = common::values(n * c, 7919);
     let w: Vec<f32> = (0..v * c)
         .map(|i| ((i * 104_729) % 1000) as f32 / 10_000.0 - 0.05)
         .collect();

@@ -744,6 +744,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// The attention's output for `qkv` and its gradient for the upstream gradient `dy`
+    /// (dqkv starts as NaN, so a value never written shows).
+    fn attention_out_and_grad(s: AttnShape, qkv: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let n = s.batch * s.t;
+        let mut out = vec![0f32; n * s.heads * s.head_dim];
+        let mut st = vec![0f32; s.state_len()];
+        attention_fwd(s, qkv, &mut out, &mut st);
+        let mut dqkv = vec![f32::NAN; n * s.qkv_width()];
+        attention_back(s, qkv, &st, dy, &mut dqkv);
+        (out, dqkv)
+    }
+
     /// Every gradient of the attention against the formulas evaluated in f64 (finite
     /// differences above sample 200 of them): grouped queries, several batch rows,
     /// sequences shorter than, equal to and longer than one query block.
@@ -768,11 +780,7 @@ pub(crate) mod tests {
             let (qw, w) = (heads * d, s.qkv_width());
             let qkv = rand_vec(n * w, 21, 1.0);
             let dy = rand_vec(n * qw, 22, 1.0);
-            let mut out = vec![0f32; n * qw];
-            let mut st = vec![0f32; s.state_len()];
-            attention_fwd(s, &qkv, &mut out, &mut st);
-            let mut dqkv = vec![f32::NAN; n * w];
-            attention_back(s, &qkv, &st, &dy, &mut dqkv);
+            let (_, dqkv) = attention_out_and_grad(s, &qkv, &dy);
             let mut want = vec![0f64; n * w];
             let at = |r: usize, c: usize| qkv[r * w + c] as f64;
             for b in 0..s.batch {
@@ -840,11 +848,7 @@ pub(crate) mod tests {
             let (qw, w) = (heads * 4, s.qkv_width());
             let mut qkv = rand_vec(n * w, 9, 1.0);
             let dy = rand_vec(n * qw, 12, 1.0);
-            let mut out = vec![0f32; n * qw];
-            let mut st = vec![0f32; s.state_len()];
-            attention_fwd(s, &qkv, &mut out, &mut st);
-            let mut dqkv = vec![f32::NAN; n * w];
-            attention_back(s, &qkv, &st, &dy, &mut dqkv);
+            let (out, dqkv) = attention_out_and_grad(s, &qkv, &dy);
             assert!(
                 dqkv.iter().all(|x| x.is_finite()),
                 "every gradient is written"
@@ -862,8 +866,7 @@ pub(crate) mod tests {
                     .iter_mut()
                     .for_each(|x| *x += 1.0);
             }
-            let mut out2 = vec![0f32; n * qw];
-            attention_fwd(s, &later, &mut out2, &mut st);
+            let (out2, _) = attention_out_and_grad(s, &later, &dy);
             assert_eq!(out[..qw], out2[..qw]);
             assert_ne!(out[qw..2 * qw], out2[qw..2 * qw]);
         }
