@@ -281,6 +281,81 @@ pub fn for_each_chunk_mut<T: Send>(
     });
 }
 
+/// Columns `cols` of every row of a row-major matrix: one task's share in
+/// [`for_each_col_chunk_mut`]. Rows of different tasks' views never overlap.
+pub struct ColsMut<'a, T> {
+    base: *mut T,
+    rows: usize,
+    stride: usize,
+    cols: std::ops::Range<usize>,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<T> ColsMut<'_, T> {
+    /// The first column of this view in the whole matrix.
+    pub fn first_col(&self) -> usize {
+        self.cols.start
+    }
+
+    /// Columns in this view.
+    pub fn width(&self) -> usize {
+        self.cols.len()
+    }
+
+    /// This view's part of row `r`.
+    pub fn row(&mut self, r: usize) -> &mut [T] {
+        assert!(
+            r < self.rows,
+            "row {r} outside a matrix of {} rows",
+            self.rows
+        );
+        // SAFETY: row r's columns `cols` lie inside the matrix (r < rows, cols.end <=
+        // stride, checked in for_each_col_chunk_mut); no other view holds these columns,
+        // and `&mut self` keeps this view from handing out two overlapping rows at once.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.base.add(r * self.stride + self.cols.start),
+                self.cols.len(),
+            )
+        }
+    }
+}
+
+/// Runs `f(i, view)` in parallel for every `chunk`-column piece of a row-major matrix
+/// `data` with rows of `stride` elements (the last piece may be narrower): each task
+/// writes its columns of every row, e.g. a matmul's output rows for all tokens at once in
+/// token-major order, with no transpose afterwards.
+pub fn for_each_col_chunk_mut<T: Send>(
+    data: &mut [T],
+    stride: usize,
+    chunk: usize,
+    f: impl Fn(usize, ColsMut<'_, T>) + Sync,
+) {
+    if stride == 0 {
+        return;
+    }
+    assert!(
+        data.len().is_multiple_of(stride),
+        "for_each_col_chunk_mut: {} elements are not rows of {stride}",
+        data.len()
+    );
+    let chunk = chunk.max(1);
+    let rows = data.len() / stride;
+    let base = SendPtr(data.as_mut_ptr());
+    parallel_for(stride.div_ceil(chunk), &|i| {
+        let cols = i * chunk..((i + 1) * chunk).min(stride);
+        let p = &base;
+        let view = ColsMut {
+            base: p.0,
+            rows,
+            stride,
+            cols,
+            _borrow: std::marker::PhantomData,
+        };
+        f(i, view)
+    });
+}
+
 /// Like [`for_each_chunk_mut`] over K slices at once: task i gets chunk i of every slice
 /// (`chunk[k]` elements of slice k; the last may be shorter). Every slice must have the
 /// same number of chunks.
@@ -386,6 +461,37 @@ mod tests {
         });
         assert!(a.iter().enumerate().all(|(i, &x)| x == i / 8 + 1));
         assert!(b.iter().enumerate().all(|(i, &x)| x == i / 2 + 1));
+    }
+
+    #[test]
+    fn column_chunks_cover_every_element_once() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        for th in [1, 2] {
+            init(th);
+            for (rows, stride, chunk) in
+                [(3usize, 10usize, 4usize), (1, 5, 5), (4, 7, 1), (2, 3, 8)]
+            {
+                let mut m = vec![0u32; rows * stride];
+                for_each_col_chunk_mut(&mut m, stride, chunk, |i, mut v| {
+                    assert_eq!(v.first_col(), i * chunk);
+                    for r in 0..rows {
+                        let c0 = v.first_col();
+                        for (j, x) in v.row(r).iter_mut().enumerate() {
+                            *x += (r * stride + c0 + j) as u32 + 1;
+                        }
+                    }
+                });
+                let want: Vec<u32> = (1..=(rows * stride) as u32).collect();
+                assert_eq!(m, want, "{rows}x{stride} by {chunk}, {th} threads");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not rows of")]
+    fn column_chunks_reject_a_ragged_matrix() {
+        let mut m = vec![0f32; 7];
+        for_each_col_chunk_mut(&mut m, 3, 1, |_, _| {});
     }
 
     #[test]
