@@ -371,7 +371,7 @@ impl Scheduler {
         if which.is_empty() {
             return Ok(());
         }
-        let logits = {
+        let mut logits = {
             let mut caches: Vec<&mut KvCache> = Vec::new();
             let mut k = 0;
             for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -388,16 +388,53 @@ impl Scheduler {
             .batched_seqs
             .fetch_add(which.len() as u64, Ordering::Relaxed);
         let v = self.model.config.n_vocab;
-        for (k, &i) in which.iter().enumerate() {
+        // each sequence that has its prompt done picks its next token: sampling (an
+        // exponential per vocabulary id), penalties and grammar masks are the sequence's
+        // own, so they run in parallel, in place on the step's logits rows; the reports
+        // (text, callbacks) follow in slot order
+        let chosen: Vec<_> = {
+            let mut picks: Vec<Pick> = Vec::new();
+            let mut rows = logits.chunks_exact_mut(v);
+            let mut busy: Vec<&mut Slot> = Vec::new();
+            let mut k = 0;
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                if which.get(k) == Some(&i) {
+                    busy.push(slot);
+                    k += 1;
+                }
+            }
+            for (k, slot) in busy.into_iter().enumerate() {
+                let row = rows.next().expect("one logits row per sequence");
+                slot.cached.extend_from_slice(&inputs[k]);
+                let run = slot.run.as_mut().expect("busy slot");
+                if run.pending.is_empty() {
+                    picks.push(Pick {
+                        run,
+                        row,
+                        out: None,
+                    });
+                }
+            }
+            llmos_tensor::pool::for_each_chunk_mut(&mut picks, 1, |_, p| {
+                let p = &mut p[0];
+                p.out = Some(choose(p.run, p.row));
+            });
+            picks
+                .into_iter()
+                .map(|p| p.out.expect("every pick ran"))
+                .collect()
+        };
+        let mut chosen = chosen.into_iter();
+        for &i in &which {
             let slot = &mut self.slots[i];
-            slot.cached.extend_from_slice(&inputs[k]);
             let run = slot.run.as_mut().expect("busy slot");
             if !run.pending.is_empty() {
                 continue; // more prompt to run first
             }
-            let mut row = logits[k * v..(k + 1) * v].to_vec();
             let (len, ctx) = (slot.cache.len(), slot.cache.ctx());
-            let outcome = token_step(run, &self.tokenizer, &mut row, len, ctx);
+            let pick = chosen.next().expect("a pick per finished prompt");
+            let outcome =
+                pick.and_then(|(id, lp)| report(run, &self.tokenizer, id, lp, len, ctx));
             if let Ok(Outcome::Continue) = outcome {
                 self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -435,14 +472,16 @@ enum Outcome {
     Gone,
 }
 
-/// Samples, reports and checks one token.
-fn token_step(
-    run: &mut Run,
-    tok: &Tokenizer,
-    logits: &mut [f32],
-    cache_len: usize,
-    ctx: usize,
-) -> Result<Outcome, String> {
+/// One sequence's share of a step's token choice (see [`Scheduler::step`]).
+struct Pick<'a> {
+    run: &'a mut Run,
+    row: &'a mut [f32],
+    out: Option<Result<(u32, Option<TokenLogprob>), String>>,
+}
+
+/// Picks one token from `logits` (the run's penalties, grammar and sampler) and records it
+/// in the run's history; returns it with its log-probabilities when asked for.
+fn choose(run: &mut Run, logits: &mut [f32]) -> Result<(u32, Option<TokenLogprob>), String> {
     let req = &run.req;
     // log-probabilities are the model's own, before penalties and masks
     let raw = req.logprobs.map(|k| {
@@ -469,6 +508,18 @@ fn token_step(
         logprob: raw[id as usize] - lse,
         top,
     });
+    Ok((id, logprob))
+}
+
+/// Reports a chosen token: its text to the listener, then the checks that end the run.
+fn report(
+    run: &mut Run,
+    tok: &Tokenizer,
+    id: u32,
+    logprob: Option<TokenLogprob>,
+    cache_len: usize,
+    ctx: usize,
+) -> Result<Outcome, String> {
     let eos = tok.is_eog(id) && !run.req.ignore_eos;
     let mut finish = None;
     if eos {

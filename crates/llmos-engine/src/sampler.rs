@@ -1,6 +1,8 @@
 //! Token sampling: repetition penalty, top-k, top-p, min-p, temperature, then a draw from
 //! a seeded generator (the order llama.cpp's default chain uses). Temperature 0 is greedy.
 
+use llmos_tensor::q8::exp_scaled_into;
+
 /// SplitMix64: small, fast, and its whole state is one u64 passed around explicitly.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
@@ -112,12 +114,11 @@ impl Sampler {
         if (c.top_k == 0 || c.top_k >= logits.len()) && c.top_p >= 1.0 && c.min_p <= 0.0 {
             // nothing to cut: draw from the whole distribution in id order, no sort (the
             // API's default settings; a sort of a 50K-262K vocabulary per token is costly)
+            // the exponentials 8 at a time (a scalar exp per id was 6% of a step of eight
+            // sequences, each one a 49K vocabulary)
             let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = logits
-                .iter()
-                .map(|&l| ((l - m) / c.temperature).exp())
-                .collect();
-            let total: f32 = e.iter().sum();
+            let mut e = vec![0f32; logits.len()];
+            let total = exp_scaled_into(logits, m, 1.0 / c.temperature, &mut e);
             let r = self.rng.next_f32() * total;
             let mut cum = 0.0;
             let mut last = 0;

@@ -1313,6 +1313,31 @@ fn exp8(x: __m256) -> __m256 {
     _mm256_andnot_ps(zero_mask, v)
 }
 
+/// See [`crate::q8::exp_scaled_into`]: the same operations per value, lane sums in one
+/// register, reduced as [`crate::q8::hsum8`] reduces them.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn exp_scaled_into(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), out.len(), "exp_scaled_into: lengths differ");
+    let (vs, vk) = (_mm256_set1_ps(shift), _mm256_set1_ps(scale));
+    let mut acc = _mm256_setzero_ps();
+    let whole = x.len() / 8 * 8;
+    for (c, o) in x[..whole].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        let c: &[f32; 8] = c.try_into().expect("8 floats");
+        let o: &mut [f32; 8] = o.try_into().expect("8 floats");
+        let e = exp8(_mm256_mul_ps(_mm256_sub_ps(loadf8(c), vs), vk));
+        storef8(o, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    let mut lanes = [0f32; 8];
+    storef8(&mut lanes, acc);
+    let mut sum = crate::q8::hsum8(&lanes);
+    for (&v, o) in x[whole..].iter().zip(&mut out[whole..]) {
+        *o = crate::q8::exp_poly((v - shift) * scale);
+        sum += *o;
+    }
+    sum
+}
+
 /// See [`crate::q8::softmax_scaled_lanes`].
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn softmax_scaled_lanes(x: &mut [f32], scale: f32) {

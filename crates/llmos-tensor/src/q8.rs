@@ -996,6 +996,40 @@ pub fn softmax_scaled_lanes_ref(x: &mut [f32], scale: f32) {
     }
 }
 
+/// out[i] = e^((x[i] - shift) * scale) by [`exp_poly`] (so every (x[i] - shift) * scale
+/// must be <= 0: `shift` the maximum, `scale` > 0), and returns their sum: eight lane sums
+/// (lane i % 8) added as [`hsum8`] does, then the last `len % 8` values in order. The
+/// sampler's unnormalised probabilities over a whole vocabulary; the SIMD kernel gives
+/// the same bits as [`exp_scaled_into_ref`].
+pub fn exp_scaled_into(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), out.len(), "exp_scaled_into: lengths differ");
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::exp_scaled_into(x, shift, scale, out) };
+    }
+    exp_scaled_into_ref(x, shift, scale, out)
+}
+
+/// Scalar reference of [`exp_scaled_into`].
+pub fn exp_scaled_into_ref(x: &[f32], shift: f32, scale: f32, out: &mut [f32]) -> f32 {
+    assert_eq!(x.len(), out.len(), "exp_scaled_into: lengths differ");
+    let whole = x.len() / 8 * 8;
+    let mut lanes = [0f32; 8];
+    for (c, o) in x[..whole].chunks_exact(8).zip(out.chunks_exact_mut(8)) {
+        for j in 0..8 {
+            o[j] = exp_poly((c[j] - shift) * scale);
+            lanes[j] += o[j];
+        }
+    }
+    let mut sum = hsum8(&lanes);
+    for (&v, o) in x[whole..].iter().zip(&mut out[whole..]) {
+        *o = exp_poly((v - shift) * scale);
+        sum += *o;
+    }
+    sum
+}
+
 /// Constants of [`exp_poly`]: ln 2 split in a high part exact in f32 and the rest, then the
 /// Taylor coefficients 1/k! for k = 2..6.
 pub(crate) const EXP_LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -1667,6 +1701,41 @@ mod tests {
                 b.iter().map(|v| v.to_bits()).collect(),
             );
             assert_eq!(ab, bb, "n={n}");
+        }
+    }
+
+    /// The sampler's exponentials: SIMD bits equal the scalar reference's, values and sum
+    /// within float rounding of f64, masked (-inf) logits give 0.
+    #[test]
+    fn exp_scaled_into_equals_its_reference_and_f64() {
+        let mut r = rng(29);
+        for n in [0usize, 1, 7, 8, 9, 64, 1001] {
+            let mut x: Vec<f32> = (0..n).map(|_| (r() % 6001) as f32 / 100.0 - 40.0).collect();
+            if n > 4 {
+                x[3] = f32::NEG_INFINITY;
+            }
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for scale in [1.0f32, 1.25, 0.5] {
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                let sa = exp_scaled_into(&x, max, scale, &mut a);
+                let sb = exp_scaled_into_ref(&x, max, scale, &mut b);
+                assert_eq!(sa.to_bits(), sb.to_bits(), "sum, n={n}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "values, n={n}");
+                let mut want_sum = 0f64;
+                for (i, &v) in x.iter().enumerate() {
+                    let want = (((v - max) * scale) as f64).exp();
+                    want_sum += want;
+                    assert!(
+                        (a[i] as f64 - want).abs() <= 1e-6 * want + 1e-30,
+                        "n={n} i={i}"
+                    );
+                }
+                assert!((sa as f64 - want_sum).abs() <= 1e-5 * want_sum, "n={n}");
+                if n > 4 {
+                    assert_eq!(a[3], 0.0);
+                }
+            }
         }
     }
 
