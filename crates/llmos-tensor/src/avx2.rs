@@ -318,8 +318,10 @@ fn storef8(out: &mut [f32; 8], v: __m256) {
 
 /// Bytes ahead of the current block that the weight kernels ask the cache to fetch
 /// (measured on SmolLM2 Q8_0 decoding, one thread: none 31-34 tok/s, 512 B 48-56, 1 KiB
-/// 50-58, 2 KiB 58-59, 4 KiB 55-58).
-const PREFETCH: usize = 2048;
+/// 50-58, 2 KiB 58-59, 4 KiB 55-58; then SmolLM2 Q4_1 tg128 at two threads, interleaved
+/// runs: 2 KiB median 118.8 / 122.3 tok/s, 3 KiB 126.7 / 125.2 (14 of 16 pairs faster),
+/// 4 KiB 122.5; SmolLM2 Q8_0 and Gemma-3 Q4_K_M the same at 2 and 3 KiB).
+const PREFETCH: usize = 3072;
 
 /// Asks the cache to fetch the `lines` cache lines from `PREFETCH` bytes past `b`. A
 /// prefetch of an address past the data is harmless (it never faults).
