@@ -433,8 +433,7 @@ impl Scheduler {
             }
             let (len, ctx) = (slot.cache.len(), slot.cache.ctx());
             let pick = chosen.next().expect("a pick per finished prompt");
-            let outcome =
-                pick.and_then(|(id, lp)| report(run, &self.tokenizer, id, lp, len, ctx));
+            let outcome = pick.and_then(|(id, lp)| report(run, &self.tokenizer, id, lp, len, ctx));
             if let Ok(Outcome::Continue) = outcome {
                 self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
                 continue;

@@ -18,8 +18,12 @@ use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached, matmul_cached_multi
 
 /// Keys and values of every layer for the positions seen so far.
 pub struct KvCache {
-    k: Vec<Vec<f32>>, // (L, len, Hkv*D)
-    v: Vec<Vec<f32>>, // (L, len, Hkv*Dv)
+    /// Keys and values per (layer, KV head), index l * Hkv + h: [len, D] and [len, Dv], so
+    /// the positions a head's attention reads are one contiguous run (with the heads
+    /// interleaved per position, a head used a quarter of every cache line it brought in
+    /// from memory: decoding's attention waited on those lines).
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
     len: usize,
     ctx: usize,
     /// Activation buffers reused from call to call, so a decode step allocates none.
@@ -74,14 +78,15 @@ impl KvCache {
         self.ctx
     }
 
-    /// Forgets everything after the first `n` positions (n <= len).
-    pub fn truncate(&mut self, n: usize, kv_dim: usize, kv_dim_v: usize) {
+    /// Forgets everything after the first `n` positions (n <= len); `d` and `dv` are the
+    /// head sizes of keys and values.
+    fn truncate(&mut self, n: usize, d: usize, dv: usize) {
         let n = n.min(self.len);
-        for l in &mut self.k {
-            l.truncate(n * kv_dim);
+        for h in &mut self.k {
+            h.truncate(n * d);
         }
-        for l in &mut self.v {
-            l.truncate(n * kv_dim_v);
+        for h in &mut self.v {
+            h.truncate(n * dv);
         }
         self.len = n;
     }
@@ -99,8 +104,8 @@ impl Model {
     pub fn new_cache(&self, ctx: usize) -> KvCache {
         let c = &self.config;
         KvCache {
-            k: vec![Vec::new(); c.n_layer],
-            v: vec![Vec::new(); c.n_layer],
+            k: vec![Vec::new(); c.n_layer * c.n_head_kv],
+            v: vec![Vec::new(); c.n_layer * c.n_head_kv],
             len: 0,
             ctx: ctx.min(c.ctx_train).max(1),
             scratch: Scratch::default(),
@@ -110,7 +115,7 @@ impl Model {
     /// Forgets cache positions from `n` on (to rewind or reuse a prefix).
     pub fn truncate_cache(&self, cache: &mut KvCache, n: usize) {
         let c = &self.config;
-        cache.truncate(n, c.n_head_kv * c.head_dim, c.n_head_kv * c.head_dim_v);
+        cache.truncate(n, c.head_dim, c.head_dim_v);
     }
 
     /// Runs `tokens` at the positions after those already in `cache` and appends their keys
@@ -319,16 +324,26 @@ impl Model {
             r16(q);
             let mut row0 = 0;
             for (cache, toks) in caches.iter_mut().zip(seqs) {
-                let rows = row0..row0 + toks.len();
-                cache.k[l].extend_from_slice(&k[rows.start * nkv * d..rows.end * nkv * d]);
-                cache.v[l].extend_from_slice(&v[rows.start * nkv * dv..rows.end * nkv * dv]);
-                row0 = rows.end;
+                for t in row0..row0 + toks.len() {
+                    for h in 0..nkv {
+                        let kr = &k[(t * nkv + h) * d..(t * nkv + h + 1) * d];
+                        cache.k[l * nkv + h].extend_from_slice(kr);
+                        let vr = &v[(t * nkv + h) * dv..(t * nkv + h + 1) * dv];
+                        cache.v[l * nkv + h].extend_from_slice(vr);
+                    }
+                }
+                row0 += toks.len();
             }
 
-            // scores over cached positions, causal, windowed on sliding-window layers
-            let kvs: Vec<(&[f32], &[f32])> = caches
+            // scores over cached positions, causal, windowed on sliding-window layers;
+            // kvs[seq][h]: KV head h's keys and values of sequence seq at this layer
+            let kvs: Vec<Vec<(&[f32], &[f32])>> = caches
                 .iter()
-                .map(|cache| (&cache.k[l][..], &cache.v[l][..]))
+                .map(|cache| {
+                    (0..nkv)
+                        .map(|h| (&cache.k[l * nkv + h][..], &cache.v[l * nkv + h][..]))
+                        .collect()
+                })
                 .collect();
             let window = if swa { c.sliding_window } else { None };
             let group = nh / nkv;
@@ -359,13 +374,13 @@ impl Model {
                 if v_packed.len() < packs {
                     v_packed.resize_with(packs, Vec::new);
                 }
-                let rows_of = |seq: usize| kvs[seq].1.len() / (nkv * dv);
+                let rows_of = |seq: usize| kvs[seq][0].1.len() / dv;
                 let packed: Vec<bool> = seqs.iter().map(|s| s.len() >= 16).collect();
                 for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
                     let (seq, kvh) = (i / nkv, i % nkv);
                     if packed[seq] {
-                        let vc = kvs[seq].1;
-                        pack_v_cols(&vc[kvh * dv..], nkv * dv, rows_of(seq), dv, &mut buf[0]);
+                        let vc = kvs[seq][kvh].1;
+                        pack_v_cols(vc, dv, rows_of(seq), dv, &mut buf[0]);
                     }
                 });
                 let n32s: Vec<usize> = (0..packs)
@@ -374,7 +389,7 @@ impl Model {
                 let v_packed = &v_packed[..packs];
                 for_each_chunk_mut(att_kv, group * dv, |i, out| {
                     let (kvh, t) = (i / t_n, i % t_n);
-                    let (kc, vc) = kvs[row_seq[t]];
+                    let (kc, vc) = kvs[row_seq[t]][kvh];
                     let qp = row_pos[t];
                     let (n, start) = (qp + 1, first(qp));
                     let qs = &q[(t * nh + kvh * group) * d..(t * nh + (kvh + 1) * group) * d];
@@ -388,16 +403,8 @@ impl Model {
                     SCORES.with_borrow_mut(|s| {
                         s.clear();
                         s.resize(group * ws, f32::NEG_INFINITY);
-                        let ks = &kc[(start * nkv + kvh) * d..];
-                        dot_rows_lanes_multi(
-                            qs,
-                            group,
-                            ks,
-                            nkv * d,
-                            n - start,
-                            &mut s[start..],
-                            ws,
-                        );
+                        let ks = &kc[start * d..];
+                        dot_rows_lanes_multi(qs, group, ks, d, n - start, &mut s[start..], ws);
                         for row in s.chunks_exact_mut(ws) {
                             finish_scores(&mut row[..n], start);
                             row[n..].fill(0.0);
@@ -406,7 +413,7 @@ impl Model {
                             let vp = &v_packed[pi];
                             lane_dots(s, group, ws, vp, dv, n32s[pi], ws, out, dv);
                         } else {
-                            weighted_rows_lanes_multi(s, n, &vc[kvh * dv..], nkv * dv, dv, out);
+                            weighted_rows_lanes_multi(s, n, vc, dv, dv, out);
                         }
                     });
                 });
@@ -420,7 +427,7 @@ impl Model {
                 for_each_chunk_mut(att, dv, |i, out| {
                     let (t, head) = (i / nh, i % nh);
                     let kvh = head / group;
-                    let (kc, vc) = kvs[row_seq[t]];
+                    let (kc, vc) = kvs[row_seq[t]][kvh];
                     let qp = row_pos[t];
                     let start = first(qp);
                     let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
@@ -428,20 +435,19 @@ impl Model {
                         SCORES.with_borrow_mut(|s| {
                             s.clear();
                             s.resize(qp + 1, f32::NEG_INFINITY);
-                            let ks = &kc[(start * nkv + kvh) * d..];
-                            dot_rows_lanes(qv, ks, nkv * d, &mut s[start..]);
+                            dot_rows_lanes(qv, &kc[start * d..], d, &mut s[start..]);
                             finish_scores(s, start);
-                            weighted_rows_lanes(s, &vc[kvh * dv..], nkv * dv, out);
+                            weighted_rows_lanes(s, vc, dv, out);
                         });
                         return;
                     }
                     // f32 path: flash-style blocks of keys with an online softmax
                     attend_online(
                         qv,
-                        &kc[kvh * d..],
-                        nkv * d,
-                        &vc[kvh * dv..],
-                        nkv * dv,
+                        kc,
+                        d,
+                        vc,
+                        dv,
                         start..=qp,
                         c.attn_scale,
                         c.attn_softcap,
