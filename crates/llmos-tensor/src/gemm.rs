@@ -371,7 +371,7 @@ pub fn sgemm_packed(
     });
 }
 
-/// The f32 GEMM rate of this machine/// The f32 GEMM rate of this machine with the pool's current threads, in GFLOP/s: the best
+/// The f32 GEMM rate of this machine with the pool's current threads, in GFLOP/s: the best
 /// 1024 x 1024 x 1024 product over at least a second of repeats (threads woken, clocks
 /// up; the denominator of model FLOPs utilisation).
 pub fn peak_gflops() -> f64 {
