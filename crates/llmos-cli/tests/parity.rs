@@ -253,6 +253,25 @@ fn smollm2_q8_activations_equal_llamacpp_greedy() {
     );
 }
 
+/// The q8 mode keeps its KV cache as f16 (half the memory, the values are f16 already) and
+/// the f32 mode as f32: a cache filled in one mode is refused by the other with a clear
+/// error, and works again once emptied.
+#[test]
+fn a_cache_filled_in_one_activation_mode_is_refused_by_the_other() {
+    let g = Arc::new(Gguf::open(model("smollm2")).unwrap());
+    let mut m = Model::load(g).unwrap();
+    let mut cache = m.new_cache(64);
+    m.forward(&mut cache, &[504, 3575, 282], false).unwrap();
+    m.act = llmos_tensor::ActMode::F32;
+    let err = m.forward(&mut cache, &[4649], false).unwrap_err();
+    assert!(err.to_string().contains("activation mode"), "{err}");
+    assert_eq!(cache.len(), 3, "a refused call leaves the cache as it was");
+    m.truncate_cache(&mut cache, 0);
+    let f32_logits = m.forward(&mut cache, &[504, 3575, 282], false).unwrap();
+    let mut fresh = m.new_cache(64);
+    assert_eq!(f32_logits, m.forward(&mut fresh, &[504, 3575, 282], false).unwrap());
+}
+
 /// Continuous batching: several sequences of different lengths run in one call (prompts
 /// together, then one token each per step) give each sequence exactly the logits it gets
 /// alone, bit for bit, on both architectures.

@@ -10,9 +10,9 @@ use llmos_tensor::ops::{
 };
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
-    dot_rows_lanes, dot_rows_lanes_multi, lane_dots, pack_v_cols, rmsnorm_lanes,
-    rmsnorm_lanes_inplace, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
-    weighted_rows_lanes, weighted_rows_lanes_multi,
+    dot_rows_lanes, dot_rows_lanes_multi, f16_bits_from_f32, f32_from_f16_bits, lane_dots,
+    pack_v_cols, rmsnorm_lanes, rmsnorm_lanes_inplace, rope_cos_sin_lanes, round_f16_slice,
+    softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached, matmul_cached_multi};
 
@@ -21,9 +21,14 @@ pub struct KvCache {
     /// Keys and values per (layer, KV head), index l * Hkv + h: [len, D] and [len, Dv], so
     /// the positions a head's attention reads are one contiguous run (with the heads
     /// interleaved per position, a head used a quarter of every cache line it brought in
-    /// from memory: decoding's attention waited on those lines).
+    /// from memory: decoding's attention waited on those lines). In f32 for
+    /// [`ActMode::F32`]; for [`ActMode::Q8`] as f16 bits in `k16` / `v16`, llama.cpp's f16
+    /// cache (the values are rounded to f16 before they are stored, so nothing is lost and
+    /// the cache takes half the memory).
     k: Vec<Vec<f32>>,
     v: Vec<Vec<f32>>,
+    k16: Vec<Vec<u16>>,
+    v16: Vec<Vec<u16>>,
     len: usize,
     ctx: usize,
     /// Activation buffers reused from call to call, so a decode step allocates none.
@@ -54,6 +59,22 @@ struct Scratch {
 thread_local! {
     /// The attention scores of one task's queries, reused by each thread from task to task.
     static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// One KV head's keys and values converted from the f16 cache, with the (layer epoch,
+    /// sequence, KV head) they belong to.
+    #[allow(clippy::type_complexity)]
+    static KV32: std::cell::RefCell<(Option<(u64, usize, usize)>, Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((None, Vec::new(), Vec::new())) };
+}
+
+/// A number no other layer of any forward pass has: the key that keeps a thread's
+/// converted KV run from being taken for another layer's or call's.
+static KV_EPOCH: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Appends `x` (values that are f16 already) to an f16 cache run as f16 bits.
+fn append_f16(run: &mut Vec<u16>, x: &[f32]) {
+    let at = run.len();
+    run.resize(at + x.len(), 0);
+    f16_bits_from_f32(x, &mut run[at..]);
 }
 
 /// `buf` resized to `n` zeros, keeping its allocation.
@@ -88,6 +109,12 @@ impl KvCache {
         for h in &mut self.v {
             h.truncate(n * dv);
         }
+        for h in &mut self.k16 {
+            h.truncate(n * d);
+        }
+        for h in &mut self.v16 {
+            h.truncate(n * dv);
+        }
         self.len = n;
     }
 }
@@ -106,6 +133,8 @@ impl Model {
         KvCache {
             k: vec![Vec::new(); c.n_layer * c.n_head_kv],
             v: vec![Vec::new(); c.n_layer * c.n_head_kv],
+            k16: vec![Vec::new(); c.n_layer * c.n_head_kv],
+            v16: vec![Vec::new(); c.n_layer * c.n_head_kv],
             len: 0,
             ctx: ctx.min(c.ctx_train).max(1),
             scratch: Scratch::default(),
@@ -169,6 +198,16 @@ impl Model {
                     ctx: cache.ctx,
                     train: c.ctx_train,
                 });
+            }
+            // the cache holds f16 in q8 mode and f32 otherwise: one filled in the other
+            // mode cannot be read
+            let other = if self.act == ActMode::Q8 {
+                cache.k.iter().any(|run| !run.is_empty())
+            } else {
+                cache.k16.iter().any(|run| !run.is_empty())
+            };
+            if other {
+                return Err(ModelError::CacheMode);
             }
             if let Some(&id) = toks.iter().find(|&&id| id as usize >= c.n_vocab) {
                 return Err(ModelError::BadToken {
@@ -327,24 +366,74 @@ impl Model {
                 for t in row0..row0 + toks.len() {
                     for h in 0..nkv {
                         let kr = &k[(t * nkv + h) * d..(t * nkv + h + 1) * d];
-                        cache.k[l * nkv + h].extend_from_slice(kr);
                         let vr = &v[(t * nkv + h) * dv..(t * nkv + h + 1) * dv];
-                        cache.v[l * nkv + h].extend_from_slice(vr);
+                        if q8 {
+                            append_f16(&mut cache.k16[l * nkv + h], kr);
+                            append_f16(&mut cache.v16[l * nkv + h], vr);
+                        } else {
+                            cache.k[l * nkv + h].extend_from_slice(kr);
+                            cache.v[l * nkv + h].extend_from_slice(vr);
+                        }
                     }
                 }
                 row0 += toks.len();
             }
 
-            // scores over cached positions, causal, windowed on sliding-window layers;
-            // kvs[seq][h]: KV head h's keys and values of sequence seq at this layer
-            let kvs: Vec<Vec<(&[f32], &[f32])>> = caches
-                .iter()
-                .map(|cache| {
-                    (0..nkv)
-                        .map(|h| (&cache.k[l * nkv + h][..], &cache.v[l * nkv + h][..]))
-                        .collect()
+            // scores over cached positions, causal, windowed on sliding-window layers. KV
+            // head h of sequence seq: in f32 mode the cache's runs; in q8 mode the f16
+            // runs, each converted to f32 by the thread that first needs it in this layer
+            // and kept in that thread's buffer for its next tasks (the heads of a group,
+            // a prompt's rows): half the bytes come from memory
+            let halves: Vec<Vec<(&[u16], &[u16])>> = if q8 {
+                caches
+                    .iter()
+                    .map(|cache| {
+                        (0..nkv)
+                            .map(|h| (&cache.k16[l * nkv + h][..], &cache.v16[l * nkv + h][..]))
+                            .collect()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            let floats: Vec<Vec<(&[f32], &[f32])>> = if q8 {
+                Vec::new()
+            } else {
+                caches
+                    .iter()
+                    .map(|cache| {
+                        (0..nkv)
+                            .map(|h| (&cache.k[l * nkv + h][..], &cache.v[l * nkv + h][..]))
+                            .collect()
+                    })
+                    .collect()
+            };
+            let epoch = KV_EPOCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let with_kv = |seq: usize, kvh: usize, f: &mut dyn FnMut(&[f32], &[f32])| {
+                if !q8 {
+                    let (kc, vc) = floats[seq][kvh];
+                    return f(kc, vc);
+                }
+                KV32.with_borrow_mut(|(key, kf, vf)| {
+                    if *key != Some((epoch, seq, kvh)) {
+                        let (kh, vh) = halves[seq][kvh];
+                        kf.resize(kh.len(), 0.0);
+                        f32_from_f16_bits(kh, kf);
+                        vf.resize(vh.len(), 0.0);
+                        f32_from_f16_bits(vh, vf);
+                        *key = Some((epoch, seq, kvh));
+                    }
+                    f(kf, vf)
                 })
-                .collect();
+            };
+            // positions in sequence seq's cache
+            let positions = |seq: usize| {
+                if q8 {
+                    halves[seq][0].1.len() / dv
+                } else {
+                    floats[seq][0].1.len() / dv
+                }
+            };
             let window = if swa { c.sliding_window } else { None };
             let group = nh / nkv;
             // first key a query at position qp sees
@@ -370,17 +459,18 @@ impl Model {
                 // loaded chunk feeds several FMAs); the pack is a copy of V, small beside
                 // the sums that read it (only for sequences with 16 rows or more here: a
                 // decoding sequence's one row would not repay a copy of its whole V)
-                let packs = kvs.len() * nkv;
+                let packs = caches.len() * nkv;
                 if v_packed.len() < packs {
                     v_packed.resize_with(packs, Vec::new);
                 }
-                let rows_of = |seq: usize| kvs[seq][0].1.len() / dv;
+                let rows_of = positions;
                 let packed: Vec<bool> = seqs.iter().map(|s| s.len() >= 16).collect();
                 for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
                     let (seq, kvh) = (i / nkv, i % nkv);
                     if packed[seq] {
-                        let vc = kvs[seq][kvh].1;
-                        pack_v_cols(vc, dv, rows_of(seq), dv, &mut buf[0]);
+                        with_kv(seq, kvh, &mut |_, vc| {
+                            pack_v_cols(vc, dv, rows_of(seq), dv, &mut buf[0]);
+                        });
                     }
                 });
                 let n32s: Vec<usize> = (0..packs)
@@ -389,7 +479,6 @@ impl Model {
                 let v_packed = &v_packed[..packs];
                 for_each_chunk_mut(att_kv, group * dv, |i, out| {
                     let (kvh, t) = (i / t_n, i % t_n);
-                    let (kc, vc) = kvs[row_seq[t]][kvh];
                     let qp = row_pos[t];
                     let (n, start) = (qp + 1, first(qp));
                     let qs = &q[(t * nh + kvh * group) * d..(t * nh + (kvh + 1) * group) * d];
@@ -400,21 +489,23 @@ impl Model {
                     } else {
                         n
                     };
-                    SCORES.with_borrow_mut(|s| {
-                        s.clear();
-                        s.resize(group * ws, f32::NEG_INFINITY);
-                        let ks = &kc[start * d..];
-                        dot_rows_lanes_multi(qs, group, ks, d, n - start, &mut s[start..], ws);
-                        for row in s.chunks_exact_mut(ws) {
-                            finish_scores(&mut row[..n], start);
-                            row[n..].fill(0.0);
-                        }
-                        if packed[row_seq[t]] {
-                            let vp = &v_packed[pi];
-                            lane_dots(s, group, ws, vp, dv, n32s[pi], ws, out, dv);
-                        } else {
-                            weighted_rows_lanes_multi(s, n, vc, dv, dv, out);
-                        }
+                    with_kv(row_seq[t], kvh, &mut |kc, vc| {
+                        SCORES.with_borrow_mut(|s| {
+                            s.clear();
+                            s.resize(group * ws, f32::NEG_INFINITY);
+                            let ks = &kc[start * d..];
+                            dot_rows_lanes_multi(qs, group, ks, d, n - start, &mut s[start..], ws);
+                            for row in s.chunks_exact_mut(ws) {
+                                finish_scores(&mut row[..n], start);
+                                row[n..].fill(0.0);
+                            }
+                            if packed[row_seq[t]] {
+                                let vp = &v_packed[pi];
+                                lane_dots(s, group, ws, vp, dv, n32s[pi], ws, out, dv);
+                            } else {
+                                weighted_rows_lanes_multi(s, n, vc, dv, dv, out);
+                            }
+                        })
                     });
                 });
                 for (t, row) in att.chunks_exact_mut(nh * dv).enumerate() {
@@ -427,32 +518,33 @@ impl Model {
                 for_each_chunk_mut(att, dv, |i, out| {
                     let (t, head) = (i / nh, i % nh);
                     let kvh = head / group;
-                    let (kc, vc) = kvs[row_seq[t]][kvh];
                     let qp = row_pos[t];
                     let start = first(qp);
                     let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
-                    if q8 {
-                        SCORES.with_borrow_mut(|s| {
-                            s.clear();
-                            s.resize(qp + 1, f32::NEG_INFINITY);
-                            dot_rows_lanes(qv, &kc[start * d..], d, &mut s[start..]);
-                            finish_scores(s, start);
-                            weighted_rows_lanes(s, vc, dv, out);
-                        });
-                        return;
-                    }
-                    // f32 path: flash-style blocks of keys with an online softmax
-                    attend_online(
-                        qv,
-                        kc,
-                        d,
-                        vc,
-                        dv,
-                        start..=qp,
-                        c.attn_scale,
-                        c.attn_softcap,
-                        out,
-                    );
+                    with_kv(row_seq[t], kvh, &mut |kc, vc| {
+                        if q8 {
+                            SCORES.with_borrow_mut(|s| {
+                                s.clear();
+                                s.resize(qp + 1, f32::NEG_INFINITY);
+                                dot_rows_lanes(qv, &kc[start * d..], d, &mut s[start..]);
+                                finish_scores(s, start);
+                                weighted_rows_lanes(s, vc, dv, out);
+                            });
+                            return;
+                        }
+                        // f32 path: flash-style blocks of keys with an online softmax
+                        attend_online(
+                            qv,
+                            kc,
+                            d,
+                            vc,
+                            dv,
+                            start..=qp,
+                            c.attn_scale,
+                            c.attn_softcap,
+                            out,
+                        );
+                    });
                 });
             }
             c_att.set();

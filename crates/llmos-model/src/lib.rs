@@ -41,6 +41,10 @@ pub enum ModelError {
         ctx: usize,
         train: usize,
     },
+    #[error(
+        "the KV cache was filled with another activation mode (f16 cache in q8, f32 in f32); use a new cache"
+    )]
+    CacheMode,
     #[error("token id {id} is outside the vocabulary of {vocab}")]
     BadToken { id: u32, vocab: usize },
     #[error("batch sequence {0} has no tokens")]

@@ -39,6 +39,22 @@ pub fn round_f16_slice(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x = round_f16(*x));
 }
 
+/// `dst[i]` = the f16 bits of `src[i]` rounded to nearest, ties to even (F16C where the CPU
+/// has it): the f16 KV cache of [`ActMode::Q8`].
+pub fn f16_bits_from_f32(src: &[f32], dst: &mut [u16]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    assert_eq!(src.len(), dst.len(), "f16_bits_from_f32: lengths differ");
+    dst.reinterpret_cast_mut::<f16>()
+        .convert_from_f32_slice(src);
+}
+
+/// `dst[i]` = the f16 whose bits are `src[i]`, as f32 (exact).
+pub fn f32_from_f16_bits(src: &[u16], dst: &mut [f32]) {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    assert_eq!(src.len(), dst.len(), "f32_from_f16_bits: lengths differ");
+    src.reinterpret_cast::<f16>().convert_to_f32_slice(dst);
+}
+
 /// GELU as llama.cpp's CPU backend computes it: looked up by the f16 value of the input in
 /// a table of f16 results (inputs beyond +-10 short-cut).
 #[inline]
@@ -1701,6 +1717,33 @@ mod tests {
                 b.iter().map(|v| v.to_bits()).collect(),
             );
             assert_eq!(ab, bb, "n={n}");
+        }
+    }
+
+    /// The f16 KV cache's conversions: values rounded as [`round_f16`] rounds them (ties,
+    /// subnormals, overflow to infinity), and back exactly.
+    #[test]
+    fn f16_bits_round_trip_like_round_f16() {
+        let mut r = rng(31);
+        let mut x: Vec<f32> = (0..1003)
+            .map(|_| ((r() % 2_000_001) as f32 / 1000.0 - 1000.0) * 1.37)
+            .collect();
+        x.extend([
+            0.0,
+            -0.0,
+            1e-7,
+            -3e-6,
+            65504.0,
+            70000.0,
+            f32::NEG_INFINITY,
+            0.1,
+        ]);
+        let mut bits = vec![0u16; x.len()];
+        f16_bits_from_f32(&x, &mut bits);
+        let mut back = vec![0f32; x.len()];
+        f32_from_f16_bits(&bits, &mut back);
+        for (i, (&a, &b)) in x.iter().zip(&back).enumerate() {
+            assert_eq!(round_f16(a).to_bits(), b.to_bits(), "value {i}: {a}");
         }
     }
 
