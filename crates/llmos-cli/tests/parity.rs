@@ -269,7 +269,10 @@ fn a_cache_filled_in_one_activation_mode_is_refused_by_the_other() {
     m.truncate_cache(&mut cache, 0);
     let f32_logits = m.forward(&mut cache, &[504, 3575, 282], false).unwrap();
     let mut fresh = m.new_cache(64);
-    assert_eq!(f32_logits, m.forward(&mut fresh, &[504, 3575, 282], false).unwrap());
+    assert_eq!(
+        f32_logits,
+        m.forward(&mut fresh, &[504, 3575, 282], false).unwrap()
+    );
 }
 
 /// Continuous batching: several sequences of different lengths run in one call (prompts

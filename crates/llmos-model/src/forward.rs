@@ -10,9 +10,10 @@ use llmos_tensor::ops::{
 };
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
-    dot_rows_lanes, dot_rows_lanes_multi, f16_bits_from_f32, f32_from_f16_bits, lane_dots,
-    pack_v_cols, rmsnorm_lanes, rmsnorm_lanes_inplace, rope_cos_sin_lanes, round_f16_slice,
-    softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_multi,
+    dot_rows_lanes, dot_rows_lanes_f16, dot_rows_lanes_multi, f16_bits_from_f32, f32_from_f16_bits,
+    lane_dots, pack_v_cols, rmsnorm_lanes, rmsnorm_lanes_inplace, rope_cos_sin_lanes,
+    round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_f16,
+    weighted_rows_lanes_multi,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached, matmul_cached_multi};
 
@@ -521,6 +522,18 @@ impl Model {
                     let qp = row_pos[t];
                     let start = first(qp);
                     let qv = &q[(t * nh + head) * d..(t * nh + head + 1) * d];
+                    if q8 && d == 64 && dv == 64 {
+                        // 64-wide heads read the f16 cache directly, widened as loaded
+                        let (kh, vh) = halves[row_seq[t]][kvh];
+                        SCORES.with_borrow_mut(|s| {
+                            s.clear();
+                            s.resize(qp + 1, f32::NEG_INFINITY);
+                            dot_rows_lanes_f16(qv, &kh[start * d..], d, &mut s[start..]);
+                            finish_scores(s, start);
+                            weighted_rows_lanes_f16(s, vh, dv, out);
+                        });
+                        return;
+                    }
                     with_kv(row_seq[t], kvh, &mut |kc, vc| {
                         if q8 {
                             SCORES.with_borrow_mut(|s| {

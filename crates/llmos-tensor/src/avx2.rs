@@ -755,6 +755,51 @@ fn reduce4(x: [__m256; 4]) -> f32 {
     finish_fold(fold4(x))
 }
 
+/// What a KV run holds: f32 values, or f16 values as their bits (`u16`, the q8 mode's
+/// cache). The 64-wide attention kernels read either; f16 is widened by F16C as it loads.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    const F16: bool;
+}
+
+impl KvElem for f32 {
+    const F16: bool = false;
+}
+
+impl KvElem for u16 {
+    const F16: bool = true;
+}
+
+/// Eight values of a KV run from `p` as f32 (exact for f16).
+///
+/// # Safety
+/// `p` must point at eight readable elements.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_kv<E: KvElem>(p: *const E) -> __m256 {
+    // SAFETY: the caller's promise; unaligned loads of 8 elements (16 or 32 bytes)
+    unsafe {
+        if E::F16 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_ps(p.cast())
+        }
+    }
+}
+
+/// [`dot_rows_lanes`] for 64-wide keys stored as f16 bits: the same products and sums as
+/// the f32 kernel on the widened values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn dot_rows_64_f16(q: &[f32], k: &[u16], stride: usize, out: &mut [f32]) {
+    assert_eq!(q.len(), 64, "dot_rows_64_f16: a 64-wide query");
+    dot_rows_64(q, k, stride, out)
+}
+
+/// [`weighted_rows_lanes`] for 64 columns of values stored as f16 bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn weighted_rows_64_f16(w: &[f32], v: &[u16], stride: usize, out: &mut [f32; 64]) {
+    weighted_rows_64(w, v, stride, out)
+}
+
 /// See [`crate::q8::weighted_rows_lanes`]: 32 partial sums per output (one per lane slot of
 /// the f16 dot), accumulated row by row, then reduced in the dot's order. `out.len()` is a
 /// multiple of 8.
@@ -778,7 +823,7 @@ pub fn weighted_rows_lanes(w: &[f32], v: &[f32], stride: usize, out: &mut [f32])
 /// The weighted sums of 64 columns, slot by slot (see [`weighted_rows_lanes`]), the group
 /// loop a constant so it unrolls into registers.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn weighted_rows_64(w: &[f32], v: &[f32], stride: usize, out: &mut [f32; 64]) {
+fn weighted_rows_64<E: KvElem>(w: &[f32], v: &[E], stride: usize, out: &mut [f32; 64]) {
     let n = w.len();
     assert!(
         n == 0 || v.len() >= (n - 1) * stride + 64,
@@ -796,7 +841,7 @@ fn weighted_rows_64(w: &[f32], v: &[f32], stride: usize, out: &mut [f32; 64]) {
                 let row = vp.add(p * stride);
                 let b = _mm256_set1_ps(w[p]);
                 for (g, ag) in a.iter_mut().enumerate() {
-                    *ag = _mm256_fmadd_ps(b, _mm256_loadu_ps(row.add(8 * g)), *ag);
+                    *ag = _mm256_fmadd_ps(b, load8_kv(row.add(8 * g)), *ag);
                 }
             }
             p += 32;
@@ -1197,7 +1242,7 @@ pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
 /// is 8 FMAs with the key row as memory operands, in the same order as [`dot_rows_d`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_rows_64(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+fn dot_rows_64<E: KvElem>(q: &[f32], k: &[E], stride: usize, out: &mut [f32]) {
     let mut qv = [_mm256_setzero_ps(); 8];
     for c in 0..8 {
         qv[c] = loadf8(q[8 * c..8 * c + 8].try_into().expect("8 floats"));
@@ -1218,8 +1263,8 @@ fn dot_rows_64(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
                 let r = kp.add($p * stride);
                 let mut x = [_mm256_setzero_ps(); 4];
                 for j in 0..4 {
-                    let lo = _mm256_loadu_ps(r.add(8 * j));
-                    let hi = _mm256_loadu_ps(r.add(32 + 8 * j));
+                    let lo = load8_kv(r.add(8 * j));
+                    let hi = load8_kv(r.add(32 + 8 * j));
                     x[j] = _mm256_fmadd_ps(
                         qv[4 + j],
                         hi,

@@ -713,6 +713,36 @@ pub fn dot_rows_lanes(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
     }
 }
 
+/// [`dot_rows_lanes`] with the keys stored as f16 bits (the q8 mode's KV cache): the
+/// scores are bit for bit those of the f32 kernel on the widened keys. 64-wide queries
+/// read the f16 keys directly; other widths widen them first.
+pub fn dot_rows_lanes_f16(q: &[f32], k: &[u16], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() && q.len() == 64 {
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::dot_rows_64_f16(q, k, stride, out) };
+    }
+    let used = ((out.len().max(1) - 1) * stride + q.len()).min(k.len());
+    let mut kf = vec![0f32; used];
+    f32_from_f16_bits(&k[..used], &mut kf);
+    dot_rows_lanes(q, &kf, stride, out)
+}
+
+/// [`weighted_rows_lanes`] with the values stored as f16 bits: bit for bit the f32
+/// kernel's sums on the widened values.
+pub fn weighted_rows_lanes_f16(w: &[f32], v: &[u16], stride: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::avx2::available() && out.len() == 64 {
+        let out: &mut [f32; 64] = out.try_into().expect("64 outputs");
+        // SAFETY: the CPU reported AVX2, FMA and F16C, the features this kernel enables.
+        return unsafe { crate::avx2::weighted_rows_64_f16(w, v, stride, out) };
+    }
+    let used = ((w.len().max(1) - 1) * stride + out.len()).min(v.len());
+    let mut vf = vec![0f32; used];
+    f32_from_f16_bits(&v[..used], &mut vf);
+    weighted_rows_lanes(w, &vf, stride, out)
+}
+
 /// out[i] = dot_f16_lanes(w, column i of V) for every i < out.len(), where row p of V is
 /// `v[p * stride..][..out.len()]`: the attention-weighted sum of values, with each output
 /// summed in exactly the lane order [`dot_f16_lanes`] uses, but reading V row by row.
@@ -1744,6 +1774,32 @@ mod tests {
         f32_from_f16_bits(&bits, &mut back);
         for (i, (&a, &b)) in x.iter().zip(&back).enumerate() {
             assert_eq!(round_f16(a).to_bits(), b.to_bits(), "value {i}: {a}");
+        }
+    }
+
+    /// The attention kernels on an f16 KV run give the f32 kernels' bits on the widened
+    /// values: 64-wide (read as f16) and other widths (widened first), with strides.
+    #[test]
+    fn f16_kv_kernels_equal_the_f32_kernels() {
+        let mut r = rng(37);
+        let mut val = || round_f16((r() % 20_001) as f32 / 10_000.0 - 1.0);
+        for (d, stride) in [(64usize, 64usize), (64, 192), (32, 32), (96, 96)] {
+            for n in [0usize, 1, 7, 8, 9, 33, 70] {
+                let kf: Vec<f32> = (0..n * stride + d).map(|_| val()).collect();
+                let mut kh = vec![0u16; kf.len()];
+                f16_bits_from_f32(&kf, &mut kh);
+                let q: Vec<f32> = (0..d).map(|_| val()).collect();
+                let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+                dot_rows_lanes(&q, &kf, stride, &mut a);
+                dot_rows_lanes_f16(&q, &kh, stride, &mut b);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "scores d={d} stride={stride} n={n}");
+                let w: Vec<f32> = (0..n).map(|_| val().abs()).collect();
+                let (mut a, mut b) = (vec![0f32; d], vec![0f32; d]);
+                weighted_rows_lanes(&w, &kf, stride, &mut a);
+                weighted_rows_lanes_f16(&w, &kh, stride, &mut b);
+                assert_eq!(bits(&a), bits(&b), "sums d={d} stride={stride} n={n}");
+            }
         }
     }
 
