@@ -10,10 +10,11 @@ use llmos_tensor::ops::{
 };
 use llmos_tensor::pool::for_each_chunk_mut;
 use llmos_tensor::q8::{
-    dot_rows_lanes, dot_rows_lanes_f16, dot_rows_lanes_multi, f16_bits_from_f32, f32_from_f16_bits,
-    lane_dots, pack_v_cols, rmsnorm_lanes, rmsnorm_lanes_inplace, rope_cos_sin_lanes,
-    round_f16_slice, softmax_scaled_lanes, weighted_rows_lanes, weighted_rows_lanes_f16,
-    weighted_rows_lanes_multi,
+    dot_rows_lanes, dot_rows_lanes_f16, dot_rows_lanes_multi, dot_rows_lanes_multi_f16,
+    f16_bits_from_f32, f32_from_f16_bits, lane_dots, pack_v_cols, rmsnorm_lanes,
+    rmsnorm_lanes_inplace, rope_cos_sin_lanes, round_f16_slice, softmax_scaled_lanes,
+    weighted_rows_lanes, weighted_rows_lanes_f16, weighted_rows_lanes_multi,
+    weighted_rows_lanes_multi_f16,
 };
 use llmos_tensor::{ActCache, ActMode, Weight, matmul_cached, matmul_cached_multi};
 
@@ -490,6 +491,31 @@ impl Model {
                     } else {
                         n
                     };
+                    if d == 64 && dv == 64 && !packed[row_seq[t]] {
+                        // a decoding row of a batch: 64-wide heads read the f16 cache
+                        // directly (a whole run widened for one row was a fifth of the work)
+                        let (kh, vh) = halves[row_seq[t]][kvh];
+                        SCORES.with_borrow_mut(|s| {
+                            s.clear();
+                            s.resize(group * ws, f32::NEG_INFINITY);
+                            let ks = &kh[start * d..];
+                            dot_rows_lanes_multi_f16(
+                                qs,
+                                group,
+                                ks,
+                                d,
+                                n - start,
+                                &mut s[start..],
+                                ws,
+                            );
+                            for row in s.chunks_exact_mut(ws) {
+                                finish_scores(&mut row[..n], start);
+                                row[n..].fill(0.0);
+                            }
+                            weighted_rows_lanes_multi_f16(s, n, vh, dv, dv, out);
+                        });
+                        return;
+                    }
                     with_kv(row_seq[t], kvh, &mut |kc, vc| {
                         SCORES.with_borrow_mut(|s| {
                             s.clear();

@@ -743,6 +743,58 @@ pub fn weighted_rows_lanes_f16(w: &[f32], v: &[u16], stride: usize, out: &mut [f
     weighted_rows_lanes(w, &vf, stride, out)
 }
 
+/// [`dot_rows_lanes_multi`] with the keys stored as f16 bits: blocks of 32 keys (in L1
+/// after the first query) against each query by [`dot_rows_lanes_f16`]; bit for bit the
+/// f32 kernel's scores on the widened keys.
+pub fn dot_rows_lanes_multi_f16(
+    qs: &[f32],
+    nq: usize,
+    k: &[u16],
+    stride: usize,
+    m: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if nq == 0 || m == 0 {
+        return;
+    }
+    assert!(
+        qs.len().is_multiple_of(nq),
+        "dot_rows_lanes_multi_f16: ragged queries"
+    );
+    let d = qs.len() / nq;
+    for p0 in (0..m).step_by(32) {
+        let p1 = (p0 + 32).min(m);
+        for (j, q) in qs.chunks_exact(d).enumerate() {
+            let o = j * out_stride;
+            dot_rows_lanes_f16(q, &k[p0 * stride..], stride, &mut out[o + p0..o + p1]);
+        }
+    }
+}
+
+/// [`weighted_rows_lanes_multi`] with the values stored as f16 bits: each weight vector by
+/// [`weighted_rows_lanes_f16`] (the V rows come from cache for the later ones).
+pub fn weighted_rows_lanes_multi_f16(
+    ws: &[f32],
+    n: usize,
+    v: &[u16],
+    stride: usize,
+    dv: usize,
+    outs: &mut [f32],
+) {
+    if dv == 0 || outs.is_empty() {
+        return;
+    }
+    assert_eq!(
+        ws.len(),
+        outs.len() / dv * n,
+        "weighted_rows_lanes_multi_f16: weights do not match outputs"
+    );
+    for (w, out) in ws.chunks_exact(n.max(1)).zip(outs.chunks_exact_mut(dv)) {
+        weighted_rows_lanes_f16(&w[..n], v, stride, out);
+    }
+}
+
 /// out[i] = dot_f16_lanes(w, column i of V) for every i < out.len(), where row p of V is
 /// `v[p * stride..][..out.len()]`: the attention-weighted sum of values, with each output
 /// summed in exactly the lane order [`dot_f16_lanes`] uses, but reading V row by row.
@@ -1799,6 +1851,21 @@ mod tests {
                 weighted_rows_lanes(&w, &kf, stride, &mut a);
                 weighted_rows_lanes_f16(&w, &kh, stride, &mut b);
                 assert_eq!(bits(&a), bits(&b), "sums d={d} stride={stride} n={n}");
+                // three queries (a group of heads), 40 columns apart in the output
+                let qs: Vec<f32> = (0..3 * d).map(|_| val()).collect();
+                let (mut a, mut b) = (vec![0f32; 80 + n], vec![0f32; 80 + n]);
+                dot_rows_lanes_multi(&qs, 3, &kf, stride, n, &mut a, 40);
+                dot_rows_lanes_multi_f16(&qs, 3, &kh, stride, n, &mut b, 40);
+                assert_eq!(
+                    bits(&a),
+                    bits(&b),
+                    "group scores d={d} stride={stride} n={n}"
+                );
+                let ws: Vec<f32> = (0..3 * n).map(|_| val().abs()).collect();
+                let (mut a, mut b) = (vec![0f32; 3 * d], vec![0f32; 3 * d]);
+                weighted_rows_lanes_multi(&ws, n, &kf, stride, d, &mut a);
+                weighted_rows_lanes_multi_f16(&ws, n, &kh, stride, d, &mut b);
+                assert_eq!(bits(&a), bits(&b), "group sums d={d} stride={stride} n={n}");
             }
         }
     }
