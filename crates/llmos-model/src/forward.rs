@@ -467,14 +467,16 @@ impl Model {
                 }
                 let rows_of = positions;
                 let packed: Vec<bool> = seqs.iter().map(|s| s.len() >= 16).collect();
-                for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
-                    let (seq, kvh) = (i / nkv, i % nkv);
-                    if packed[seq] {
-                        with_kv(seq, kvh, &mut |_, vc| {
-                            pack_v_cols(vc, dv, rows_of(seq), dv, &mut buf[0]);
-                        });
-                    }
-                });
+                if packed.iter().any(|&p| p) {
+                    for_each_chunk_mut(&mut v_packed[..packs], 1, |i, buf| {
+                        let (seq, kvh) = (i / nkv, i % nkv);
+                        if packed[seq] {
+                            with_kv(seq, kvh, &mut |_, vc| {
+                                pack_v_cols(vc, dv, rows_of(seq), dv, &mut buf[0]);
+                            });
+                        }
+                    });
+                }
                 let n32s: Vec<usize> = (0..packs)
                     .map(|i| rows_of(i / nkv).next_multiple_of(32))
                     .collect();
