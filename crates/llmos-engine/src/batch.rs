@@ -372,14 +372,10 @@ impl Scheduler {
             return Ok(());
         }
         let mut logits = {
-            let mut caches: Vec<&mut KvCache> = Vec::new();
-            let mut k = 0;
-            for (i, slot) in self.slots.iter_mut().enumerate() {
-                if which.get(k) == Some(&i) {
-                    caches.push(&mut slot.cache);
-                    k += 1;
-                }
-            }
+            let mut caches: Vec<&mut KvCache> = busy_slots(&mut self.slots, &which)
+                .into_iter()
+                .map(|slot| &mut slot.cache)
+                .collect();
             let toks: Vec<&[u32]> = inputs.iter().map(|v| &v[..]).collect();
             self.model.forward_batch(&mut caches, &toks)?
         };
@@ -395,15 +391,7 @@ impl Scheduler {
         let chosen: Vec<_> = {
             let mut picks: Vec<Pick> = Vec::new();
             let mut rows = logits.chunks_exact_mut(v);
-            let mut busy: Vec<&mut Slot> = Vec::new();
-            let mut k = 0;
-            for (i, slot) in self.slots.iter_mut().enumerate() {
-                if which.get(k) == Some(&i) {
-                    busy.push(slot);
-                    k += 1;
-                }
-            }
-            for (k, slot) in busy.into_iter().enumerate() {
+            for (k, slot) in busy_slots(&mut self.slots, &which).into_iter().enumerate() {
                 let row = rows.next().expect("one logits row per sequence");
                 slot.cached.extend_from_slice(&inputs[k]);
                 let run = slot.run.as_mut().expect("busy slot");
@@ -469,6 +457,16 @@ enum Outcome {
     Finished(Finish),
     /// The listener went away.
     Gone,
+}
+
+/// The slots at the indices `which` (ascending), in that order.
+fn busy_slots<'a>(slots: &'a mut [Slot], which: &[usize]) -> Vec<&'a mut Slot> {
+    slots
+        .iter_mut()
+        .enumerate()
+        .filter(|(i, _)| which.binary_search(i).is_ok())
+        .map(|(_, slot)| slot)
+        .collect()
 }
 
 /// One sequence's share of a step's token choice (see [`Scheduler::step`]).
