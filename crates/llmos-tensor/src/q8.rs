@@ -743,6 +743,24 @@ pub fn weighted_rows_lanes_f16(w: &[f32], v: &[u16], stride: usize, out: &mut [f
     weighted_rows_lanes(w, &vf, stride, out)
 }
 
+/// The head size of `nq` queries' scores against `m` keys (see [`dot_rows_lanes_multi`]),
+/// after checking the queries split evenly and the output holds every row; None when there
+/// is nothing to compute.
+fn group_shape(qs: &[f32], nq: usize, m: usize, out: &[f32], out_stride: usize) -> Option<usize> {
+    if nq == 0 || m == 0 {
+        return None;
+    }
+    assert!(
+        qs.len().is_multiple_of(nq),
+        "dot_rows_lanes_multi: ragged queries"
+    );
+    assert!(
+        out.len() >= (nq - 1) * out_stride + m,
+        "dot_rows_lanes_multi: output too short"
+    );
+    Some(qs.len() / nq)
+}
+
 /// [`dot_rows_lanes_multi`] with the keys stored as f16 bits: blocks of 32 keys (in L1
 /// after the first query) against each query by [`dot_rows_lanes_f16`]; bit for bit the
 /// f32 kernel's scores on the widened keys.
@@ -755,14 +773,9 @@ pub fn dot_rows_lanes_multi_f16(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    if nq == 0 || m == 0 {
+    let Some(d) = group_shape(qs, nq, m, out, out_stride) else {
         return;
-    }
-    assert!(
-        qs.len().is_multiple_of(nq),
-        "dot_rows_lanes_multi_f16: ragged queries"
-    );
-    let d = qs.len() / nq;
+    };
     for p0 in (0..m).step_by(32) {
         let p1 = (p0 + 32).min(m);
         for (j, q) in qs.chunks_exact(d).enumerate() {
@@ -820,18 +833,9 @@ pub fn dot_rows_lanes_multi(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    if nq == 0 || m == 0 {
+    let Some(d) = group_shape(qs, nq, m, out, out_stride) else {
         return;
-    }
-    assert!(
-        qs.len().is_multiple_of(nq),
-        "dot_rows_lanes_multi: ragged queries"
-    );
-    assert!(
-        out.len() >= (nq - 1) * out_stride + m,
-        "dot_rows_lanes_multi: output too short"
-    );
-    let d = qs.len() / nq;
+    };
     if d > 64 && d.is_multiple_of(32) {
         // wide heads: the register tile of the group's queries by a few keys (at head size
         // 64 the one-query kernel keeps the whole query in registers instead)
