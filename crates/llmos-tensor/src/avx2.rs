@@ -1,7 +1,8 @@
 //! x86-64 kernels for AVX2 + FMA + F16C, chosen at run time by [`available`]. Each one
 //! computes exactly what its scalar reference in [`crate::q8`] computes: the same integer
 //! sums, the same float operations in the same order. So results are bit-identical, which the
-//! tests check on random blocks, and greedy decoding keeps matching llama.cpp.
+//! tests check on random blocks, and greedy decoding keeps matching llama.cpp (whose order
+//! the references follow, except Q8_0's one integer sum per block: see `q8::vec_dot_ref`).
 //!
 //! Every kernel takes one weight row and N activation rows (N = 1 for token generation, 4
 //! when a prompt is processed), so a weight block is loaded and unpacked once per N tokens.
@@ -256,7 +257,7 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                     // the same product, already in all lanes
                     let dv = _mm256_mul_ps(dwv[r], ydv);
                     match T {
-                        Q4_0 => {
+                        Q4_0 | Q8_0 => {
                             let s = hsum_i32(mul_sum_u8(ax[r], _mm256_sign_epi8(qy, qx[r])));
                             accs[r][n] = (s as f32).mul_add(d, accs[r][n]);
                         }
@@ -287,7 +288,7 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
     let mut out = [[0f32; N]; R];
     for r in 0..R {
         for n in 0..N {
-            out[r][n] = if T == Q4_0 {
+            out[r][n] = if T == Q4_0 || T == Q8_0 {
                 accs[r][n]
             } else {
                 hsum8(acc[r][n]) + accs[r][n]
@@ -1557,7 +1558,7 @@ pub fn tile_q8<const T: u8, const N: usize>(
 /// Entries per block in the activation scale table of [`tile_q8x8`].
 pub const SCALE_ROWS: usize = 9;
 
-/// [`tile_q8`] for eight activation rows and Q8_0, Q5_0, Q4_1 or Q5_1 weights: `rows` (at
+/// [`tile_q8`] for eight activation rows and Q5_0, Q4_1 or Q5_1 weights: `rows` (at
 /// most 16) consecutive weight rows, written token-major: out[n * out_stride + r] for
 /// r < rows. `yd` holds, per block i, [`SCALE_ROWS`] registers made once per matmul (see
 /// `matmul::QuantActs`): yd[9 i + n] is row n's block scale in every lane, yd[9 i + 8] the
@@ -1579,8 +1580,8 @@ pub fn tile_q8x8<const T: u8>(
     out_stride: usize,
 ) {
     assert!(
-        matches!(T, Q8_0 | Q5_0 | Q4_1 | Q5_1),
-        "tile_q8x8: unsupported weight type"
+        matches!(T, Q5_0 | Q4_1 | Q5_1),
+        "tile_q8x8: unsupported weight type (Q8_0: tiles_q8_0_lanes)"
     );
     let size = block_bytes(T);
     let unsigned = T == Q4_1 || T == Q5_1;
@@ -1630,7 +1631,7 @@ pub fn tile_q8x8<const T: u8>(
                         let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
                         _mm256_or_si256(nib(8), hi)
                     }
-                    _ => _mm256_loadu_si256(b.add(2).cast()),
+                    _ => unreachable!("checked above"),
                 };
                 let tab = ydp.add(SCALE_ROWS * i);
                 if unsigned {
@@ -1694,6 +1695,115 @@ pub fn tiles_q8x8<const T: u8>(
             &mut out[g * 8 * out_stride..],
             out_stride,
         );
+    }
+}
+
+/// Q8_0 weights against groups of eight activation rows with the tokens in the lanes:
+/// `rows` (at most 16) consecutive weight rows, `groups` groups, written token-major:
+/// group g's token n at out[(8 g + n) * out_stride + r] for r < rows. The activations come
+/// as [`crate::q8::tile_ql`] lays them out, `ql[(g nb + i) 8 + j]` = bytes 4j..4j+4 of
+/// block i of the group's eight rows side by side, and `dq[g nb + i]` their eight scales.
+/// A weight's four bytes are broadcast to all lanes, so one multiply-add sequence advances
+/// all eight tokens' exact block sums; the float work (one scale product, conversion and
+/// fused multiply-add) is then done once per block for eight tokens, where lane sums need
+/// it per token. Four rows at a time share each activation load. Each output is bit for
+/// bit what [`dot_q8`] gives for Q8_0 (one integer sum and one multiply-add per block).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub fn tiles_q8_0_lanes(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    groups: usize,
+    ql: &[Q32],
+    dq: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if groups == 0 || rows == 0 {
+        return;
+    }
+    let nb = ql.len() / (8 * groups);
+    assert!(
+        ql.len() == groups * nb * 8 && dq.len() >= groups * nb,
+        "tiles_q8_0_lanes: activations do not match the groups"
+    );
+    assert!(rows <= 16, "tile kernel: at most 16 rows");
+    assert!(
+        rows <= out_stride && out.len() >= (8 * groups - 1) * out_stride + rows,
+        "tile kernel: output too short"
+    );
+    assert!(
+        row_bytes >= nb * 34,
+        "weight row shorter than the activations"
+    );
+    assert!(
+        w.len() >= rows * row_bytes,
+        "weight block shorter than its rows"
+    );
+    for g in 0..groups {
+        let ql = &ql[g * nb * 8..(g + 1) * nb * 8];
+        let dq = &dq[g * nb..(g + 1) * nb];
+        let mut sums = [_mm256_setzero_ps(); 16];
+        let mut r = 0;
+        while r + 4 <= rows {
+            let s = lanes_q8_0::<4>(w, row_bytes, r, nb, ql, dq);
+            sums[r..r + 4].copy_from_slice(&s);
+            r += 4;
+        }
+        while r < rows {
+            sums[r] = lanes_q8_0::<1>(w, row_bytes, r, nb, ql, dq)[0];
+            r += 1;
+        }
+        store_token_major(&sums, rows, &mut out[g * 8 * out_stride..], out_stride);
+    }
+}
+
+/// Rows r0..r0 + R of [`tiles_q8_0_lanes`] for one group: lane n of result j is token n's
+/// dot product with row r0 + j. The caller checked that the rows hold nb blocks, `ql` 8 nb
+/// registers and `dq` nb.
+#[inline(always)]
+fn lanes_q8_0<const R: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    r0: usize,
+    nb: usize,
+    ql: &[Q32],
+    dq: &[[f32; 8]],
+) -> [__m256; R] {
+    // SAFETY: every pointer below stays inside row r0 + j's first nb blocks of 34 bytes
+    // (w holds the rows, checked by the caller), ql's 8 nb registers and dq's nb entries;
+    // the weight loads are unaligned, the activation loads aligned (Q32 is 32-byte aligned).
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let wp: [*const u8; R] = std::array::from_fn(|j| w.as_ptr().add((r0 + j) * row_bytes));
+        let qp = ql.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..nb {
+            if i % 2 == 0 {
+                for p in wp {
+                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i * 34 + PREFETCH).cast());
+                }
+            }
+            let mut s = [_mm256_setzero_si256(); R];
+            for k in 0..8 {
+                let a = _mm256_load_si256(qp.add(8 * i + k).cast());
+                for j in 0..R {
+                    let x = wp[j].add(i * 34 + 2 + 4 * k).cast::<i32>().read_unaligned();
+                    let wb = _mm256_set1_epi32(x);
+                    // |w| times the activations carrying w's sign: products of at most
+                    // 127 x 127, pairs that fit i16
+                    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wb, wb), _mm256_sign_epi8(a, wb));
+                    s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones));
+                }
+            }
+            let dy = _mm256_loadu_ps((*dq.as_ptr().add(i)).as_ptr());
+            for j in 0..R {
+                let d = _mm256_mul_ps(_mm256_set1_ps(f16_ptr(wp[j].add(i * 34))), dy);
+                acc[j] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s[j]), acc[j]);
+            }
+        }
+        acc
     }
 }
 

@@ -8,7 +8,7 @@
 use crate::ops::dot_f32;
 use crate::pool::{for_each_chunk_mut, for_each_chunk_mut_multi, for_each_col_chunk_mut, threads};
 use crate::q8::{
-    ActMode, ActRow, BlockQ8, BlockQ8K, Q32, quantize_q8_into, quantize_q8k_into, tile_qs,
+    ActMode, ActRow, BlockQ8, BlockQ8K, Q32, quantize_q8_into, quantize_q8k_into, tile_ql, tile_qs,
     vec_dot_n, vec_dot_rows, vec_dot_tile,
 };
 use crate::quant::dequantize_row;
@@ -189,8 +189,13 @@ struct QuantActs {
     /// (see `avx2::tile_q8x8`, `avx2::tile_k8`). Empty otherwise.
     yd: Vec<[f32; 8]>,
     /// For 8 rows or more of Q8 blocks, their values interleaved by group of 8 rows and
-    /// block (`q8::tile_qs`): the 32-value tile kernels' copy. Empty otherwise.
+    /// block (`q8::tile_qs`): the 32-value tile kernels' copy, made on the first call for
+    /// a weight type that reads it (all but Q8_0). Empty otherwise.
     qt: Vec<Q32>,
+    /// Likewise, the Q8_0 lane kernel's copy (`q8::tile_ql`): values of each group's eight
+    /// rows side by side, and `dq` their scales, per group and block.
+    ql: Vec<Q32>,
+    dq: Vec<[f32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
 }
@@ -204,6 +209,8 @@ impl QuantActs {
             q8: Vec::new(),
             yd: Vec::new(),
             qt: Vec::new(),
+            ql: Vec::new(),
+            dq: Vec::new(),
             q8k: Vec::new(),
             f: Vec::new(),
         }
@@ -230,10 +237,8 @@ impl QuantActs {
                     (q8[r * per + i].d, q8[r * per + i].s)
                 });
                 self.qt.clear();
-                self.qt.resize(rows / 8 * per * 8, Q32::ZERO);
-                for_each_chunk_mut(&mut self.qt, per * 8, |g, o| {
-                    tile_qs(std::array::from_fn(|n| &q8[(8 * g + n) * per..]), o)
-                });
+                self.ql.clear();
+                self.dq.clear();
             }
             ActFmt::Q8K => {
                 let per = cols / 256;
@@ -267,6 +272,36 @@ impl QuantActs {
                 self.f.clear();
                 self.f.extend_from_slice(x);
             }
+        }
+    }
+
+    /// Makes the tile copy weight type `t` reads (Q8 activations of 8 rows or more), if
+    /// this fill has not made it yet.
+    fn tiles_for(&mut self, t: DType) {
+        if self.fmt != ActFmt::Q8 || self.rows < 8 {
+            return;
+        }
+        let (per, groups, q8) = (self.cols / 32, self.rows / 8, &self.q8);
+        let rows8 = |g: usize| -> [&[BlockQ8]; 8] {
+            std::array::from_fn(|n| &q8[(8 * g + n) * per..(8 * g + n + 1) * per])
+        };
+        if t == DType::Q8_0 {
+            if self.ql.is_empty() {
+                self.ql.resize(groups * per * 8, Q32::ZERO);
+                self.dq.resize(groups * per, [0.0; 8]);
+                let mut parts: Vec<(&mut [Q32], &mut [[f32; 8]])> = self
+                    .ql
+                    .chunks_mut(per * 8)
+                    .zip(self.dq.chunks_mut(per))
+                    .collect();
+                for_each_chunk_mut(&mut parts, 1, |g, p| {
+                    let (o, d) = &mut p[0];
+                    tile_ql(rows8(g), o, d)
+                });
+            }
+        } else if self.qt.is_empty() {
+            self.qt.resize(groups * per * 8, Q32::ZERO);
+            for_each_chunk_mut(&mut self.qt, per * 8, |g, o| tile_qs(rows8(g), o));
         }
     }
 
@@ -356,6 +391,7 @@ impl ActCache {
             self.sets[i].fill(x, cols);
             self.fresh[i] = true;
         }
+        self.sets[i].tiles_for(t);
         &self.sets[i]
     }
 }
@@ -417,7 +453,15 @@ fn tile8(
         let (g, rb, nr) = (t0 / 8, w.row_bytes(), rows.len());
         let wb = &w.data[rows.start * rb..rows.end * rb];
         match dt {
-            DType::Q8_0 | DType::Q5_0 | DType::Q4_1 | DType::Q5_1 => {
+            DType::Q8_0 => {
+                let per = w.cols / 32;
+                let ql = &acts.ql[g * per * 8..(g + groups) * per * 8];
+                let dq = &acts.dq[g * per..(g + groups) * per];
+                // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernel enables.
+                unsafe { k::tiles_q8_0_lanes(wb, rb, nr, groups, ql, dq, out, out_stride) };
+                return 8 * groups;
+            }
+            DType::Q5_0 | DType::Q4_1 | DType::Q5_1 => {
                 let per = w.cols / 32;
                 let (g1, o) = (g + groups, out_stride);
                 let qt = &acts.qt[g * per * 8..g1 * per * 8];
@@ -425,9 +469,6 @@ fn tile8(
                 // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
                 unsafe {
                     match dt {
-                        DType::Q8_0 => {
-                            k::tiles_q8x8::<{ k::Q8_0 }>(wb, rb, nr, groups, qt, yd, out, o)
-                        }
                         DType::Q5_0 => {
                             k::tiles_q8x8::<{ k::Q5_0 }>(wb, rb, nr, groups, qt, yd, out, o)
                         }

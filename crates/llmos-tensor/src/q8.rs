@@ -143,6 +143,21 @@ pub fn tile_qs(ys: [&[BlockQ8]; 8], out: &mut [Q32]) {
     }
 }
 
+/// Eight rows of Q8 blocks with the rows side by side for the Q8_0 lane kernel
+/// (`avx2::tiles_q8_0_lanes`): for block i, `out[8 i + j]` holds bytes 4j..4j+4 of each
+/// row's block i, row n at bytes 4n..4n+4, and `scales[i]` the eight rows' block scales;
+/// for i < out.len() / 8.
+pub fn tile_ql(ys: [&[BlockQ8]; 8], out: &mut [Q32], scales: &mut [[f32; 8]]) {
+    for (i, (blk, d)) in out.chunks_exact_mut(8).zip(scales.iter_mut()).enumerate() {
+        for (j, o) in blk.iter_mut().enumerate() {
+            for (n, y) in ys.iter().enumerate() {
+                o.0[4 * n..4 * n + 4].copy_from_slice(&y[i].qs[4 * j..4 * j + 4]);
+            }
+        }
+        *d = std::array::from_fn(|n| ys[n][i].d);
+    }
+}
+
 impl BlockQ8 {
     pub const ZERO: BlockQ8 = BlockQ8 {
         d: 0.0,
@@ -424,20 +439,16 @@ fn q8k_rows<'a, const N: usize>(t: DType, a: &[ActRow<'a>; N]) -> [&'a [BlockQ8K
 
 fn vec_dot_ref(t: DType, w: &[u8], a: ActRow) -> f32 {
     match (t, a) {
-        (DType::Q4_0, ActRow::Q8(y)) => {
-            // llama.cpp repacks Q4_0 on AVX2 machines: one integer sum per block, one
-            // fused multiply-add per block into a single accumulator
-            let mut acc = 0f32;
-            for (b, y) in w.chunks_exact(18).zip(y) {
-                let mut s = 0i32;
-                for j in 0..16 {
-                    s += ((b[2 + j] & 0x0f) as i32 - 8) * y.qs[j] as i32;
-                    s += ((b[2 + j] >> 4) as i32 - 8) * y.qs[j + 16] as i32;
-                }
-                acc = (s as f32).mul_add(f16_at(b, 0) * y.d, acc);
-            }
-            acc
-        }
+        // llama.cpp repacks Q4_0 on AVX2 machines: one integer sum per block, one fused
+        // multiply-add per block into a single accumulator
+        (DType::Q4_0, ActRow::Q8(y)) => dot_q8_blocks(w, 18, y, |b, j| {
+            let q = b[2 + j % 16];
+            (if j < 16 { q & 0x0f } else { q >> 4 }) as i32 - 8
+        }),
+        // Q8_0 the same way (llama.cpp sums lanes of 4 products): a block's integer sum is
+        // exact, so the prompt kernel can put eight tokens in one register's lanes
+        // (`avx2::tiles_q8_0_lanes`), a quarter of the float work of eight lane sums
+        (DType::Q8_0, ActRow::Q8(y)) => dot_q8_blocks(w, 34, y, |b, j| (b[2 + j] as i8) as i32),
         (DType::Q4_1, ActRow::Q8(y)) => dot_q8_lanes(w, 20, y, |b, q| {
             for j in 0..16 {
                 q[j] = (b[4 + j] & 0x0f) as i32;
@@ -460,12 +471,6 @@ fn vec_dot_ref(t: DType, w: &[u8], a: ActRow) -> f32 {
                 q[j + 16] = ((b[8 + j] >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32;
             }
             (f16_at(b, 0), Some(f16_at(b, 2)))
-        }),
-        (DType::Q8_0, ActRow::Q8(y)) => dot_q8_lanes(w, 34, y, |b, q| {
-            for j in 0..32 {
-                q[j] = (b[2 + j] as i8) as i32;
-            }
-            (f16_at(b, 0), None)
         }),
         (DType::Q4K, ActRow::Q8K(y)) => dot_q4k_serial(w, y),
         (DType::Q5K, ActRow::Q8K(y)) => dot_q5k_lanes(w, y),
@@ -643,6 +648,19 @@ fn dot_q8_lanes_fma(
     unpack: impl Fn(&[u8], &mut [i32; 32]) -> (f32, Option<f32>),
 ) -> f32 {
     dot_q8_lanes_body(w, size, y, unpack)
+}
+
+/// The signed 32-value block types (Q4_0, Q8_0) against Q8 activations: per block the
+/// exact integer sum of the 32 products (`q(b, j)` is the block's value j), then one fused
+/// multiply-add of it and the f32 scale product into a single accumulator, block after
+/// block.
+fn dot_q8_blocks(w: &[u8], size: usize, y: &[BlockQ8], q: impl Fn(&[u8], usize) -> i32) -> f32 {
+    let mut acc = 0f32;
+    for (b, y) in w.chunks_exact(size).zip(y) {
+        let s: i32 = (0..32).map(|j| q(b, j) * y.qs[j] as i32).sum();
+        acc = (s as f32).mul_add(f16_at(b, 0) * y.d, acc);
+    }
+    acc
 }
 
 #[inline]
@@ -2044,8 +2062,31 @@ mod tests {
             (2, 5, 96),
             (3, 1, 32),
             (4, 16, 1536),
+            (5, 7, 64),
         ];
         for t in [DType::Q8_0, DType::Q5_0, DType::Q4_1, DType::Q5_1] {
+            if t == DType::Q8_0 {
+                // the lane kernel: its own activation copy (tile_ql), one group per call
+                let run =
+                    |w: &[u8], rb, rows, ys: [&[BlockQ8]; 8], _yd: &[[f32; 8]], out: &mut [f32]| {
+                        let nb = ys[0].len();
+                        let mut ql = vec![Q32::ZERO; nb * 8];
+                        let mut dq = vec![[0f32; 8]; nb];
+                        tile_ql(ys, &mut ql, &mut dq);
+                        // SAFETY: AVX2, FMA and F16C were reported above.
+                        unsafe { k::tiles_q8_0_lanes(w, rb, rows, 1, &ql, &dq, out, 16) }
+                    };
+                check_tile(
+                    t,
+                    &cases,
+                    32,
+                    quantize_q8,
+                    |b| (b.d, b.s),
+                    |y| ActRow::Q8(y),
+                    &run,
+                );
+                continue;
+            }
             let run = |w: &[u8],
                        rb,
                        rows,
@@ -2057,7 +2098,6 @@ mod tests {
                 // SAFETY: AVX2, FMA and F16C were reported above.
                 unsafe {
                     match t {
-                        DType::Q8_0 => k::tile_q8x8::<{ k::Q8_0 }>(w, rb, rows, &qt, yd, out, 16),
                         DType::Q5_0 => k::tile_q8x8::<{ k::Q5_0 }>(w, rb, rows, &qt, yd, out, 16),
                         DType::Q4_1 => k::tile_q8x8::<{ k::Q4_1 }>(w, rb, rows, &qt, yd, out, 16),
                         _ => k::tile_q8x8::<{ k::Q5_1 }>(w, rb, rows, &qt, yd, out, 16),
