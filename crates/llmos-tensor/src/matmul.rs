@@ -288,16 +288,11 @@ impl QuantActs {
         if t == DType::Q8_0 {
             if self.ql.is_empty() {
                 self.ql.resize(groups * per * 8, Q32::ZERO);
-                self.dq.resize(groups * per, [0.0; 8]);
-                let mut parts: Vec<(&mut [Q32], &mut [[f32; 8]])> = self
-                    .ql
-                    .chunks_mut(per * 8)
-                    .zip(self.dq.chunks_mut(per))
-                    .collect();
-                for_each_chunk_mut(&mut parts, 1, |g, p| {
-                    let (o, d) = &mut p[0];
-                    tile_ql(rows8(g), o, d)
-                });
+                for_each_chunk_mut(&mut self.ql, per * 8, |g, o| tile_ql(rows8(g), o));
+                self.dq.extend((0..groups * per).map(|gi| {
+                    let (g, i) = (gi / per, gi % per);
+                    std::array::from_fn(|n| q8[(8 * g + n) * per + i].d)
+                }));
             }
         } else if self.qt.is_empty() {
             self.qt.resize(groups * per * 8, Q32::ZERO);

@@ -144,17 +144,16 @@ pub fn tile_qs(ys: [&[BlockQ8]; 8], out: &mut [Q32]) {
 }
 
 /// Eight rows of Q8 blocks with the rows side by side for the Q8_0 lane kernel
-/// (`avx2::tiles_q8_0_lanes`): for block i, `out[8 i + j]` holds bytes 4j..4j+4 of each
-/// row's block i, row n at bytes 4n..4n+4, and `scales[i]` the eight rows' block scales;
-/// for i < out.len() / 8.
-pub fn tile_ql(ys: [&[BlockQ8]; 8], out: &mut [Q32], scales: &mut [[f32; 8]]) {
-    for (i, (blk, d)) in out.chunks_exact_mut(8).zip(scales.iter_mut()).enumerate() {
+/// (`avx2::tiles_q8_0_lanes`; the values only, the kernel takes the scales in a table of
+/// its own): for block i, `out[8 i + j]` holds bytes 4j..4j+4 of each row's block i, row n
+/// at bytes 4n..4n+4; for i < out.len() / 8.
+pub fn tile_ql(ys: [&[BlockQ8]; 8], out: &mut [Q32]) {
+    for (i, blk) in out.chunks_exact_mut(8).enumerate() {
         for (j, o) in blk.iter_mut().enumerate() {
             for (n, y) in ys.iter().enumerate() {
                 o.0[4 * n..4 * n + 4].copy_from_slice(&y[i].qs[4 * j..4 * j + 4]);
             }
         }
-        *d = std::array::from_fn(|n| ys[n][i].d);
     }
 }
 
@@ -2071,8 +2070,10 @@ mod tests {
                     |w: &[u8], rb, rows, ys: [&[BlockQ8]; 8], _yd: &[[f32; 8]], out: &mut [f32]| {
                         let nb = ys[0].len();
                         let mut ql = vec![Q32::ZERO; nb * 8];
-                        let mut dq = vec![[0f32; 8]; nb];
-                        tile_ql(ys, &mut ql, &mut dq);
+                        tile_ql(ys, &mut ql);
+                        let dq: Vec<[f32; 8]> = (0..nb)
+                            .map(|i| std::array::from_fn(|n| ys[n][i].d))
+                            .collect();
                         // SAFETY: AVX2, FMA and F16C were reported above.
                         unsafe { k::tiles_q8_0_lanes(w, rb, rows, 1, &ql, &dq, out, 16) }
                     };
