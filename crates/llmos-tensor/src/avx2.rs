@@ -31,6 +31,22 @@ pub fn available() -> bool {
     })
 }
 
+/// Whether this CPU also has AVX-512 VNNI with 256-bit forms (`vpdpbusd` on ymm registers:
+/// four byte products and their sum added to each 32-bit lane in one instruction, where
+/// AVX2 needs `vpmaddubsw` + `vpmaddwd` + `vpaddd`), checked once. The prompt kernels that
+/// have a VNNI form (`*_vnni`) give bit for bit the same results as the AVX2 ones: they make
+/// the same integer sums. `LLMOS_NO_VNNI=1` turns them off (to compare the two).
+pub fn vnni() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        available()
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx512vl")
+            && std::env::var_os("LLMOS_NO_VNNI").is_none_or(|v| v.is_empty() || v == "0")
+    })
+}
+
 /// Weight types with 32-value blocks that meet Q8_0/Q8_1 activations.
 pub const Q4_0: u8 = 0;
 pub const Q4_1: u8 = 1;
@@ -1720,6 +1736,52 @@ pub fn tiles_q8_0_lanes(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    q8_0_lanes_groups::<false>(w, row_bytes, rows, groups, ql, dq, &[], out, out_stride)
+}
+
+/// [`tiles_q8_0_lanes`] with VNNI (see [`vnni`]): the broadcast weight bytes, made
+/// unsigned by flipping their top bit (w + 128), meet the activations in one `vpdpbusd`
+/// per four bytes, and each block's sums start from `qc[g nb + i]`, -128 times each token's
+/// sum of the block's values ([`crate::q8::lane_corrections`]), so they end as the same
+/// exact integer sums. Bit for bit [`tiles_q8_0_lanes`].
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`vnni`]).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub fn tiles_q8_0_lanes_vnni(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    groups: usize,
+    ql: &[Q32],
+    dq: &[[f32; 8]],
+    qc: &[[i32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    assert!(
+        qc.len() == dq.len(),
+        "tiles_q8_0_lanes_vnni: one correction per block"
+    );
+    q8_0_lanes_groups::<true>(w, row_bytes, rows, groups, ql, dq, qc, out, out_stride)
+}
+
+/// The body of [`tiles_q8_0_lanes`] and [`tiles_q8_0_lanes_vnni`], inlined into each (so
+/// it is compiled with the caller's target features).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn q8_0_lanes_groups<const VNNI: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    groups: usize,
+    ql: &[Q32],
+    dq: &[[f32; 8]],
+    qc: &[[i32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
     if groups == 0 || rows == 0 {
         return;
     }
@@ -1744,38 +1806,45 @@ pub fn tiles_q8_0_lanes(
     for g in 0..groups {
         let ql = &ql[g * nb * 8..(g + 1) * nb * 8];
         let dq = &dq[g * nb..(g + 1) * nb];
-        let mut sums = [_mm256_setzero_ps(); 16];
+        let qc = if VNNI { &qc[g * nb..(g + 1) * nb] } else { qc };
+        // SAFETY: the callers enable AVX (a plain zeroing)
+        let mut sums = [unsafe { _mm256_setzero_ps() }; 16];
         let mut r = 0;
         while r + 4 <= rows {
-            let s = lanes_q8_0::<4>(w, row_bytes, r, nb, ql, dq);
+            let s = lanes_q8_0::<4, VNNI>(w, row_bytes, r, nb, ql, dq, qc);
             sums[r..r + 4].copy_from_slice(&s);
             r += 4;
         }
         while r < rows {
-            sums[r] = lanes_q8_0::<1>(w, row_bytes, r, nb, ql, dq)[0];
+            sums[r] = lanes_q8_0::<1, VNNI>(w, row_bytes, r, nb, ql, dq, qc)[0];
             r += 1;
         }
-        store_token_major(&sums, rows, &mut out[g * 8 * out_stride..], out_stride);
+        // SAFETY: the callers enable AVX2, FMA and F16C (the kernel's contract).
+        unsafe { store_token_major(&sums, rows, &mut out[g * 8 * out_stride..], out_stride) };
     }
 }
 
 /// Rows r0..r0 + R of [`tiles_q8_0_lanes`] for one group: lane n of result j is token n's
 /// dot product with row r0 + j. The caller checked that the rows hold nb blocks, `ql` 8 nb
-/// registers and `dq` nb.
+/// registers, `dq` nb and, with VNNI, `qc` nb.
 #[inline(always)]
-fn lanes_q8_0<const R: usize>(
+fn lanes_q8_0<const R: usize, const VNNI: bool>(
     w: &[u8],
     row_bytes: usize,
     r0: usize,
     nb: usize,
     ql: &[Q32],
     dq: &[[f32; 8]],
+    qc: &[[i32; 8]],
 ) -> [__m256; R] {
     // SAFETY: every pointer below stays inside row r0 + j's first nb blocks of 34 bytes
-    // (w holds the rows, checked by the caller), ql's 8 nb registers and dq's nb entries;
-    // the weight loads are unaligned, the activation loads aligned (Q32 is 32-byte aligned).
+    // (w holds the rows, checked by the caller), ql's 8 nb registers, dq's nb entries and
+    // (VNNI) qc's nb; the weight and correction loads are unaligned, the activation loads
+    // aligned (Q32 is 32-byte aligned). The intrinsics need the features the callers
+    // enable (VNNI ones only in the VNNI instance).
     unsafe {
         let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(0x80u8 as i8);
         let wp: [*const u8; R] = std::array::from_fn(|j| w.as_ptr().add((r0 + j) * row_bytes));
         let qp = ql.as_ptr();
         let mut acc = [_mm256_setzero_ps(); R];
@@ -1785,16 +1854,26 @@ fn lanes_q8_0<const R: usize>(
                     _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(i * 34 + PREFETCH).cast());
                 }
             }
-            let mut s = [_mm256_setzero_si256(); R];
+            let mut s = if VNNI {
+                [_mm256_loadu_si256(qc.as_ptr().add(i).cast()); R]
+            } else {
+                [_mm256_setzero_si256(); R]
+            };
             for k in 0..8 {
                 let a = _mm256_load_si256(qp.add(8 * i + k).cast());
                 for j in 0..R {
                     let x = wp[j].add(i * 34 + 2 + 4 * k).cast::<i32>().read_unaligned();
                     let wb = _mm256_set1_epi32(x);
-                    // |w| times the activations carrying w's sign: products of at most
-                    // 127 x 127, pairs that fit i16
-                    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wb, wb), _mm256_sign_epi8(a, wb));
-                    s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones));
+                    if VNNI {
+                        // (w + 128) a, summed in fours onto the lanes
+                        s[j] = _mm256_dpbusd_epi32(s[j], _mm256_xor_si256(wb, flip), a);
+                    } else {
+                        // |w| times the activations carrying w's sign: products of at most
+                        // 127 x 127, pairs that fit i16
+                        let p =
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(wb, wb), _mm256_sign_epi8(a, wb));
+                        s[j] = _mm256_add_epi32(s[j], _mm256_madd_epi16(p, ones));
+                    }
                 }
             }
             let dy = _mm256_loadu_ps((*dq.as_ptr().add(i)).as_ptr());

@@ -8,8 +8,8 @@
 use crate::ops::dot_f32;
 use crate::pool::{for_each_chunk_mut, for_each_chunk_mut_multi, for_each_col_chunk_mut, threads};
 use crate::q8::{
-    ActMode, ActRow, BlockQ8, BlockQ8K, Q32, quantize_q8_into, quantize_q8k_into, tile_ql, tile_qs,
-    vec_dot_n, vec_dot_rows, vec_dot_tile,
+    ActMode, ActRow, BlockQ8, BlockQ8K, Q32, lane_corrections, quantize_q8_into, quantize_q8k_into,
+    tile_ql, tile_qs, vec_dot_n, vec_dot_rows, vec_dot_tile,
 };
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
@@ -196,6 +196,9 @@ struct QuantActs {
     /// rows side by side, and `dq` their scales, per group and block.
     ql: Vec<Q32>,
     dq: Vec<[f32; 8]>,
+    /// With VNNI, the lane kernel's start values per group and block
+    /// (`q8::lane_corrections`). Empty otherwise.
+    qc: Vec<[i32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
 }
@@ -211,6 +214,7 @@ impl QuantActs {
             qt: Vec::new(),
             ql: Vec::new(),
             dq: Vec::new(),
+            qc: Vec::new(),
             q8k: Vec::new(),
             f: Vec::new(),
         }
@@ -239,6 +243,7 @@ impl QuantActs {
                 self.qt.clear();
                 self.ql.clear();
                 self.dq.clear();
+                self.qc.clear();
             }
             ActFmt::Q8K => {
                 let per = cols / 256;
@@ -293,6 +298,11 @@ impl QuantActs {
                     let (g, i) = (gi / per, gi % per);
                     std::array::from_fn(|n| q8[(8 * g + n) * per + i].d)
                 }));
+                #[cfg(target_arch = "x86_64")]
+                if crate::avx2::vnni() {
+                    self.qc.resize(groups * per, [0; 8]);
+                    for_each_chunk_mut(&mut self.qc, per, |g, o| lane_corrections(rows8(g), o));
+                }
             }
         } else if self.qt.is_empty() {
             self.qt.resize(groups * per * 8, Q32::ZERO);
@@ -452,6 +462,14 @@ fn tile8(
                 let per = w.cols / 32;
                 let ql = &acts.ql[g * per * 8..(g + groups) * per * 8];
                 let dq = &acts.dq[g * per..(g + groups) * per];
+                if k::vnni() {
+                    let qc = &acts.qc[g * per..(g + groups) * per];
+                    // SAFETY: the CPU reported AVX2, FMA, F16C, AVX-512 VNNI and VL.
+                    unsafe {
+                        k::tiles_q8_0_lanes_vnni(wb, rb, nr, groups, ql, dq, qc, out, out_stride)
+                    };
+                    return 8 * groups;
+                }
                 // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernel enables.
                 unsafe { k::tiles_q8_0_lanes(wb, rb, nr, groups, ql, dq, out, out_stride) };
                 return 8 * groups;

@@ -157,6 +157,18 @@ pub fn tile_ql(ys: [&[BlockQ8]; 8], out: &mut [Q32]) {
     }
 }
 
+/// The VNNI lane kernel's start values (`avx2::tiles_q8_0_lanes_vnni`) for eight rows of
+/// Q8 blocks: `out[i][n]` = -128 times the sum of row n's block i values, for
+/// i < out.len(). The kernel adds (w + 128) a for each weight byte w; starting from these
+/// leaves exactly the sum of w a.
+pub fn lane_corrections(ys: [&[BlockQ8]; 8], out: &mut [[i32; 8]]) {
+    for (i, o) in out.iter_mut().enumerate() {
+        for (n, y) in ys.iter().enumerate() {
+            o[n] = -128 * y[i].qs.iter().map(|&q| q as i32).sum::<i32>();
+        }
+    }
+}
+
 impl BlockQ8 {
     pub const ZERO: BlockQ8 = BlockQ8 {
         d: 0.0,
@@ -2075,7 +2087,23 @@ mod tests {
                             .map(|i| std::array::from_fn(|n| ys[n][i].d))
                             .collect();
                         // SAFETY: AVX2, FMA and F16C were reported above.
-                        unsafe { k::tiles_q8_0_lanes(w, rb, rows, 1, &ql, &dq, out, 16) }
+                        unsafe { k::tiles_q8_0_lanes(w, rb, rows, 1, &ql, &dq, out, 16) };
+                        if k::vnni() {
+                            // the VNNI form, bit for bit the same
+                            let mut qc = vec![[0i32; 8]; nb];
+                            lane_corrections(ys, &mut qc);
+                            let mut o2 = vec![f32::NAN; out.len()];
+                            // SAFETY: vnni() reported AVX-512 VNNI and VL besides AVX2.
+                            unsafe {
+                                k::tiles_q8_0_lanes_vnni(w, rb, rows, 1, &ql, &dq, &qc, &mut o2, 16)
+                            };
+                            for n in 0..8 {
+                                for r in 0..rows {
+                                    let (a, b) = (out[n * 16 + r], o2[n * 16 + r]);
+                                    assert_eq!(a.to_bits(), b.to_bits(), "vnni row {r} token {n}");
+                                }
+                            }
+                        }
                     };
                 check_tile(
                     t,
