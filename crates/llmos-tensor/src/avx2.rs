@@ -1595,6 +1595,52 @@ pub fn tile_q8x8<const T: u8>(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    tile_q8x8_body::<T, false>(w, row_bytes, rows, qt, &[], yd, out, out_stride)
+}
+
+/// [`tile_q8x8`] with VNNI (see [`vnni`]): each token's lane sums in one `vpdpbusd` (AVX2:
+/// `vpmaddubsw` + `vpmaddwd`). Q5_0's signed values go in as unsigned ones (x + 16), and
+/// its sums start from `q5c[8 i + n]`, -16 times the four-byte sums of token n's block i
+/// ([`crate::q8::tile_q5_corrections`]; unused and may be empty for Q4_1 and Q5_1), which
+/// leaves the same lane sums. Bit for bit [`tile_q8x8`].
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`vnni`]).
+#[inline(never)]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub fn tile_q8x8_vnni<const T: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    qt: &[Q32],
+    q5c: &[[i32; 8]],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if T == Q5_0 {
+        assert!(
+            q5c.len() == qt.len(),
+            "tile_q8x8_vnni: one correction per block"
+        );
+    }
+    tile_q8x8_body::<T, true>(w, row_bytes, rows, qt, q5c, yd, out, out_stride)
+}
+
+/// The body of [`tile_q8x8`] and [`tile_q8x8_vnni`], inlined into each.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn tile_q8x8_body<const T: u8, const VNNI: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    qt: &[Q32],
+    q5c: &[[i32; 8]],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
     assert!(
         matches!(T, Q5_0 | Q4_1 | Q5_1),
         "tile_q8x8: unsupported weight type (Q8_0: tiles_q8_0_lanes)"
@@ -1615,20 +1661,23 @@ pub fn tile_q8x8<const T: u8>(
         out_stride,
     );
     let qp = qt.as_ptr();
+    let cp = q5c.as_ptr();
     let ydp = yd.as_ptr();
-    let ones = _mm256_set1_epi16(1);
-    let m4 = _mm256_set1_epi8(0x0f);
-    // sums[r] = the eight tokens' dot products with row r
-    let mut sums = [_mm256_setzero_ps(); 16];
-    for (r, sum) in sums.iter_mut().enumerate().take(rows) {
-        let wp = w[r * row_bytes..r * row_bytes + nb * size].as_ptr();
-        let mut acc = [_mm256_setzero_ps(); 8];
-        // the min terms (Q4_1, Q5_1), lane n for token n
-        let mut mins = _mm256_setzero_ps();
-        for i in 0..nb {
-            // SAFETY: i < nb; the weight row holds nb blocks of `size` bytes, every
-            // activation row nb blocks and the table SCALE_ROWS nb entries (checked above).
-            unsafe {
+    // SAFETY: the callers enable AVX2, FMA and F16C (and, for VNNI, AVX-512 VNNI and VL,
+    // the only instance that reaches a VNNI intrinsic). i < nb below; the weight rows hold
+    // nb blocks of `size` bytes, the activations 8 nb registers, the table SCALE_ROWS nb
+    // entries (checked above) and, for VNNI Q5_0, q5c 8 nb entries (checked by the caller).
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let m4 = _mm256_set1_epi8(0x0f);
+        // sums[r] = the eight tokens' dot products with row r
+        let mut sums = [_mm256_setzero_ps(); 16];
+        for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+            let wp = w[r * row_bytes..r * row_bytes + nb * size].as_ptr();
+            let mut acc = [_mm256_setzero_ps(); 8];
+            // the min terms (Q4_1, Q5_1), lane n for token n
+            let mut mins = _mm256_setzero_ps();
+            for i in 0..nb {
                 let b = wp.add(i * size);
                 if i % 2 == 0 {
                     _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
@@ -1636,6 +1685,12 @@ pub fn tile_q8x8<const T: u8>(
                 let dw = _mm256_set1_ps(f16_ptr(b));
                 let nib = |at: usize| nibbles(b.add(at), m4);
                 let qx = match T {
+                    Q5_0 if VNNI => {
+                        // x + 16: the fifth bit set where x >= 0
+                        let qh = b.add(2).cast::<u32>().read_unaligned();
+                        let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
+                        _mm256_or_si256(nib(6), hi)
+                    }
                     Q5_0 => {
                         let qh = b.add(2).cast::<u32>().read_unaligned();
                         let hi = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0u8 as i8));
@@ -1655,11 +1710,19 @@ pub fn tile_q8x8<const T: u8>(
                     let s8 = _mm256_loadu_ps((*tab.add(8)).as_ptr());
                     mins = _mm256_add_ps(mins, _mm256_mul_ps(mw, s8));
                 }
-                // signed weights: |x| once per block; the sign moves to the activations
+                // signed weights (AVX2): |x| once per block; the sign moves to the
+                // activations
                 let ax = _mm256_sign_epi8(qx, qx);
                 for n in 0..8 {
                     let qy = _mm256_load_si256(qp.add(8 * i + n).cast());
-                    let p = if unsigned {
+                    let p = if VNNI {
+                        let start = if unsigned {
+                            _mm256_setzero_si256()
+                        } else {
+                            _mm256_loadu_si256(cp.add(8 * i + n).cast())
+                        };
+                        _mm256_dpbusd_epi32(start, qx, qy)
+                    } else if unsigned {
                         _mm256_madd_epi16(_mm256_maddubs_epi16(qx, qy), ones)
                     } else {
                         let sy = _mm256_sign_epi8(qy, qx);
@@ -1670,11 +1733,11 @@ pub fn tile_q8x8<const T: u8>(
                     acc[n] = _mm256_fmadd_ps(dv, _mm256_cvtepi32_ps(p), acc[n]);
                 }
             }
+            // dot_q8 adds its scalar part: the min terms, or 0.0 for the signed types
+            *sum = _mm256_add_ps(hsum8x8(acc), mins);
         }
-        // dot_q8 adds its scalar part: the min terms, or 0.0 for the signed types
-        *sum = _mm256_add_ps(hsum8x8(acc), mins);
+        store_token_major(&sums, rows, out, out_stride);
     }
-    store_token_major(&sums, rows, out, out_stride);
 }
 
 /// [`tile_q8x8`] for `groups` consecutive groups of eight tokens (`qt` and `yd` hold the
@@ -1707,6 +1770,54 @@ pub fn tiles_q8x8<const T: u8>(
             row_bytes,
             rows,
             &qt[g * nb * 8..(g + 1) * nb * 8],
+            &yd[g * nb * SCALE_ROWS..(g + 1) * nb * SCALE_ROWS],
+            &mut out[g * 8 * out_stride..],
+            out_stride,
+        );
+    }
+}
+
+/// [`tiles_q8x8`] with VNNI: [`tile_q8x8_vnni`] per group (`q5c` as `qt`, by group).
+///
+/// # Safety
+/// As [`tile_q8x8_vnni`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub fn tiles_q8x8_vnni<const T: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    groups: usize,
+    qt: &[Q32],
+    q5c: &[[i32; 8]],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    if groups == 0 {
+        return;
+    }
+    let nb = qt.len() / (8 * groups);
+    assert!(
+        qt.len() == groups * nb * 8 && yd.len() >= groups * nb * SCALE_ROWS,
+        "tiles_q8x8: activations do not match the groups"
+    );
+    assert!(
+        T != Q5_0 || q5c.len() == qt.len(),
+        "tiles_q8x8_vnni: one correction per block"
+    );
+    for g in 0..groups {
+        let q5c = if T == Q5_0 {
+            &q5c[g * nb * 8..(g + 1) * nb * 8]
+        } else {
+            q5c
+        };
+        tile_q8x8_vnni::<T>(
+            w,
+            row_bytes,
+            rows,
+            &qt[g * nb * 8..(g + 1) * nb * 8],
+            q5c,
             &yd[g * nb * SCALE_ROWS..(g + 1) * nb * SCALE_ROWS],
             &mut out[g * 8 * out_stride..],
             out_stride,

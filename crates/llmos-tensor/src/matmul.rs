@@ -9,7 +9,7 @@ use crate::ops::dot_f32;
 use crate::pool::{for_each_chunk_mut, for_each_chunk_mut_multi, for_each_col_chunk_mut, threads};
 use crate::q8::{
     ActMode, ActRow, BlockQ8, BlockQ8K, Q32, lane_corrections, quantize_q8_into, quantize_q8k_into,
-    tile_ql, tile_qs, vec_dot_n, vec_dot_rows, vec_dot_tile,
+    tile_q5_corrections, tile_ql, tile_qs, vec_dot_n, vec_dot_rows, vec_dot_tile,
 };
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
@@ -199,6 +199,9 @@ struct QuantActs {
     /// With VNNI, the lane kernel's start values per group and block
     /// (`q8::lane_corrections`). Empty otherwise.
     qc: Vec<[i32; 8]>,
+    /// With VNNI and Q5_0 weights, their kernel's start values, laid out as `qt`
+    /// (`q8::tile_q5_corrections`). Empty otherwise.
+    q5c: Vec<[i32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
 }
@@ -215,6 +218,7 @@ impl QuantActs {
             ql: Vec::new(),
             dq: Vec::new(),
             qc: Vec::new(),
+            q5c: Vec::new(),
             q8k: Vec::new(),
             f: Vec::new(),
         }
@@ -244,6 +248,7 @@ impl QuantActs {
                 self.ql.clear();
                 self.dq.clear();
                 self.qc.clear();
+                self.q5c.clear();
             }
             ActFmt::Q8K => {
                 let per = cols / 256;
@@ -304,9 +309,18 @@ impl QuantActs {
                     for_each_chunk_mut(&mut self.qc, per, |g, o| lane_corrections(rows8(g), o));
                 }
             }
-        } else if self.qt.is_empty() {
-            self.qt.resize(groups * per * 8, Q32::ZERO);
-            for_each_chunk_mut(&mut self.qt, per * 8, |g, o| tile_qs(rows8(g), o));
+        } else {
+            if self.qt.is_empty() {
+                self.qt.resize(groups * per * 8, Q32::ZERO);
+                for_each_chunk_mut(&mut self.qt, per * 8, |g, o| tile_qs(rows8(g), o));
+            }
+            #[cfg(target_arch = "x86_64")]
+            if t == DType::Q5_0 && self.q5c.is_empty() && crate::avx2::vnni() {
+                self.q5c.resize(groups * per * 8, [0; 8]);
+                for_each_chunk_mut(&mut self.q5c, per * 8, |g, o| {
+                    tile_q5_corrections(rows8(g), o)
+                });
+            }
         }
     }
 
@@ -479,6 +493,28 @@ fn tile8(
                 let (g1, o) = (g + groups, out_stride);
                 let qt = &acts.qt[g * per * 8..g1 * per * 8];
                 let yd = &acts.yd[g * per * SCALE_ROWS..g1 * per * SCALE_ROWS];
+                if k::vnni() {
+                    let q5c: &[[i32; 8]] = if dt == DType::Q5_0 {
+                        &acts.q5c[g * per * 8..g1 * per * 8]
+                    } else {
+                        &[]
+                    };
+                    // SAFETY: the CPU reported AVX2, FMA, F16C, AVX-512 VNNI and VL.
+                    unsafe {
+                        match dt {
+                            DType::Q5_0 => k::tiles_q8x8_vnni::<{ k::Q5_0 }>(
+                                wb, rb, nr, groups, qt, q5c, yd, out, o,
+                            ),
+                            DType::Q4_1 => k::tiles_q8x8_vnni::<{ k::Q4_1 }>(
+                                wb, rb, nr, groups, qt, q5c, yd, out, o,
+                            ),
+                            _ => k::tiles_q8x8_vnni::<{ k::Q5_1 }>(
+                                wb, rb, nr, groups, qt, q5c, yd, out, o,
+                            ),
+                        }
+                    }
+                    return 8 * groups;
+                }
                 // SAFETY: the CPU reported AVX2, FMA and F16C, which the kernels enable.
                 unsafe {
                     match dt {

@@ -169,6 +169,24 @@ pub fn lane_corrections(ys: [&[BlockQ8]; 8], out: &mut [[i32; 8]]) {
     }
 }
 
+/// Q5_0's start values for the VNNI tile kernel (`avx2::tile_q8x8_vnni`), laid out as
+/// [`tile_qs`] lays out the values: `out[8 i + n][l]` = -16 times the sum of bytes
+/// 4l..4l+4 of row n's block i. The kernel adds (x + 16) a for each weight value x;
+/// starting from these leaves exactly the lane sums of x a.
+pub fn tile_q5_corrections(ys: [&[BlockQ8]; 8], out: &mut [[i32; 8]]) {
+    for (i, blk) in out.chunks_exact_mut(8).enumerate() {
+        for (n, o) in blk.iter_mut().enumerate() {
+            for (l, c) in o.iter_mut().enumerate() {
+                *c = -16
+                    * ys[n][i].qs[4 * l..4 * l + 4]
+                        .iter()
+                        .map(|&q| q as i32)
+                        .sum::<i32>();
+            }
+        }
+    }
+}
+
 impl BlockQ8 {
     pub const ZERO: BlockQ8 = BlockQ8 {
         d: 0.0,
@@ -2130,6 +2148,32 @@ mod tests {
                         DType::Q5_0 => k::tile_q8x8::<{ k::Q5_0 }>(w, rb, rows, &qt, yd, out, 16),
                         DType::Q4_1 => k::tile_q8x8::<{ k::Q4_1 }>(w, rb, rows, &qt, yd, out, 16),
                         _ => k::tile_q8x8::<{ k::Q5_1 }>(w, rb, rows, &qt, yd, out, 16),
+                    }
+                }
+                if k::vnni() {
+                    // the VNNI form, bit for bit the same
+                    let mut q5c = vec![[0i32; 8]; qt.len()];
+                    tile_q5_corrections(ys, &mut q5c);
+                    let mut o2 = vec![f32::NAN; out.len()];
+                    // SAFETY: vnni() reported AVX-512 VNNI and VL besides AVX2.
+                    unsafe {
+                        match t {
+                            DType::Q5_0 => k::tile_q8x8_vnni::<{ k::Q5_0 }>(
+                                w, rb, rows, &qt, &q5c, yd, &mut o2, 16,
+                            ),
+                            DType::Q4_1 => k::tile_q8x8_vnni::<{ k::Q4_1 }>(
+                                w, rb, rows, &qt, &q5c, yd, &mut o2, 16,
+                            ),
+                            _ => k::tile_q8x8_vnni::<{ k::Q5_1 }>(
+                                w, rb, rows, &qt, &q5c, yd, &mut o2, 16,
+                            ),
+                        }
+                    }
+                    for n in 0..8 {
+                        for r in 0..rows {
+                            let (a, b) = (out[n * 16 + r], o2[n * 16 + r]);
+                            assert_eq!(a.to_bits(), b.to_bits(), "{t:?} vnni row {r} token {n}");
+                        }
                     }
                 }
             };
