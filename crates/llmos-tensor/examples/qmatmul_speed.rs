@@ -1,6 +1,6 @@
 //! Multiply-adds per second of the quantized matmul (q8 activations) on one shape:
 //! `cargo run --release --example qmatmul_speed TYPE ROWS COLS TOKENS [THREADS]`, TYPE one of
-//! q8_0, q4_0, q4_1, q4_k, q6_k. Prints the best and median of 20 runs.
+//! q8_0, q4_0, q4_1, q5_0, q4_k, q6_k. Prints the best and median of 20 runs.
 mod common;
 use llmos_tensor::DType;
 use llmos_tensor::quantize::quantize_rows;
@@ -20,6 +20,7 @@ fn main() {
         "q8_0" => DType::Q8_0,
         "q4_0" => DType::Q4_0,
         "q4_1" => DType::Q4_1,
+        "q5_0" => DType::Q5_0,
         "q4_k" => DType::Q4K,
         "q6_k" => DType::Q6K,
         _ => usage(),
