@@ -481,6 +481,29 @@ fn k_sumi<const T: u8>(k: &KBlock, y: &BlockQ8K) -> __m256i {
     sumi
 }
 
+/// [`k_sumi`] with VNNI: each chunk's byte products (`vpmaddubsw`) are multiplied by their
+/// scales and added to the lanes in one `vpdpwssd` (AVX2: `vpmaddwd` + `vpaddd`), the same
+/// i32 lanes.
+///
+/// # Safety
+/// The caller enables AVX2 and AVX-512 VNNI and VL.
+#[inline(always)]
+unsafe fn k_sumi_vnni<const T: u8>(k: &KBlock, y: &BlockQ8K) -> __m256i {
+    // SAFETY: the caller's target features; the chunk and bsums loads read inside y
+    unsafe {
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..8 {
+            let p = _mm256_maddubs_epi16(k.q[c], q8k_chunk(y, 32 * c));
+            sumi = _mm256_dpwssd_epi32(sumi, p, k.scv[c]);
+        }
+        if T == 6 {
+            let off = _mm256_slli_epi32::<5>(_mm256_madd_epi16(bsums(y), k.mins));
+            sumi = _mm256_sub_epi32(sumi, off);
+        }
+        sumi
+    }
+}
+
 /// The 16 bsums of a Q8_K block.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -2208,6 +2231,37 @@ pub fn tile_k8<const T: u8>(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    tile_k8_body::<T, false>(w, row_bytes, rows, ys, yd, out, out_stride)
+}
+
+/// [`tile_k8`] with VNNI ([`k_sumi_vnni`]); bit for bit the same.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`vnni`]).
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+pub fn tile_k8_vnni<const T: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    ys: [&[BlockQ8K]; 8],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    tile_k8_body::<T, true>(w, row_bytes, rows, ys, yd, out, out_stride)
+}
+
+/// The body of [`tile_k8`] and [`tile_k8_vnni`], inlined into each.
+#[inline(always)]
+fn tile_k8_body<const T: u8, const VNNI: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    ys: [&[BlockQ8K]; 8],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+) {
     assert!(matches!(T, 4..=6), "tile_k8: unsupported weight type");
     let size = k_block_bytes(T);
     let nb = ys[0].len();
@@ -2223,61 +2277,70 @@ pub fn tile_k8<const T: u8>(
         out.len(),
         out_stride,
     );
-    let mut sums = [_mm256_setzero_ps(); 16];
-    for (r, sum) in sums.iter_mut().enumerate().take(rows) {
-        let wr = &w[r * row_bytes..r * row_bytes + nb * size];
-        // Q4_K: acc and accm, lane n for token n; Q5_K and Q6_K: 8 lanes per token in
-        // lanes, plus (Q5_K) the min terms of all tokens in `mins`
-        let mut acc8 = [_mm256_setzero_ps(); 8];
-        let (mut acc, mut accm, mut mins) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        for (i, b) in wr.chunks_exact(size).enumerate() {
-            prefetch_ahead(b, 3);
-            let k = unpack_k::<T>(b);
-            let tab = &yd[SCALE_ROWS * i..SCALE_ROWS * (i + 1)];
-            let d8 = loadf8(&tab[8]);
-            let dw = _mm256_set1_ps(k.dw);
-            // Q4_K: each token's integer sums, reduced for all eight below; Q4_K and Q5_K:
-            // each token's mins times sub-block sums
-            let mut si = [_mm256_setzero_si256(); 8];
-            let mut mi = [_mm256_setzero_si256(); 8];
-            for n in 0..8 {
-                let y = &ys[n][i];
-                let sumi = k_sumi::<T>(&k, y);
-                if T != 6 {
-                    mi[n] = _mm256_madd_epi16(bsums(y), k.mins);
+    // SAFETY: the callers enable AVX2, FMA and F16C (and AVX-512 VNNI and VL in the only
+    // instance that reaches k_sumi_vnni); the blocks and table entries read are inside the
+    // slices checked above.
+    unsafe {
+        let mut sums = [_mm256_setzero_ps(); 16];
+        for (r, sum) in sums.iter_mut().enumerate().take(rows) {
+            let wr = &w[r * row_bytes..r * row_bytes + nb * size];
+            // Q4_K: acc and accm, lane n for token n; Q5_K and Q6_K: 8 lanes per token in
+            // lanes, plus (Q5_K) the min terms of all tokens in `mins`
+            let mut acc8 = [_mm256_setzero_ps(); 8];
+            let (mut acc, mut accm, mut mins) = (
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+                _mm256_setzero_ps(),
+            );
+            for (i, b) in wr.chunks_exact(size).enumerate() {
+                prefetch_ahead(b, 3);
+                let k = unpack_k::<T>(b);
+                let tab = &yd[SCALE_ROWS * i..SCALE_ROWS * (i + 1)];
+                let d8 = loadf8(&tab[8]);
+                let dw = _mm256_set1_ps(k.dw);
+                // Q4_K: each token's integer sums, reduced for all eight below; Q4_K and Q5_K:
+                // each token's mins times sub-block sums
+                let mut si = [_mm256_setzero_si256(); 8];
+                let mut mi = [_mm256_setzero_si256(); 8];
+                for n in 0..8 {
+                    let y = &ys[n][i];
+                    let sumi = if VNNI {
+                        k_sumi_vnni::<T>(&k, y)
+                    } else {
+                        k_sumi::<T>(&k, y)
+                    };
+                    if T != 6 {
+                        mi[n] = _mm256_madd_epi16(bsums(y), k.mins);
+                    }
+                    if T == 4 {
+                        si[n] = sumi;
+                    } else {
+                        let d = _mm256_mul_ps(loadf8(&tab[n]), dw);
+                        acc8[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc8[n]);
+                    }
                 }
                 if T == 4 {
-                    si[n] = sumi;
-                } else {
-                    let d = _mm256_mul_ps(loadf8(&tab[n]), dw);
-                    acc8[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc8[n]);
+                    let s8 = _mm256_cvtepi32_ps(hsum_i32x8(si));
+                    let m8 = _mm256_cvtepi32_ps(hsum_i32x8(mi));
+                    acc = _mm256_fmadd_ps(s8, _mm256_mul_ps(dw, d8), acc);
+                    let dm = _mm256_mul_ps(_mm256_set1_ps(k.dminw), d8);
+                    accm = _mm256_fmadd_ps(m8, dm, accm);
+                } else if T == 5 {
+                    // dmin = -y.d * dminw, then dmin * m added
+                    let m8 = _mm256_cvtepi32_ps(hsum_i32x8(mi));
+                    let neg = _mm256_xor_ps(d8, _mm256_set1_ps(-0.0));
+                    let dmin = _mm256_mul_ps(neg, _mm256_set1_ps(k.dminw));
+                    mins = _mm256_add_ps(mins, _mm256_mul_ps(dmin, m8));
                 }
             }
-            if T == 4 {
-                let s8 = _mm256_cvtepi32_ps(hsum_i32x8(si));
-                let m8 = _mm256_cvtepi32_ps(hsum_i32x8(mi));
-                acc = _mm256_fmadd_ps(s8, _mm256_mul_ps(dw, d8), acc);
-                let dm = _mm256_mul_ps(_mm256_set1_ps(k.dminw), d8);
-                accm = _mm256_fmadd_ps(m8, dm, accm);
-            } else if T == 5 {
-                // dmin = -y.d * dminw, then dmin * m added
-                let m8 = _mm256_cvtepi32_ps(hsum_i32x8(mi));
-                let neg = _mm256_xor_ps(d8, _mm256_set1_ps(-0.0));
-                let dmin = _mm256_mul_ps(neg, _mm256_set1_ps(k.dminw));
-                mins = _mm256_add_ps(mins, _mm256_mul_ps(dmin, m8));
-            }
+            *sum = match T {
+                4 => _mm256_sub_ps(acc, accm),
+                5 => _mm256_add_ps(hsum8x8(acc8), mins),
+                _ => hsum8x8(acc8),
+            };
         }
-        *sum = match T {
-            4 => _mm256_sub_ps(acc, accm),
-            5 => _mm256_add_ps(hsum8x8(acc8), mins),
-            _ => hsum8x8(acc8),
-        };
+        store_token_major(&sums, rows, out, out_stride);
     }
-    store_token_major(&sums, rows, out, out_stride);
 }
 
 /// The f32 GEMM micro-kernel: C[6 x 16] (stride `ldc`) = A panel [kc][6] x B panel

@@ -540,12 +540,16 @@ fn tile8(
                     let gj = g + j;
                     let yd = &acts.yd[gj * per * SCALE_ROWS..(gj + 1) * per * SCALE_ROWS];
                     let out = &mut out[8 * j * out_stride..];
-                    // SAFETY: as above.
+                    let o = out_stride;
+                    // SAFETY: as above; the VNNI kernels only where vnni() reported it.
                     unsafe {
-                        match dt {
-                            DType::Q4K => k::tile_k8::<4>(wb, rb, nr, ys, yd, out, out_stride),
-                            DType::Q5K => k::tile_k8::<5>(wb, rb, nr, ys, yd, out, out_stride),
-                            _ => k::tile_k8::<6>(wb, rb, nr, ys, yd, out, out_stride),
+                        match (dt, k::vnni()) {
+                            (DType::Q4K, true) => k::tile_k8_vnni::<4>(wb, rb, nr, ys, yd, out, o),
+                            (DType::Q5K, true) => k::tile_k8_vnni::<5>(wb, rb, nr, ys, yd, out, o),
+                            (_, true) => k::tile_k8_vnni::<6>(wb, rb, nr, ys, yd, out, o),
+                            (DType::Q4K, false) => k::tile_k8::<4>(wb, rb, nr, ys, yd, out, o),
+                            (DType::Q5K, false) => k::tile_k8::<5>(wb, rb, nr, ys, yd, out, o),
+                            _ => k::tile_k8::<6>(wb, rb, nr, ys, yd, out, o),
                         }
                     }
                 }

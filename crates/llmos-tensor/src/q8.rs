@@ -2201,17 +2201,39 @@ mod tests {
         }
         let cases = [(1u64, 16usize, 512usize), (2, 7, 256), (3, 16, 2048)];
         for t in [DType::Q4K, DType::Q5K, DType::Q6K] {
-            let run =
-                |w: &[u8], rb, rows, ys: [&[BlockQ8K]; 8], yd: &[[f32; 8]], out: &mut [f32]| {
-                    // SAFETY: AVX2, FMA and F16C were reported above.
+            let run = |w: &[u8],
+                       rb,
+                       rows,
+                       ys: [&[BlockQ8K]; 8],
+                       yd: &[[f32; 8]],
+                       out: &mut [f32]| {
+                // SAFETY: AVX2, FMA and F16C were reported above.
+                unsafe {
+                    match t {
+                        DType::Q4K => k::tile_k8::<4>(w, rb, rows, ys, yd, out, 16),
+                        DType::Q5K => k::tile_k8::<5>(w, rb, rows, ys, yd, out, 16),
+                        _ => k::tile_k8::<6>(w, rb, rows, ys, yd, out, 16),
+                    }
+                }
+                if k::vnni() {
+                    // the VNNI form, bit for bit the same
+                    let mut o2 = vec![f32::NAN; out.len()];
+                    // SAFETY: vnni() reported AVX-512 VNNI and VL besides AVX2.
                     unsafe {
                         match t {
-                            DType::Q4K => k::tile_k8::<4>(w, rb, rows, ys, yd, out, 16),
-                            DType::Q5K => k::tile_k8::<5>(w, rb, rows, ys, yd, out, 16),
-                            _ => k::tile_k8::<6>(w, rb, rows, ys, yd, out, 16),
+                            DType::Q4K => k::tile_k8_vnni::<4>(w, rb, rows, ys, yd, &mut o2, 16),
+                            DType::Q5K => k::tile_k8_vnni::<5>(w, rb, rows, ys, yd, &mut o2, 16),
+                            _ => k::tile_k8_vnni::<6>(w, rb, rows, ys, yd, &mut o2, 16),
                         }
                     }
-                };
+                    for n in 0..8 {
+                        for r in 0..rows {
+                            let (a, b) = (out[n * 16 + r], o2[n * 16 + r]);
+                            assert_eq!(a.to_bits(), b.to_bits(), "{t:?} vnni row {r} token {n}");
+                        }
+                    }
+                }
+            };
             check_tile(
                 t,
                 &cases,
