@@ -1822,6 +1822,25 @@ pub fn tiles_q8x8<const T: u8>(
     out: &mut [f32],
     out_stride: usize,
 ) {
+    tile_groups(groups, qt, &[], yd, out, out_stride, |qt, _, yd, out| {
+        tile_q8x8::<T>(w, row_bytes, rows, qt, yd, out, out_stride)
+    });
+}
+
+/// The group loop of [`tiles_q8x8`] and [`tiles_q8x8_vnni`]: checks that `qt` and `yd`
+/// hold `groups` groups (and `q5c`, unless empty, one entry per `qt` entry) and calls `f`
+/// with group g's activations, start values (empty when `q5c` is), scale table and output
+/// from token row 8 g.
+#[inline(always)]
+fn tile_groups(
+    groups: usize,
+    qt: &[Q32],
+    q5c: &[[i32; 8]],
+    yd: &[[f32; 8]],
+    out: &mut [f32],
+    out_stride: usize,
+    mut f: impl FnMut(&[Q32], &[[i32; 8]], &[[f32; 8]], &mut [f32]),
+) {
     if groups == 0 {
         return;
     }
@@ -1830,15 +1849,21 @@ pub fn tiles_q8x8<const T: u8>(
         qt.len() == groups * nb * 8 && yd.len() >= groups * nb * SCALE_ROWS,
         "tiles_q8x8: activations do not match the groups"
     );
+    assert!(
+        q5c.is_empty() || q5c.len() == qt.len(),
+        "tiles_q8x8: one start value per activation block"
+    );
     for g in 0..groups {
-        tile_q8x8::<T>(
-            w,
-            row_bytes,
-            rows,
+        let c = if q5c.is_empty() {
+            q5c
+        } else {
+            &q5c[g * nb * 8..(g + 1) * nb * 8]
+        };
+        f(
             &qt[g * nb * 8..(g + 1) * nb * 8],
+            c,
             &yd[g * nb * SCALE_ROWS..(g + 1) * nb * SCALE_ROWS],
             &mut out[g * 8 * out_stride..],
-            out_stride,
         );
     }
 }
@@ -1860,35 +1885,14 @@ pub fn tiles_q8x8_vnni<const T: u8>(
     out: &mut [f32],
     out_stride: usize,
 ) {
-    if groups == 0 {
-        return;
-    }
-    let nb = qt.len() / (8 * groups);
-    assert!(
-        qt.len() == groups * nb * 8 && yd.len() >= groups * nb * SCALE_ROWS,
-        "tiles_q8x8: activations do not match the groups"
-    );
     assert!(
         T != Q5_0 || q5c.len() == qt.len(),
         "tiles_q8x8_vnni: one correction per block"
     );
-    for g in 0..groups {
-        let q5c = if T == Q5_0 {
-            &q5c[g * nb * 8..(g + 1) * nb * 8]
-        } else {
-            q5c
-        };
-        tile_q8x8_vnni::<T>(
-            w,
-            row_bytes,
-            rows,
-            &qt[g * nb * 8..(g + 1) * nb * 8],
-            q5c,
-            &yd[g * nb * SCALE_ROWS..(g + 1) * nb * SCALE_ROWS],
-            &mut out[g * 8 * out_stride..],
-            out_stride,
-        );
-    }
+    let c = if T == Q5_0 { q5c } else { &[] };
+    tile_groups(groups, qt, c, yd, out, out_stride, |qt, q5c, yd, out| {
+        tile_q8x8_vnni::<T>(w, row_bytes, rows, qt, q5c, yd, out, out_stride)
+    });
 }
 
 /// Q8_0 weights against groups of eight activation rows with the tokens in the lanes:
