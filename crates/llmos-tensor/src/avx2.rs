@@ -6,11 +6,16 @@
 //!
 //! Every kernel takes one weight row and N activation rows (N = 1 for token generation, 4
 //! when a prompt is processed), so a weight block is loaded and unpacked once per N tokens.
+//!
+//! The eight-token prompt kernels also come in `*_vnni` forms for CPUs with AVX-512 VNNI,
+//! VL and BW ([`vnni`]): their bodies are shared `#[inline(always)]` functions generic over
+//! a `VNNI` flag, compiled once under each wrapper's target features, and they make the
+//! same integer sums with `vpdpbusd` / `vpdpwssd`.
 
 //!
 //! # Safety
 //! Every public kernel here enables AVX2, FMA and F16C; call one only after [`available`]
-//! returned true.
+//! returned true, and a `*_vnni` one only after [`vnni`] did.
 
 #![allow(clippy::needless_range_loop)]
 // the one safety contract is stated in the module docs above
@@ -2241,7 +2246,7 @@ pub fn tile_k8<const T: u8>(
     tile_k8_body::<T, false>(w, row_bytes, rows, ys, yd, out, out_stride)
 }
 
-/// [`tile_k8`] with VNNI ([`k_sumi_vnni`]); bit for bit the same.
+/// [`tile_k8`] with VNNI (`k_sumi_vnni`); bit for bit the same.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`vnni`]).
