@@ -1635,7 +1635,7 @@ pub fn tile_q8x8<const T: u8>(
 /// leaves the same lane sums. Bit for bit [`tile_q8x8`].
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`vnni`]).
+/// The CPU must have AVX2, FMA, F16C and AVX-512 VNNI, VL and BW ([`vnni`]).
 #[inline(never)]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
@@ -1692,7 +1692,7 @@ fn tile_q8x8_body<const T: u8, const VNNI: bool>(
     let qp = qt.as_ptr();
     let cp = q5c.as_ptr();
     let ydp = yd.as_ptr();
-    // SAFETY: the callers enable AVX2, FMA and F16C (and, for VNNI, AVX-512 VNNI and VL,
+    // SAFETY: the callers enable AVX2, FMA and F16C (and, for VNNI, AVX-512 VNNI, VL and BW,
     // the only instance that reaches a VNNI intrinsic). i < nb below; the weight rows hold
     // nb blocks of `size` bytes, the activations 8 nb registers, the table SCALE_ROWS nb
     // entries (checked above) and, for VNNI Q5_0, q5c 8 nb entries (checked by the caller).
@@ -1932,7 +1932,7 @@ pub fn tiles_q8_0_lanes(
 /// exact integer sums. Bit for bit [`tiles_q8_0_lanes`].
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`vnni`]).
+/// The CPU must have AVX2, FMA, F16C and AVX-512 VNNI, VL and BW ([`vnni`]).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
 pub fn tiles_q8_0_lanes_vnni(
@@ -2249,7 +2249,7 @@ pub fn tile_k8<const T: u8>(
 /// [`tile_k8`] with VNNI (`k_sumi_vnni`); bit for bit the same.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA, F16C, AVX-512 VNNI and AVX-512 VL ([`vnni`]).
+/// The CPU must have AVX2, FMA, F16C and AVX-512 VNNI, VL and BW ([`vnni`]).
 #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
 pub fn tile_k8_vnni<const T: u8>(
     w: &[u8],

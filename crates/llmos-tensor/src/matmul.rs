@@ -478,7 +478,7 @@ fn tile8(
                 let dq = &acts.dq[g * per..(g + groups) * per];
                 if k::vnni() {
                     let qc = &acts.qc[g * per..(g + groups) * per];
-                    // SAFETY: the CPU reported AVX2, FMA, F16C, AVX-512 VNNI and VL.
+                    // SAFETY: the CPU reported AVX2, FMA, F16C and AVX-512 VNNI, VL and BW.
                     unsafe {
                         k::tiles_q8_0_lanes_vnni(wb, rb, nr, groups, ql, dq, qc, out, out_stride)
                     };
@@ -499,7 +499,7 @@ fn tile8(
                     } else {
                         &[]
                     };
-                    // SAFETY: the CPU reported AVX2, FMA, F16C, AVX-512 VNNI and VL.
+                    // SAFETY: the CPU reported AVX2, FMA, F16C and AVX-512 VNNI, VL and BW.
                     unsafe {
                         match dt {
                             DType::Q5_0 => k::tiles_q8x8_vnni::<{ k::Q5_0 }>(

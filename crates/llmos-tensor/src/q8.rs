@@ -2111,7 +2111,7 @@ mod tests {
                             let mut qc = vec![[0i32; 8]; nb];
                             lane_corrections(ys, &mut qc);
                             let mut o2 = vec![f32::NAN; out.len()];
-                            // SAFETY: vnni() reported AVX-512 VNNI and VL besides AVX2.
+                            // SAFETY: vnni() reported AVX-512 VNNI, VL and BW besides AVX2.
                             unsafe {
                                 k::tiles_q8_0_lanes_vnni(w, rb, rows, 1, &ql, &dq, &qc, &mut o2, 16)
                             };
@@ -2155,7 +2155,7 @@ mod tests {
                     let mut q5c = vec![[0i32; 8]; qt.len()];
                     tile_q5_corrections(ys, &mut q5c);
                     let mut o2 = vec![f32::NAN; out.len()];
-                    // SAFETY: vnni() reported AVX-512 VNNI and VL besides AVX2.
+                    // SAFETY: vnni() reported AVX-512 VNNI, VL and BW besides AVX2.
                     unsafe {
                         match t {
                             DType::Q5_0 => k::tile_q8x8_vnni::<{ k::Q5_0 }>(
@@ -2218,7 +2218,7 @@ mod tests {
                 if k::vnni() {
                     // the VNNI form, bit for bit the same
                     let mut o2 = vec![f32::NAN; out.len()];
-                    // SAFETY: vnni() reported AVX-512 VNNI and VL besides AVX2.
+                    // SAFETY: vnni() reported AVX-512 VNNI, VL and BW besides AVX2.
                     unsafe {
                         match t {
                             DType::Q4K => k::tile_k8_vnni::<4>(w, rb, rows, ys, yd, &mut o2, 16),
