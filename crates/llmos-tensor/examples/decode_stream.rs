@@ -1,17 +1,26 @@
 //! Weight streaming of a decode step without the rest of the forward pass: SmolLM2-135M's
 //! layer matrices (30 layers of q/k/v, o, gate/up, down) in Q4_1, one token, the same
 //! parallel sections as the model, then its Q8_0 head. Prints GB/s of weights read:
-//! `cargo run --release -p llmos-tensor --example decode_stream [THREADS] [LAYERS]`.
+//! `cargo run --release -p llmos-tensor --example decode_stream [THREADS] [LAYERS] [TYPE]`,
+//! TYPE the layers' type: q4_1 (default), q8_0, q4_0 or q5_0 (SmolLM2's shapes).
 mod common;
 use llmos_tensor::quantize::quantize_rows;
 use llmos_tensor::{ActCache, ActMode, DType, Weight, matmul_cached, matmul_cached_multi};
 use std::time::Instant;
 
 fn main() {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .filter_map(|s| s.parse().ok())
-        .collect();
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<usize> = all.iter().filter_map(|s| s.parse().ok()).collect();
+    let lt = match all.get(2).map(String::as_str) {
+        None | Some("q4_1") => DType::Q4_1,
+        Some("q8_0") => DType::Q8_0,
+        Some("q4_0") => DType::Q4_0,
+        Some("q5_0") => DType::Q5_0,
+        Some(t) => {
+            eprintln!("decode_stream: unknown type {t} (q4_1, q8_0, q4_0, q5_0)");
+            std::process::exit(2)
+        }
+    };
     let threads = args.first().copied().unwrap_or(2);
     let layers = args.get(1).copied().unwrap_or(30);
     llmos_tensor::init_threads(threads);
@@ -23,12 +32,7 @@ fn main() {
     };
     let shapes = [(e, e), (kv, e), (kv, e), (e, e), (ff, e), (ff, e), (e, ff)];
     let data: Vec<Vec<Vec<u8>>> = (0..layers)
-        .map(|_| {
-            shapes
-                .iter()
-                .map(|&(r, c)| make(DType::Q4_1, r, c))
-                .collect()
-        })
+        .map(|_| shapes.iter().map(|&(r, c)| make(lt, r, c)).collect())
         .collect();
     let head = make(DType::Q8_0, vocab, e);
     let ws: Vec<Vec<Weight>> = data
@@ -36,7 +40,7 @@ fn main() {
         .map(|l| {
             l.iter()
                 .zip(&shapes)
-                .map(|(d, &(r, c))| Weight::new(DType::Q4_1, d, r, c).expect("weight"))
+                .map(|(d, &(r, c))| Weight::new(lt, d, r, c).expect("weight"))
                 .collect()
         })
         .collect();
@@ -73,7 +77,7 @@ fn main() {
     times.sort_by(f64::total_cmp);
     let gb = bytes as f64 / 1e9;
     println!(
-        "{threads} threads, {layers} layers + head, {:.1} MB: best {:.2} GB/s, median {:.2} GB/s ({:.1} tokens/s)",
+        "{threads} threads, {layers} layers ({lt}) + head, {:.1} MB: best {:.2} GB/s, median {:.2} GB/s ({:.1} tokens/s)",
         bytes as f64 / 1e6,
         gb / times[0],
         gb / times[15],

@@ -209,6 +209,10 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
                 let b = wp[r].add(i * size);
                 if i % 2 == 0 {
                     _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
+                    if T != Q8_0 {
+                        // see PREFETCH_L2
+                        _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(PREFETCH_L2).cast());
+                    }
                 }
                 let fused_scales = (T == Q4_1 || T == Q5_1) && R == 2;
                 if !fused_scales {
@@ -346,6 +350,15 @@ fn storef8(out: &mut [f32; 8], v: __m256) {
 /// runs: 2 KiB median 118.8 / 122.3 tok/s, 3 KiB 126.7 / 125.2 (14 of 16 pairs faster),
 /// 4 KiB 122.5; SmolLM2 Q8_0 and Gemma-3 Q4_K_M the same at 2 and 3 KiB).
 const PREFETCH: usize = 3072;
+
+/// Bytes ahead that the token-generation kernels of the 4- and 5-bit block types also ask
+/// the second-level cache to fetch (`_MM_HINT_T1`), so a weight stream has more misses in
+/// flight than the first level's miss buffers hold. Measured on a Zen 4 with
+/// `decode_stream 2` (SmolLM2's matrices, Q4_1 rows, 8 interleaved runs each, median of
+/// best GB/s): none 25.5-26.8, 4 KiB 29.2, 8 KiB 31.5-31.7, 12 KiB 31.2, 16 KiB 29.9; one
+/// thread 15.0 -> 16.0. Q8_0 rows stream slower with it (`decode_stream N 30 q8_0`, 6
+/// interleaved runs: one thread 15.9 -> 15.2, two 28.6 -> 25.2), so they go without.
+const PREFETCH_L2: usize = 8192;
 
 /// Asks the cache to fetch the `lines` cache lines from `PREFETCH` bytes past `b`. A
 /// prefetch of an address past the data is harmless (it never faults).
