@@ -1580,9 +1580,63 @@ pub fn rows_q8<const T: u8>(
         }
     }
     while r < n {
-        out[r] = dot_q8::<T, 1, 1>([row(r)], [y])[0][0];
+        out[r] = if T == Q8_0 {
+            dot_q8_0_row(row(r), y)
+        } else {
+            dot_q8::<T, 1, 1>([row(r)], [y])[0][0]
+        };
         r += 1;
     }
+}
+
+/// One Q8_0 weight row with one activation row (token generation): what
+/// `dot_q8::<Q8_0, 1, 1>` computes, with the integer sums of four blocks reduced together
+/// (three `vphaddd` and one add, where a block alone takes a seven-instruction horizontal
+/// sum), then the four blocks' fused multiply-adds in block order as before. The sums are
+/// exact integers, so the result is bit for bit the same.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_q8_0_row(w: &[u8], y: &[BlockQ8]) -> f32 {
+    let nb = y.len();
+    assert!(
+        w.len() >= nb * 34,
+        "weight row shorter than the activations"
+    );
+    let (wp, yp) = (w.as_ptr(), y.as_ptr());
+    // block i's 32 products, summed in pairs of pairs: 8 i32 lanes
+    // SAFETY (here and below): i < nb, the row holds nb blocks of 34 bytes and y nb blocks
+    // (asserted above); the loads are unaligned loads inside those blocks.
+    let lanes = |i: usize| unsafe {
+        let b = wp.add(i * 34);
+        if i.is_multiple_of(2) {
+            _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
+        }
+        let qx = _mm256_loadu_si256(b.add(2).cast());
+        let qy = _mm256_loadu_si256((*yp.add(i)).qs.as_ptr().cast());
+        mul_sum_u8(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx))
+    };
+    let scale = |i: usize| unsafe { f16_ptr(wp.add(i * 34)) * (*yp.add(i)).d };
+    let mut acc = 0f32;
+    let mut i = 0;
+    while i + 4 <= nb {
+        let h01 = _mm256_hadd_epi32(lanes(i), lanes(i + 1));
+        let h23 = _mm256_hadd_epi32(lanes(i + 2), lanes(i + 3));
+        // lanes 0-3: the four blocks' first halves, 4-7 their second halves
+        let h = _mm256_hadd_epi32(h01, h23);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h));
+        let mut f = [0f32; 4];
+        // SAFETY: the array holds 4 writable floats; the store is unaligned.
+        unsafe { _mm_storeu_ps(f.as_mut_ptr(), _mm_cvtepi32_ps(s)) };
+        for (k, fk) in f.into_iter().enumerate() {
+            acc = fk.mul_add(scale(i + k), acc);
+        }
+        i += 4;
+    }
+    while i < nb {
+        acc = (hsum_i32(lanes(i)) as f32).mul_add(scale(i), acc);
+        i += 1;
+    }
+    acc
 }
 
 /// [`rows_q8`] for the K types (`T` = 4, 5, 6), one row at a time.

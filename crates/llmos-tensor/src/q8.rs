@@ -2329,8 +2329,12 @@ mod tests {
     /// reference for every block type.
     #[test]
     fn row_loops_equal_scalar_reference() {
-        for t in BLOCK_TYPES {
-            let n = 512;
+        // 608 columns: 19 blocks, a row that is not a whole number of four-block groups
+        for (t, n) in BLOCK_TYPES
+            .into_iter()
+            .flat_map(|t| [(t, 512usize), (t, 608)])
+            .filter(|&(t, n)| n % t.block_size() == 0)
+        {
             let rb = t.row_bytes(n as u64).unwrap() as usize;
             let rows = 7;
             let w: Vec<u8> = (0..rows as u64)
@@ -2347,7 +2351,7 @@ mod tests {
                     assert_eq!(
                         out[j].to_bits(),
                         want.to_bits(),
-                        "{t} pairs={pairs} row {j}"
+                        "{t} n={n} pairs={pairs} row {j}"
                     );
                 }
             }
