@@ -355,9 +355,10 @@ const PREFETCH: usize = 3072;
 /// the second-level cache to fetch (`_MM_HINT_T1`), so a weight stream has more misses in
 /// flight than the first level's miss buffers hold. Measured on a Zen 4 with
 /// `decode_stream 2` (SmolLM2's matrices, Q4_1 rows, 8 interleaved runs each, median of
-/// best GB/s): none 25.5-26.8, 4 KiB 29.2, 8 KiB 31.5-31.7, 12 KiB 31.2, 16 KiB 29.9; one
-/// thread 15.0 -> 16.0. Q8_0 rows stream slower with it (`decode_stream N 30 q8_0`, 6
-/// interleaved runs: one thread 15.9 -> 15.2, two 28.6 -> 25.2), so they go without.
+/// best GB/s): L1 prefetch only 25.5-26.8; with this one at 8 KiB 31.5-31.7, 12 KiB 31.2,
+/// 16 KiB 29.9; one thread 15.0 -> 16.0. Q8_0 rows stream slower with it
+/// (`decode_stream N 30 q8_0`, 6 interleaved runs: one thread 15.9 -> 15.2, two 28.6 ->
+/// 25.2), so they go without.
 const PREFETCH_L2: usize = 8192;
 
 /// Asks the cache to fetch the `lines` cache lines from `PREFETCH` bytes past `b`. A
