@@ -179,6 +179,32 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
     w: [&[u8]; R],
     ys: [&[BlockQ8]; N],
 ) -> [[f32; N]; R] {
+    // SAFETY: this function enables AVX2, FMA and F16C, all the body needs without VNNI.
+    unsafe { dot_q8_body::<T, R, N, false>(w, ys) }
+}
+
+/// The body of [`dot_q8`] and of [`rows_q8_vnni`]: with `VNNI`, the unsigned types' (Q4_1,
+/// Q5_1) lane sums come from one `vpdpbusd` per block and row (AVX2: `vpmaddubsw` +
+/// `vpmaddwd`), the same integers.
+///
+/// # Safety
+/// The caller enables AVX2, FMA and F16C, and with `VNNI` AVX-512 VNNI, VL and BW too.
+#[inline(always)]
+unsafe fn dot_q8_body<const T: u8, const R: usize, const N: usize, const VNNI: bool>(
+    w: [&[u8]; R],
+    ys: [&[BlockQ8]; N],
+) -> [[f32; N]; R] {
+    // four bytes' products summed into each i32 lane; the same integers either way
+    let lane_sums = |x: __m256i, y: __m256i| {
+        // SAFETY: the caller's features (VNNI ones only in the VNNI instance)
+        unsafe {
+            if VNNI {
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), x, y)
+            } else {
+                mul_sum_u8(x, y)
+            }
+        }
+    };
     let size = block_bytes(T);
     let nb = ys[0].len();
     for r in 0..R {
@@ -192,137 +218,139 @@ pub fn dot_q8<const T: u8, const R: usize, const N: usize>(
     }
     let wp: [*const u8; R] = w.map(|w| w.as_ptr());
     let yp: [*const BlockQ8; N] = ys.map(|y| y.as_ptr());
-    let mut acc = [[_mm256_setzero_ps(); N]; R];
-    let mut accs = [[0f32; N]; R];
-    let mut summ2 = [_mm_setzero_ps(); N];
-    let m4 = _mm256_set1_epi8(0x0f);
-    for i in 0..nb {
-        // SAFETY: i < nb, every weight row holds nb blocks of `size` bytes and every
-        // activation row nb blocks (checked above); all loads are unaligned loads inside
-        // those blocks.
-        unsafe {
-            let mut qx = [_mm256_setzero_si256(); R];
-            let mut ax = [_mm256_setzero_si256(); R];
-            let mut dw = [0f32; R];
-            let mut mw = [0f32; R];
-            for r in 0..R {
-                let b = wp[r].add(i * size);
-                if i % 2 == 0 {
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
-                    if T != Q8_0 {
-                        // see PREFETCH_L2
-                        _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(PREFETCH_L2).cast());
+    // SAFETY: the caller's features. In the loop: i < nb, every weight row holds nb blocks
+    // of `size` bytes and every activation row nb blocks (checked above); all loads are
+    // unaligned loads inside those blocks. The stores go to local arrays.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        let mut accs = [[0f32; N]; R];
+        let mut summ2 = [_mm_setzero_ps(); N];
+        let m4 = _mm256_set1_epi8(0x0f);
+        for i in 0..nb {
+            {
+                let mut qx = [_mm256_setzero_si256(); R];
+                let mut ax = [_mm256_setzero_si256(); R];
+                let mut dw = [0f32; R];
+                let mut mw = [0f32; R];
+                for r in 0..R {
+                    let b = wp[r].add(i * size);
+                    if i % 2 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
+                        if T != Q8_0 {
+                            // see PREFETCH_L2
+                            _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(PREFETCH_L2).cast());
+                        }
                     }
-                }
-                let fused_scales = (T == Q4_1 || T == Q5_1) && R == 2;
-                if !fused_scales {
-                    dw[r] = f16_ptr(b);
-                }
-                let nib = |at: usize| nibbles(b.add(at), m4);
-                qx[r] = match T {
-                    Q4_0 => _mm256_sub_epi8(nib(2), _mm256_set1_epi8(8)),
-                    Q4_1 => nib(4),
-                    Q5_0 => {
-                        let qh = b.add(2).cast::<u32>().read_unaligned();
-                        let hi = _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0u8 as i8));
-                        _mm256_or_si256(nib(6), hi)
-                    }
-                    Q5_1 => {
-                        let qh = b.add(4).cast::<u32>().read_unaligned();
-                        let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
-                        _mm256_or_si256(nib(8), hi)
-                    }
-                    _ => _mm256_loadu_si256(b.add(2).cast()),
-                };
-                if T == Q4_1 || T == Q5_1 {
+                    let fused_scales = (T == Q4_1 || T == Q5_1) && R == 2;
                     if !fused_scales {
-                        mw[r] = f16_ptr(b.add(2));
+                        dw[r] = f16_ptr(b);
                     }
-                } else {
-                    // signed weights: |x| once per block; the sign moves to the activations
-                    ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
+                    let nib = |at: usize| nibbles(b.add(at), m4);
+                    qx[r] = match T {
+                        Q4_0 => _mm256_sub_epi8(nib(2), _mm256_set1_epi8(8)),
+                        Q4_1 => nib(4),
+                        Q5_0 => {
+                            let qh = b.add(2).cast::<u32>().read_unaligned();
+                            let hi =
+                                _mm256_andnot_si256(bits32(qh), _mm256_set1_epi8(0xf0u8 as i8));
+                            _mm256_or_si256(nib(6), hi)
+                        }
+                        Q5_1 => {
+                            let qh = b.add(4).cast::<u32>().read_unaligned();
+                            let hi = _mm256_and_si256(bits32(qh), _mm256_set1_epi8(0x10));
+                            _mm256_or_si256(nib(8), hi)
+                        }
+                        _ => _mm256_loadu_si256(b.add(2).cast()),
+                    };
+                    if T == Q4_1 || T == Q5_1 {
+                        if !fused_scales {
+                            mw[r] = f16_ptr(b.add(2));
+                        }
+                    } else {
+                        // signed weights: |x| once per block; the sign moves to the activations
+                        ax[r] = _mm256_sign_epi8(qx[r], qx[r]);
+                    }
                 }
-            }
-            let dwv: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(dw[r]));
-            if (T == Q4_1 || T == Q5_1) && R == 2 {
-                // lanes [d0, m0, d1, m1] of the two rows, converted by one instruction; the
-                // min terms of both rows advance together in lanes 1 and 3 (lanes 0 and 2
-                // carry unused products)
-                let dm = _mm_cvtph_ps(_mm_insert_epi32::<1>(
-                    _mm_cvtsi32_si128(wp[0].add(i * size).cast::<i32>().read_unaligned()),
-                    wp[1].add(i * size).cast::<i32>().read_unaligned(),
-                ));
+                let dwv: [__m256; R] = std::array::from_fn(|r| _mm256_set1_ps(dw[r]));
+                if (T == Q4_1 || T == Q5_1) && R == 2 {
+                    // lanes [d0, m0, d1, m1] of the two rows, converted by one instruction; the
+                    // min terms of both rows advance together in lanes 1 and 3 (lanes 0 and 2
+                    // carry unused products)
+                    let dm = _mm_cvtph_ps(_mm_insert_epi32::<1>(
+                        _mm_cvtsi32_si128(wp[0].add(i * size).cast::<i32>().read_unaligned()),
+                        wp[1].add(i * size).cast::<i32>().read_unaligned(),
+                    ));
+                    for n in 0..N {
+                        let y = &*yp[n].add(i);
+                        let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
+                        // [d, s, d, s] of the activation block (d and s are adjacent), so one
+                        // multiply makes both rows' scale products (lanes 0 and 2, the f32
+                        // products d_w * d_y) and min terms (lanes 1 and 3)
+                        let ys = _mm_castpd_ps(_mm_loaddup_pd((&raw const y.d).cast::<f64>()));
+                        let prod = _mm_mul_ps(dm, ys);
+                        summ2[n] = _mm_add_ps(summ2[n], prod);
+                        let dv = [
+                            _mm256_broadcastss_ps(prod),
+                            _mm256_permutevar8x32_ps(
+                                _mm256_castps128_ps256(prod),
+                                _mm256_set1_epi32(2),
+                            ),
+                        ];
+                        for (r, dr) in dv.into_iter().enumerate() {
+                            let p = _mm256_cvtepi32_ps(lane_sums(qx[r], qy));
+                            acc[r][n] = _mm256_fmadd_ps(dr, p, acc[r][n]);
+                        }
+                    }
+                    continue;
+                }
                 for n in 0..N {
                     let y = &*yp[n].add(i);
                     let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
-                    // [d, s, d, s] of the activation block (d and s are adjacent), so one
-                    // multiply makes both rows' scale products (lanes 0 and 2, the f32
-                    // products d_w * d_y) and min terms (lanes 1 and 3)
-                    let ys = _mm_castpd_ps(_mm_loaddup_pd((&raw const y.d).cast::<f64>()));
-                    let prod = _mm_mul_ps(dm, ys);
-                    summ2[n] = _mm_add_ps(summ2[n], prod);
-                    let dv = [
-                        _mm256_broadcastss_ps(prod),
-                        _mm256_permutevar8x32_ps(
-                            _mm256_castps128_ps256(prod),
-                            _mm256_set1_epi32(2),
-                        ),
-                    ];
-                    for (r, dr) in dv.into_iter().enumerate() {
-                        let p = _mm256_cvtepi32_ps(mul_sum_u8(qx[r], qy));
-                        acc[r][n] = _mm256_fmadd_ps(dr, p, acc[r][n]);
+                    let ydv = _mm256_set1_ps(y.d);
+                    for r in 0..R {
+                        let d = dw[r] * y.d;
+                        // the same product, already in all lanes
+                        let dv = _mm256_mul_ps(dwv[r], ydv);
+                        match T {
+                            Q4_0 | Q8_0 => {
+                                let s = hsum_i32(mul_sum_u8(ax[r], _mm256_sign_epi8(qy, qx[r])));
+                                accs[r][n] = (s as f32).mul_add(d, accs[r][n]);
+                            }
+                            Q4_1 | Q5_1 => {
+                                let p = _mm256_cvtepi32_ps(lane_sums(qx[r], qy));
+                                acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
+                                accs[r][n] += mw[r] * y.s;
+                            }
+                            _ => {
+                                let sy = _mm256_sign_epi8(qy, qx[r]);
+                                let p = _mm256_cvtepi32_ps(mul_sum_u8(ax[r], sy));
+                                acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
+                            }
+                        }
                     }
                 }
-                continue;
             }
+        }
+        if (T == Q4_1 || T == Q5_1) && R == 2 {
             for n in 0..N {
-                let y = &*yp[n].add(i);
-                let qy = _mm256_loadu_si256(y.qs.as_ptr().cast());
-                let ydv = _mm256_set1_ps(y.d);
-                for r in 0..R {
-                    let d = dw[r] * y.d;
-                    // the same product, already in all lanes
-                    let dv = _mm256_mul_ps(dwv[r], ydv);
-                    match T {
-                        Q4_0 | Q8_0 => {
-                            let s = hsum_i32(mul_sum_u8(ax[r], _mm256_sign_epi8(qy, qx[r])));
-                            accs[r][n] = (s as f32).mul_add(d, accs[r][n]);
-                        }
-                        Q4_1 | Q5_1 => {
-                            let p = _mm256_cvtepi32_ps(mul_sum_u8(qx[r], qy));
-                            acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
-                            accs[r][n] += mw[r] * y.s;
-                        }
-                        _ => {
-                            let sy = _mm256_sign_epi8(qy, qx[r]);
-                            let p = _mm256_cvtepi32_ps(mul_sum_u8(ax[r], sy));
-                            acc[r][n] = _mm256_fmadd_ps(dv, p, acc[r][n]);
-                        }
-                    }
-                }
+                let mut lanes = [0f32; 4];
+                _mm_storeu_ps(lanes.as_mut_ptr(), summ2[n]);
+                accs[0][n] = lanes[1];
+                accs[1][n] = lanes[3];
             }
         }
-    }
-    if (T == Q4_1 || T == Q5_1) && R == 2 {
-        for n in 0..N {
-            let mut lanes = [0f32; 4];
-            // SAFETY: the array holds 4 writable floats; the store is unaligned.
-            unsafe { _mm_storeu_ps(lanes.as_mut_ptr(), summ2[n]) };
-            accs[0][n] = lanes[1];
-            accs[1][n] = lanes[3];
+        let mut out = [[0f32; N]; R];
+        for r in 0..R {
+            for n in 0..N {
+                out[r][n] = if T == Q4_0 || T == Q8_0 {
+                    accs[r][n]
+                } else {
+                    hsum8(acc[r][n]) + accs[r][n]
+                };
+            }
         }
+        out
     }
-    let mut out = [[0f32; N]; R];
-    for r in 0..R {
-        for n in 0..N {
-            out[r][n] = if T == Q4_0 || T == Q8_0 {
-                accs[r][n]
-            } else {
-                hsum8(acc[r][n]) + accs[r][n]
-            };
-        }
-    }
-    out
 }
 
 /// The f16 at `p` (unaligned), converted by the F16C instruction.
@@ -1569,24 +1597,66 @@ pub fn rows_q8<const T: u8>(
     out: &mut [f32],
     pairs: bool,
 ) {
+    // SAFETY: this function enables AVX2, FMA and F16C, all the body needs without VNNI.
+    unsafe { rows_q8_body::<T, false>(w, row_bytes, y, out, pairs) }
+}
+
+/// [`rows_q8`] for Q4_1 and Q5_1 with VNNI (see [`vnni`]): each block's lane sums in one
+/// `vpdpbusd` per row (`dot_q8_body`), the same integers, so bit for bit [`rows_q8`]. On a
+/// Zen 4, Q4_1 rows in L2 31.8 -> 34.5 GMAC/s, and streamed (`decode_stream N 30 q4_1`, 8
+/// interleaved runs, medians) one thread 16.1 -> 17.2 GB/s, two 27.4 -> 28.8.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C and AVX-512 VNNI, VL and BW ([`vnni`]).
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
+pub fn rows_q8_vnni<const T: u8>(
+    w: &[u8],
+    row_bytes: usize,
+    y: &[BlockQ8],
+    out: &mut [f32],
+    pairs: bool,
+) {
+    assert!(
+        T == Q4_1 || T == Q5_1,
+        "rows_q8_vnni: only the unsigned types (Q4_1, Q5_1)"
+    );
+    // SAFETY: this function enables every feature the VNNI body needs.
+    unsafe { rows_q8_body::<T, true>(w, row_bytes, y, out, pairs) }
+}
+
+/// The body of [`rows_q8`] and [`rows_q8_vnni`].
+///
+/// # Safety
+/// As [`dot_q8_body`]: the caller's target features.
+#[inline(always)]
+unsafe fn rows_q8_body<const T: u8, const VNNI: bool>(
+    w: &[u8],
+    row_bytes: usize,
+    y: &[BlockQ8],
+    out: &mut [f32],
+    pairs: bool,
+) {
     let n = out.len();
-    prefetch_start(&w[..n * row_bytes]);
-    let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
-    let mut r = 0;
-    if pairs {
-        while r + 2 <= n {
-            let o = dot_q8::<T, 2, 1>([row(r), row(r + 1)], [y]);
-            (out[r], out[r + 1]) = (o[0][0], o[1][0]);
-            r += 2;
+    // SAFETY: the caller's features; the kernels check their rows' lengths
+    unsafe {
+        prefetch_start(&w[..n * row_bytes]);
+        let row = |r: usize| &w[r * row_bytes..(r + 1) * row_bytes];
+        let mut r = 0;
+        if pairs {
+            while r + 2 <= n {
+                let o = dot_q8_body::<T, 2, 1, VNNI>([row(r), row(r + 1)], [y]);
+                (out[r], out[r + 1]) = (o[0][0], o[1][0]);
+                r += 2;
+            }
         }
-    }
-    while r < n {
-        out[r] = if T == Q8_0 {
-            dot_q8_0_row(row(r), y)
-        } else {
-            dot_q8::<T, 1, 1>([row(r)], [y])[0][0]
-        };
-        r += 1;
+        while r < n {
+            out[r] = if T == Q8_0 {
+                dot_q8_0_row(row(r), y)
+            } else {
+                dot_q8_body::<T, 1, 1, VNNI>([row(r)], [y])[0][0]
+            };
+            r += 1;
+        }
     }
 }
 

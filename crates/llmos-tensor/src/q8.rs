@@ -395,10 +395,17 @@ pub fn vec_dot_rows(t: DType, w: &[u8], row_bytes: usize, a: ActRow, out: &mut [
         use crate::avx2 as k;
         let (rb, p) = (row_bytes, pairs);
         // SAFETY (each call below): the CPU reported AVX2, FMA and F16C, all these kernels
-        // enable; row geometry was checked when the weight was made.
+        // enable, and the `_vnni` ones only where vnni() reported AVX-512 VNNI, VL and BW
+        // too; row geometry was checked when the weight was made.
         unsafe {
             match (t, a) {
                 (DType::Q4_0, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q4_0 }>(w, rb, y, out, p),
+                (DType::Q4_1, ActRow::Q8(y)) if k::vnni() => {
+                    return k::rows_q8_vnni::<{ k::Q4_1 }>(w, rb, y, out, p);
+                }
+                (DType::Q5_1, ActRow::Q8(y)) if k::vnni() => {
+                    return k::rows_q8_vnni::<{ k::Q5_1 }>(w, rb, y, out, p);
+                }
                 (DType::Q4_1, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q4_1 }>(w, rb, y, out, p),
                 (DType::Q5_0, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q5_0 }>(w, rb, y, out, p),
                 (DType::Q5_1, ActRow::Q8(y)) => return k::rows_q8::<{ k::Q5_1 }>(w, rb, y, out, p),
@@ -2353,6 +2360,28 @@ mod tests {
                         want.to_bits(),
                         "{t} n={n} pairs={pairs} row {j}"
                     );
+                }
+                // on a VNNI machine vec_dot_rows took the VNNI rows for Q4_1 / Q5_1: the
+                // AVX2 ones must give the same
+                #[cfg(target_arch = "x86_64")]
+                if crate::avx2::available() && matches!(t, DType::Q4_1 | DType::Q5_1) {
+                    use crate::avx2 as k;
+                    let y = match a.as_row() {
+                        ActRow::Q8(y) => y,
+                        _ => unreachable!("Q4_1 / Q5_1 take Q8 activations"),
+                    };
+                    let mut o2 = vec![f32::NAN; rows];
+                    // SAFETY: available() reported AVX2, FMA and F16C.
+                    unsafe {
+                        if t == DType::Q4_1 {
+                            k::rows_q8::<{ k::Q4_1 }>(&w, rb, y, &mut o2, pairs)
+                        } else {
+                            k::rows_q8::<{ k::Q5_1 }>(&w, rb, y, &mut o2, pairs)
+                        }
+                    }
+                    for j in 0..rows {
+                        assert_eq!(o2[j].to_bits(), out[j].to_bits(), "{t} avx2 row {j}");
+                    }
                 }
             }
         }
