@@ -7,10 +7,11 @@
 //! Every kernel takes one weight row and N activation rows (N = 1 for token generation, 4
 //! when a prompt is processed), so a weight block is loaded and unpacked once per N tokens.
 //!
-//! The eight-token prompt kernels also come in `*_vnni` forms for CPUs with AVX-512 VNNI,
-//! VL and BW ([`vnni`]): their bodies are shared `#[inline(always)]` functions generic over
-//! a `VNNI` flag, compiled once under each wrapper's target features, and they make the
-//! same integer sums with `vpdpbusd` / `vpdpwssd`.
+//! The eight-token prompt kernels, and the Q4_1 / Q5_1 token-generation rows
+//! ([`rows_q8_vnni`]), also come in `*_vnni` forms for CPUs with AVX-512 VNNI, VL and BW
+//! ([`vnni`]): their bodies are shared `#[inline(always)]` functions generic over a `VNNI`
+//! flag, compiled once under each wrapper's target features, and they make the same integer
+//! sums with `vpdpbusd` / `vpdpwssd`.
 
 //!
 //! # Safety
