@@ -577,6 +577,28 @@ impl Gguf {
         &self.bytes[(self.data_start as usize).min(self.bytes.len())..]
     }
 
+    /// Tells the OS that this process no longer reads `range` of the data section through
+    /// the map (a model that keeps a repacked copy of those bytes): their pages leave the
+    /// process's resident set. Reading them again later is correct, just a page fault; a
+    /// file held in memory is left as it is.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Bytes::Mapped(m) = &self.bytes {
+            let start = self.data_start as usize + range.start;
+            if range.end < range.start || start + range.len() > m.len() {
+                return;
+            }
+            // SAFETY: the map is read-only and backed by the file: dropping its pages
+            // discards nothing (no private changes exist), and any later read of these
+            // bytes faults them in again from the file with the same contents.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, range.len())
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
     /// Size of the file in bytes.
     pub fn file_len(&self) -> u64 {
         self.bytes.len() as u64

@@ -1,5 +1,6 @@
 //! Time of one decode step of S sequences decoding together (continuous batching's step),
-//! without sampling or the scheduler: `batch_step MODEL.gguf [S] [THREADS] [STEPS]`.
+//! without sampling or the scheduler: `batch_step MODEL.gguf [S] [THREADS] [STEPS] [x8]`
+//! (x8: the Q4_1 matrices repacked, `Model::repack`).
 //! Prints the median step in ms and the aggregate tokens/s.
 use llmos_formats::gguf::Gguf;
 use llmos_model::Model;
@@ -19,10 +20,13 @@ fn main() {
         eprintln!("{path}: {e}");
         std::process::exit(1)
     });
-    let m = Model::load(Arc::new(g)).unwrap_or_else(|e| {
+    let mut m = Model::load(Arc::new(g)).unwrap_or_else(|e| {
         eprintln!("{path}: {e}");
         std::process::exit(1)
     });
+    if a.get(4).map(String::as_str) == Some("x8") {
+        m.repack().expect("repack");
+    }
     let v = m.config.n_vocab as u32;
     let mut caches: Vec<_> = (0..seqs).map(|_| m.new_cache(32 + steps + 1)).collect();
     let mut toks: Vec<u32> = Vec::new();

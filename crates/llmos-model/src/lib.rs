@@ -49,4 +49,6 @@ pub enum ModelError {
     BadToken { id: u32, vocab: usize },
     #[error("batch sequence {0} has no tokens")]
     EmptySequence(usize),
+    #[error("repacking weights: no memory for a copy: {0}")]
+    Repack(std::io::Error),
 }

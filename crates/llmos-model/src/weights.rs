@@ -7,7 +7,8 @@ use llmos_formats::Gguf;
 use llmos_tensor::{ActMode, DType, Weight};
 use std::sync::Arc;
 
-/// A matrix inside the mapped file: `rows` rows of `cols` values (PyTorch [out, in]).
+/// A matrix inside the mapped file: `rows` rows of `cols` values (PyTorch [out, in]), and
+/// its X8 copy once [`Model::repack`] made one.
 #[derive(Clone, Debug)]
 pub(crate) struct Mat {
     pub dtype: DType,
@@ -15,6 +16,26 @@ pub(crate) struct Mat {
     pub len: usize,
     pub rows: usize,
     pub cols: usize,
+    pub x8: Option<Packed>,
+}
+
+/// A repacked matrix ([`llmos_tensor::x8`]): its bytes in an anonymous map that holds every
+/// repacked matrix of the model (one map, so the OS can back it with huge pages where it
+/// gives them on request: decode streams it once per token, a TLB miss per 4 KiB page
+/// otherwise).
+#[derive(Clone)]
+pub(crate) struct Packed(Arc<memmap2::MmapMut>, std::ops::Range<usize>);
+
+impl Packed {
+    fn bytes(&self) -> &[u8] {
+        &self.0[self.1.clone()]
+    }
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed({} bytes)", self.1.len())
+    }
 }
 
 pub(crate) struct Layer {
@@ -82,6 +103,7 @@ impl Binder<'_> {
             len: t.size as usize,
             rows,
             cols,
+            x8: None,
         })
     }
 
@@ -168,7 +190,7 @@ impl Model {
             });
         }
         let rope_freqs = b.opt_vec("rope_freqs.weight", c.rope_dim / 2)?;
-        Ok(Model {
+        let mut m = Model {
             config: c,
             gguf: g,
             tok_embd,
@@ -178,13 +200,83 @@ impl Model {
             rope_freqs,
             act: ActMode::Q8,
             lora: None,
-        })
+        };
+        // Q4_1 matrices run repacked unless LLMOS_NO_X8 is set (to compare with llama.cpp's
+        // own summation order, bit for bit)
+        if std::env::var_os("LLMOS_NO_X8").is_none_or(|v| v.is_empty() || v == "0") {
+            m.repack()?;
+        }
+        Ok(m)
     }
 
     /// A kernel view of a bound matrix.
-    pub(crate) fn w(&self, m: &Mat) -> Weight<'_> {
+    pub(crate) fn w<'a>(&'a self, m: &'a Mat) -> Weight<'a> {
+        if let Some(p) = &m.x8 {
+            return Weight::new_x8(p.bytes(), m.rows, m.cols).expect("geometry checked at repack");
+        }
         let data = &self.gguf.data_section()[m.start..m.start + m.len];
         Weight::new(m.dtype, data, m.rows, m.cols).expect("geometry checked at load")
+    }
+
+    /// Repacks the Q4_1 layer matrices (and an untied Q4_1 output) eight rows at a time
+    /// ([`llmos_tensor::x8`]): token generation, batches and prompts then make eight rows'
+    /// dot products per instruction. The file's pages of those matrices leave the resident
+    /// set, so memory stays about the file's size. Results change in the last bits (another
+    /// summation order than llama.cpp's). Returns the bytes repacked; matrices of other
+    /// types, or whose rows are not a multiple of eight, stay as they are.
+    pub fn repack(&mut self) -> Result<u64, ModelError> {
+        let g = self.gguf.clone();
+        let mut done = 0u64;
+        let tied = self.output.start == self.tok_embd.start;
+        let mut mats: Vec<&mut Mat> = Vec::new();
+        for l in &mut self.layers {
+            mats.extend([
+                &mut l.wq,
+                &mut l.wk,
+                &mut l.wv,
+                &mut l.wo,
+                &mut l.gate,
+                &mut l.up,
+                &mut l.down,
+            ]);
+        }
+        if !tied {
+            mats.push(&mut self.output);
+        }
+        let eligible = |m: &Mat| {
+            m.dtype == DType::Q4_1
+                && m.x8.is_none()
+                && m.rows.is_multiple_of(llmos_tensor::x8::GROUP)
+                && m.cols.is_multiple_of(32)
+        };
+        mats.retain(|m| eligible(m));
+        // one map for all, each matrix at a 64-byte boundary
+        let at = |len: usize| len.next_multiple_of(64);
+        let total: usize = mats.iter().map(|m| at(m.len)).sum();
+        if total == 0 {
+            return Ok(0);
+        }
+        let mut buf = memmap2::MmapMut::map_anon(total).map_err(ModelError::Repack)?;
+        #[cfg(target_os = "linux")]
+        let _ = buf.advise(memmap2::Advice::HugePage);
+        let mut spans = Vec::new();
+        let mut off = 0;
+        for m in &mats {
+            let src = &g.data_section()[m.start..m.start + m.len];
+            let dst = &mut buf[off..off + m.len];
+            let ok = llmos_tensor::x8::repack_q4_1_into(src, m.rows, m.cols, dst);
+            spans.push(ok.then_some(off..off + m.len));
+            off += at(m.len);
+        }
+        let buf = Arc::new(buf);
+        for (m, span) in mats.into_iter().zip(spans) {
+            if let Some(span) = span {
+                m.x8 = Some(Packed(buf.clone(), span));
+                g.release(m.start..m.start + m.len);
+                done += m.len as u64;
+            }
+        }
+        Ok(done)
     }
 
     /// Bytes of weights read per generated token (all matrices once, embeddings one row).

@@ -2,7 +2,8 @@
 //! layer matrices (30 layers of q/k/v, o, gate/up, down) in Q4_1, one token, the same
 //! parallel sections as the model, then its Q8_0 head. Prints GB/s of weights read:
 //! `cargo run --release -p llmos-tensor --example decode_stream [THREADS] [LAYERS] [TYPE]`,
-//! TYPE the layers' type: q4_1 (default), q8_0, q4_0 or q5_0 (SmolLM2's shapes).
+//! TYPE the layers' type: q4_1 (default), q8_0, q4_0, q5_0 or x8 (Q4_1 repacked eight rows
+//! at a time, see `llmos_tensor::x8`).
 mod common;
 use llmos_tensor::quantize::quantize_rows;
 use llmos_tensor::{ActCache, ActMode, DType, Weight, matmul_cached, matmul_cached_multi};
@@ -11,13 +12,14 @@ use std::time::Instant;
 fn main() {
     let all: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<usize> = all.iter().filter_map(|s| s.parse().ok()).collect();
+    let x8 = all.get(2).map(String::as_str) == Some("x8");
     let lt = match all.get(2).map(String::as_str) {
-        None | Some("q4_1") => DType::Q4_1,
+        None | Some("q4_1") | Some("x8") => DType::Q4_1,
         Some("q8_0") => DType::Q8_0,
         Some("q4_0") => DType::Q4_0,
         Some("q5_0") => DType::Q5_0,
         Some(t) => {
-            eprintln!("decode_stream: unknown type {t} (q4_1, q8_0, q4_0, q5_0)");
+            eprintln!("decode_stream: unknown type {t} (q4_1, q8_0, q4_0, q5_0, x8)");
             std::process::exit(2)
         }
     };
@@ -32,7 +34,19 @@ fn main() {
     };
     let shapes = [(e, e), (kv, e), (kv, e), (e, e), (ff, e), (ff, e), (e, ff)];
     let data: Vec<Vec<Vec<u8>>> = (0..layers)
-        .map(|_| shapes.iter().map(|&(r, c)| make(lt, r, c)).collect())
+        .map(|_| {
+            shapes
+                .iter()
+                .map(|&(r, c)| {
+                    let d = make(lt, r, c);
+                    if x8 {
+                        llmos_tensor::x8::repack_q4_1(&d, r, c).expect("repack")
+                    } else {
+                        d
+                    }
+                })
+                .collect()
+        })
         .collect();
     let head = make(DType::Q8_0, vocab, e);
     let ws: Vec<Vec<Weight>> = data
@@ -40,7 +54,13 @@ fn main() {
         .map(|l| {
             l.iter()
                 .zip(&shapes)
-                .map(|(d, &(r, c))| Weight::new(lt, d, r, c).expect("weight"))
+                .map(|(d, &(r, c))| {
+                    if x8 {
+                        Weight::new_x8(d, r, c).expect("weight")
+                    } else {
+                        Weight::new(lt, d, r, c).expect("weight")
+                    }
+                })
                 .collect()
         })
         .collect();

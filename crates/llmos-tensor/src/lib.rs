@@ -13,6 +13,7 @@ pub mod pool;
 pub mod q8;
 pub mod quant;
 pub mod quantize;
+pub mod x8;
 
 pub use dtype::DType;
 pub use matmul::{ActCache, Weight, matmul, matmul_cached, matmul_cached_multi, matmul_with};
@@ -27,6 +28,10 @@ pub enum TensorError {
     Unsupported(DType),
     #[error("a row of {n} values is not a whole number of {dtype} blocks")]
     BadRowLength { dtype: DType, n: usize },
+    #[error(
+        "a repacked (X8) matrix needs whole groups of 8 rows and exactly its bytes: {rows} rows"
+    )]
+    BadGroups { rows: usize },
     #[error("{dtype} data too short: need {need} bytes, have {have}")]
     ShortData {
         dtype: DType,

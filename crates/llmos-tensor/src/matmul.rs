@@ -14,13 +14,15 @@ use crate::q8::{
 use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
 
-/// A borrowed 2-D weight: `rows` rows of `cols` values of type `dtype`.
+/// A borrowed 2-D weight: `rows` rows of `cols` values of type `dtype`, row after row, or
+/// (`x8`, Q4_1 only) repacked eight rows at a time (see [`crate::x8`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Weight<'a> {
     pub dtype: DType,
     pub data: &'a [u8],
     pub rows: usize,
     pub cols: usize,
+    pub x8: bool,
 }
 
 impl<'a> Weight<'a> {
@@ -50,21 +52,36 @@ impl<'a> Weight<'a> {
             data: &data[..need],
             rows,
             cols,
+            x8: false,
         })
+    }
+
+    /// A Q4_1 matrix in the X8 layout ([`crate::x8::repack_q4_1`]'s output): rows a whole
+    /// number of groups of eight, `data` exactly the matrix.
+    pub fn new_x8(data: &'a [u8], rows: usize, cols: usize) -> Result<Self, TensorError> {
+        let w = Weight::new(DType::Q4_1, data, rows, cols)?;
+        if !rows.is_multiple_of(crate::x8::GROUP) || data.len() != w.data.len() {
+            return Err(TensorError::BadGroups { rows });
+        }
+        Ok(Weight { x8: true, ..w })
     }
 
     pub fn row_bytes(&self) -> usize {
         self.data.len() / self.rows.max(1)
     }
 
-    /// Bytes of row `r`.
+    /// Bytes of row `r` (row-major layouts only).
     pub fn row(&self, r: usize) -> &'a [u8] {
+        assert!(!self.x8, "Weight::row of a repacked matrix");
         let rb = self.row_bytes();
         &self.data[r * rb..(r + 1) * rb]
     }
 
     /// Row `r` as f32 (embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if self.x8 {
+            return crate::x8::dequantize_row(self.data, self.cols, r, out);
+        }
         dequantize_row(self.dtype, self.row(r), &mut out[..self.cols])
             .expect("geometry checked in Weight::new");
     }
@@ -324,6 +341,13 @@ impl QuantActs {
         }
     }
 
+    /// Row r's Q8 blocks (Q8 format only).
+    #[inline]
+    fn q8_row(&self, r: usize) -> &[BlockQ8] {
+        let per = self.cols / 32;
+        &self.q8[r * per..(r + 1) * per]
+    }
+
     #[inline]
     fn row(&self, r: usize) -> ActRow<'_> {
         match self.fmt {
@@ -396,7 +420,14 @@ impl ActCache {
             .expect("ActCache::peek before get")
     }
 
-    fn get(&mut self, t: DType, x: &[f32], cols: usize) -> &QuantActs {
+    /// [`ActCache::get`] without the prompt kernels' tile copies (the X8 kernels read the
+    /// blocks as they are).
+    fn get_plain(&mut self, t: DType, x: &[f32], cols: usize) -> &QuantActs {
+        let i = self.fill_for(t, x, cols);
+        &self.sets[i]
+    }
+
+    fn fill_for(&mut self, t: DType, x: &[f32], cols: usize) -> usize {
         let fmt = act_fmt(t);
         let i = match self.sets.iter().position(|s| s.fmt == fmt) {
             Some(i) => i,
@@ -410,6 +441,11 @@ impl ActCache {
             self.sets[i].fill(x, cols);
             self.fresh[i] = true;
         }
+        i
+    }
+
+    fn get(&mut self, t: DType, x: &[f32], cols: usize) -> &QuantActs {
+        let i = self.fill_for(t, x, cols);
         self.sets[i].tiles_for(t);
         &self.sets[i]
     }
@@ -584,14 +620,24 @@ pub fn matmul_cached_multi<const K: usize>(
         return;
     }
     for w in &ws {
-        cache.get(w.dtype, x, w.cols);
+        cache.get_plain(w.dtype, x, w.cols);
     }
     let acts: [&QuantActs; K] = std::array::from_fn(|k| cache.peek(ws[k].dtype));
     let rows: usize = ws.iter().map(|w| w.rows).sum();
-    let chunk = chunk_rows(rows);
+    let mut chunk = chunk_rows(rows);
+    if ws.iter().any(|w| w.x8) {
+        chunk = chunk.next_multiple_of(crate::x8::GROUP);
+    }
     for_each_chunk_mut_multi(ys, [chunk; K], |k, ci, out| {
         let w = ws[k];
         let dt = w.dtype;
+        if w.x8 {
+            let gb = w.cols / 32 * crate::x8::GROUP_BLOCK;
+            let g0 = ci * chunk / crate::x8::GROUP;
+            let wb = &w.data[g0 * gb..(g0 + out.len() / crate::x8::GROUP) * gb];
+            let n = out.len();
+            return crate::x8::tile::<1>(wb, w.cols / 32, [acts[k].q8_row(0)], out, n);
+        }
         let pairs = matches!(dt, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1);
         let (rb, r0) = (w.row_bytes(), ci * chunk);
         let a = acts[k].row(0);
@@ -622,6 +668,9 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
     let t = token_count(w, x, y);
     if t == 0 {
         return;
+    }
+    if w.x8 {
+        return matmul_x8(w, x, y, t, cache);
     }
     let acts = cache.get(w.dtype, x, w.cols);
     let dt = w.dtype;
@@ -670,6 +719,111 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
     // were 4% of a step of eight sequences)
     let chunk = chunk_rows(w.rows).next_multiple_of(16);
     few_tokens(dt, w, acts, t, chunk, y);
+}
+
+/// [`matmul_cached`] of an X8 matrix ([`crate::x8`]): T tokens in [`ActMode::Q8`], every
+/// path reading the repacked groups with up to eight tokens per kernel call.
+fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCache) {
+    use crate::x8::{GROUP, GROUP_BLOCK};
+    let acts = cache.get_plain(DType::Q4_1, x, w.cols);
+    let nb = w.cols / 32;
+    let gb = nb * GROUP_BLOCK;
+    let rows = w.rows;
+    if t < 16 {
+        // one token or a batch of sequences: rows split across threads (one stream each)
+        let chunk = chunk_rows(rows).next_multiple_of(GROUP);
+        if t == 1 {
+            let a = acts.q8_row(0);
+            for_each_chunk_mut(y, chunk, |ci, ys| {
+                let g0 = ci * chunk / GROUP;
+                let wb = &w.data[g0 * gb..(g0 + ys.len() / GROUP) * gb];
+                let n = ys.len();
+                crate::x8::tile::<1>(wb, nb, [a], ys, n);
+            });
+            return;
+        }
+        for_each_col_chunk_mut(&mut y[..rows * t], rows, chunk, |_, mut cols| {
+            let (r0, n) = (cols.first_col(), cols.width());
+            // 32 rows at a time (in L1 while every token passes), up to 8 tokens a call
+            let mut buf = [0f32; 8 * 32];
+            for b0 in (0..n).step_by(32) {
+                let b1 = (b0 + 32).min(n);
+                let wb = &w.data[(r0 + b0) / GROUP * gb..(r0 + b1) / GROUP * gb];
+                let stride = b1 - b0;
+                let mut ti = 0;
+                while ti < t {
+                    let m = (t - ti).min(8);
+                    x8_call(m, wb, nb, acts, ti, &mut buf, stride);
+                    for k in 0..m {
+                        cols.row(ti + k)[b0..b1]
+                            .copy_from_slice(&buf[k * stride..(k + 1) * stride]);
+                    }
+                    ti += m;
+                }
+            }
+        });
+        return;
+    }
+    // prompts: each task a group of about 32 tokens against the whole weight, 32 rows at a
+    // time (they stay in L1) with 8 tokens per call
+    let threads = threads().max(1);
+    let tasks = threads * t.div_ceil(threads * 32).max(1);
+    let group = t.div_ceil(tasks).next_multiple_of(8);
+    for_each_chunk_mut(y, group * rows, |gi, ys| {
+        let (t0, n) = (gi * group, ys.len() / rows);
+        for g0 in (0..rows / GROUP).step_by(4) {
+            let g1 = (g0 + 4).min(rows / GROUP);
+            let wb = &w.data[g0 * gb..g1 * gb];
+            let mut ti = 0;
+            while ti < n {
+                let m = (n - ti).min(8);
+                x8_call(
+                    m,
+                    wb,
+                    nb,
+                    acts,
+                    t0 + ti,
+                    &mut ys[ti * rows + g0 * GROUP..],
+                    rows,
+                );
+                ti += m;
+            }
+        }
+    });
+}
+
+/// [`crate::x8::tile`] for `m` (1..=8) activation rows from `t0`.
+fn x8_call(
+    m: usize,
+    wb: &[u8],
+    nb: usize,
+    acts: &QuantActs,
+    t0: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    use crate::x8::tile;
+    macro_rules! call {
+        ($n:literal) => {
+            tile::<$n>(
+                wb,
+                nb,
+                std::array::from_fn(|k| acts.q8_row(t0 + k)),
+                out,
+                stride,
+            )
+        };
+    }
+    match m {
+        8 => call!(8),
+        7 => call!(7),
+        6 => call!(6),
+        5 => call!(5),
+        4 => call!(4),
+        3 => call!(3),
+        2 => call!(2),
+        _ => call!(1),
+    }
 }
 
 /// The few-token path: y ([T, rows], every element written) in blocks of 16 weight rows,
@@ -860,5 +1014,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A repacked Q4_1 matrix (X8): every path (one token, a few, a prompt's groups, the
+    /// fused multi-weight section) gives each output bit for bit the X8 reference of that
+    /// token alone, close to the row-major kernels; the f32 mode reads the same values.
+    #[test]
+    fn x8_matmul_paths_equal_the_reference() {
+        crate::pool::init(2);
+        let (rows, cols) = (72, 256);
+        let wf: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 2001) as f32) / 1000.0 - 1.0)
+            .collect();
+        let bytes = crate::quantize::quantize_rows(DType::Q4_1, &wf, cols).unwrap();
+        let packed = crate::x8::repack_q4_1(&bytes, rows, cols).unwrap();
+        let w = Weight::new(DType::Q4_1, &bytes, rows, cols).unwrap();
+        let wx = Weight::new_x8(&packed, rows, cols).unwrap();
+        assert!(Weight::new_x8(&packed[..packed.len() - 160], rows - 1, cols).is_err());
+        let gb = cols / 32 * crate::x8::GROUP_BLOCK;
+        for t in [1usize, 2, 3, 5, 7, 8, 9, 13, 15, 16, 17, 37, 64] {
+            let x: Vec<f32> = (0..t * cols)
+                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+                .collect();
+            let mut got = vec![f32::NAN; t * rows];
+            matmul_with(&wx, &x, &mut got, ActMode::Q8);
+            let mut rowmajor = vec![0f32; t * rows];
+            matmul_with(&w, &x, &mut rowmajor, ActMode::Q8);
+            for ti in 0..t {
+                let a = crate::q8::quantize_q8(&x[ti * cols..(ti + 1) * cols]);
+                for g in 0..rows / 8 {
+                    let want = crate::x8::dot_ref(&packed[g * gb..(g + 1) * gb], [&a[..]])[0];
+                    for (j, wv) in want.iter().enumerate() {
+                        let r = g * 8 + j;
+                        let v = got[ti * rows + r];
+                        assert_eq!(v.to_bits(), wv.to_bits(), "T={t} token {ti} row {r}");
+                        let near = rowmajor[ti * rows + r];
+                        assert!(
+                            (v - near).abs() <= 1e-4 * near.abs().max(1.0),
+                            "T={t} row {r}"
+                        );
+                    }
+                }
+            }
+            let (mut f1, mut f2) = (vec![0f32; t * rows], vec![0f32; t * rows]);
+            matmul_with(&wx, &x, &mut f1, ActMode::F32);
+            matmul_with(&w, &x, &mut f2, ActMode::F32);
+            assert_eq!(f1, f2, "f32 mode T={t}");
+        }
+        // the fused one-token section with an X8 weight beside a row-major one
+        let q8 = crate::quantize::quantize_rows(DType::Q8_0, &wf[..40 * cols], cols).unwrap();
+        let wq = Weight::new(DType::Q8_0, &q8, 40, cols).unwrap();
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+        let (mut a, mut b) = (vec![f32::NAN; rows], vec![f32::NAN; 40]);
+        let mut cache = ActCache::new();
+        matmul_cached_multi([&wx, &wq], &x, [&mut a, &mut b], ActMode::Q8, &mut cache);
+        let (mut a1, mut b1) = (vec![0f32; rows], vec![0f32; 40]);
+        matmul_with(&wx, &x, &mut a1, ActMode::Q8);
+        matmul_with(&wq, &x, &mut b1, ActMode::Q8);
+        assert_eq!((a, b), (a1, b1));
     }
 }
