@@ -265,6 +265,10 @@ impl Model {
             let src = &g.data_section()[m.start..m.start + m.len];
             let dst = &mut buf[off..off + m.len];
             let ok = llmos_tensor::x8::repack_q4_1_into(src, m.rows, m.cols, dst);
+            if ok {
+                // the file's pages leave at once: the peak stays about one copy
+                g.release(m.start..m.start + m.len);
+            }
             spans.push(ok.then_some(off..off + m.len));
             off += at(m.len);
         }
@@ -272,7 +276,6 @@ impl Model {
         for (m, span) in mats.into_iter().zip(spans) {
             if let Some(span) = span {
                 m.x8 = Some(Packed(buf.clone(), span));
-                g.release(m.start..m.start + m.len);
                 done += m.len as u64;
             }
         }
