@@ -358,8 +358,18 @@ impl Model {
             }
             let swa = c.is_swa_layer(l);
             let cs = if swa { &cs_swa } else { &cs_global };
-            for_each_chunk_mut(q, nh * d, |t, qt| rope_cs(qt, d, &cs[t], c.rope_style));
-            for_each_chunk_mut(k, nkv * d, |t, kt| rope_cs(kt, d, &cs[t], c.rope_style));
+            // rows in parallel for prompts (a few decoding rows cost less than a section)
+            if t_n >= 16 {
+                for_each_chunk_mut(q, nh * d, |t, qt| rope_cs(qt, d, &cs[t], c.rope_style));
+                for_each_chunk_mut(k, nkv * d, |t, kt| rope_cs(kt, d, &cs[t], c.rope_style));
+            } else {
+                for (t, qt) in q.chunks_exact_mut(nh * d).enumerate() {
+                    rope_cs(qt, d, &cs[t], c.rope_style);
+                }
+                for (t, kt) in k.chunks_exact_mut(nkv * d).enumerate() {
+                    rope_cs(kt, d, &cs[t], c.rope_style);
+                }
+            }
             r16(k);
             r16(v);
             r16(q);
@@ -604,8 +614,10 @@ impl Model {
             self.lora_add(l, 4, h, g);
             self.lora_add(l, 5, h, u);
             let ff = c.n_ff;
-            for_each_chunk_mut(g, ff * 4, |i, gs| {
-                let us = &u[i * ff * 4..i * ff * 4 + gs.len()];
+            // four rows per task for prompts; a few decoding rows in one
+            let per = if t_n >= 16 { ff * 4 } else { g.len() };
+            for_each_chunk_mut(g, per, |i, gs| {
+                let us = &u[i * per..i * per + gs.len()];
                 match (c.arch, q8) {
                     (Arch::Gemma3, false) => gs
                         .iter_mut()

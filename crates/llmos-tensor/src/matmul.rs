@@ -248,7 +248,9 @@ impl QuantActs {
             ActFmt::Q8 => {
                 self.q8.resize(x.len() / 32, BlockQ8::ZERO);
                 let per = cols / 32;
-                if rows >= 8 {
+                // rows in parallel for prompts; a batch of decoding sequences' few rows take
+                // less than a parallel section costs
+                if rows >= 16 {
                     for_each_chunk_mut(&mut self.q8, per, |i, o| {
                         quantize_q8_into(&x[i * cols..(i + 1) * cols], o)
                     });
@@ -613,6 +615,26 @@ pub fn matmul_cached_multi<const K: usize>(
         .iter()
         .zip(&ys)
         .all(|(w, y)| w.cols == x.len() && y.len() == w.rows && !matches!(w.dtype, DType::F32));
+    let t = x.len() / ws.first().map_or(1, |w| w.cols.max(1));
+    let few_x8 = (2..16).contains(&t)
+        && ws
+            .iter()
+            .zip(&ys)
+            .all(|(w, y)| w.x8 && w.cols * t == x.len() && y.len() == t * w.rows);
+    if mode == ActMode::Q8 && few_x8 {
+        // a batch of sequences: every weight's row pieces in one section
+        for w in &ws {
+            cache.get_plain(w.dtype, x, w.cols);
+        }
+        let acts = cache.peek(DType::Q4_1);
+        let rows: usize = ws.iter().map(|w| w.rows).sum();
+        let chunk = chunk_rows(rows).next_multiple_of(crate::x8::GROUP);
+        let strides = ws.map(|w| w.rows);
+        crate::pool::for_each_col_chunk_mut_multi(ys, strides, [chunk; K], |k, _, cols| {
+            x8_cols(ws[k], acts, t, cols)
+        });
+        return;
+    }
     if mode == ActMode::F32 || !one {
         for (w, y) in ws.into_iter().zip(ys) {
             matmul_cached(w, x, y, mode, cache);
@@ -742,25 +764,8 @@ fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCach
             });
             return;
         }
-        for_each_col_chunk_mut(&mut y[..rows * t], rows, chunk, |_, mut cols| {
-            let (r0, n) = (cols.first_col(), cols.width());
-            // 32 rows at a time (in L1 while every token passes), up to 8 tokens a call
-            let mut buf = [0f32; 8 * 32];
-            for b0 in (0..n).step_by(32) {
-                let b1 = (b0 + 32).min(n);
-                let wb = &w.data[(r0 + b0) / GROUP * gb..(r0 + b1) / GROUP * gb];
-                let stride = b1 - b0;
-                let mut ti = 0;
-                while ti < t {
-                    let m = (t - ti).min(8);
-                    x8_call(m, wb, nb, acts, ti, &mut buf, stride);
-                    for k in 0..m {
-                        cols.row(ti + k)[b0..b1]
-                            .copy_from_slice(&buf[k * stride..(k + 1) * stride]);
-                    }
-                    ti += m;
-                }
-            }
+        for_each_col_chunk_mut(&mut y[..rows * t], rows, chunk, |_, cols| {
+            x8_cols(w, acts, t, cols)
         });
         return;
     }
@@ -790,6 +795,31 @@ fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCach
             }
         }
     });
+}
+
+/// One task of an X8 matmul of a few tokens: the view's columns (a whole number of groups
+/// of rows) for all `t` tokens, 32 rows at a time (in L1 while every token passes), up to
+/// 8 tokens per kernel call.
+fn x8_cols(w: &Weight, acts: &QuantActs, t: usize, mut cols: crate::pool::ColsMut<'_, f32>) {
+    use crate::x8::{GROUP, GROUP_BLOCK};
+    let nb = w.cols / 32;
+    let gb = nb * GROUP_BLOCK;
+    let (r0, n) = (cols.first_col(), cols.width());
+    let mut buf = [0f32; 8 * 32];
+    for b0 in (0..n).step_by(32) {
+        let b1 = (b0 + 32).min(n);
+        let wb = &w.data[(r0 + b0) / GROUP * gb..(r0 + b1) / GROUP * gb];
+        let stride = b1 - b0;
+        let mut ti = 0;
+        while ti < t {
+            let m = (t - ti).min(8);
+            x8_call(m, wb, nb, acts, ti, &mut buf, stride);
+            for k in 0..m {
+                cols.row(ti + k)[b0..b1].copy_from_slice(&buf[k * stride..(k + 1) * stride]);
+            }
+            ti += m;
+        }
+    }
 }
 
 /// [`crate::x8::tile`] for `m` (1..=8) activation rows from `t0`.
@@ -1071,6 +1101,16 @@ mod tests {
         let (mut a1, mut b1) = (vec![0f32; rows], vec![0f32; 40]);
         matmul_with(&wx, &x, &mut a1, ActMode::Q8);
         matmul_with(&wq, &x, &mut b1, ActMode::Q8);
+        assert_eq!((a, b), (a1, b1));
+        // a batch's fused section: two X8 weights, one input of 5 tokens
+        let packed2 = crate::x8::repack_q4_1(&bytes[..16 * bytes.len() / rows], 16, cols).unwrap();
+        let wx2 = Weight::new_x8(&packed2, 16, cols).unwrap();
+        let x: Vec<f32> = (0..5 * cols).map(|i| (i as f32 * 0.11).cos()).collect();
+        let (mut a, mut b) = (vec![f32::NAN; 5 * rows], vec![f32::NAN; 5 * 16]);
+        matmul_cached_multi([&wx, &wx2], &x, [&mut a, &mut b], ActMode::Q8, &mut cache);
+        let (mut a1, mut b1) = (vec![0f32; 5 * rows], vec![0f32; 5 * 16]);
+        matmul_with(&wx, &x, &mut a1, ActMode::Q8);
+        matmul_with(&wx2, &x, &mut b1, ActMode::Q8);
         assert_eq!((a, b), (a1, b1));
     }
 }

@@ -424,6 +424,49 @@ pub fn for_each_chunk_mut_multi<T: Send, const K: usize>(
     });
 }
 
+/// [`for_each_col_chunk_mut`] over K row-major matrices in one parallel section: every
+/// `chunk[k]`-column piece of matrix k (rows of `stride[k]` elements) is a task,
+/// `f(k, i, view)` for piece i of matrix k. For several small matmuls of one input (q, k
+/// and v of a batch of sequences), so the threads meet once instead of once per matrix.
+pub fn for_each_col_chunk_mut_multi<T: Send, const K: usize>(
+    data: [&mut [T]; K],
+    stride: [usize; K],
+    chunk: [usize; K],
+    f: impl Fn(usize, usize, ColsMut<'_, T>) + Sync,
+) {
+    let chunk = chunk.map(|c| c.max(1));
+    for k in 0..K {
+        assert!(
+            stride[k] > 0 && data[k].len().is_multiple_of(stride[k]),
+            "for_each_col_chunk_mut_multi: matrix {k}: {} elements are not rows of {}",
+            data[k].len(),
+            stride[k]
+        );
+    }
+    let rows: [usize; K] = std::array::from_fn(|k| data[k].len() / stride[k]);
+    let counts: [usize; K] = std::array::from_fn(|k| stride[k].div_ceil(chunk[k]));
+    let total: usize = counts.iter().sum();
+    let bases = data.map(|d| SendPtr(d.as_mut_ptr()));
+    parallel_for(total, &|task| {
+        let (mut k, mut i) = (0, task);
+        while i >= counts[k] {
+            i -= counts[k];
+            k += 1;
+        }
+        let p = &bases[k];
+        // the view's columns lie inside matrix k; pieces of one matrix are disjoint, the
+        // matrices distinct borrows held until parallel_for returns (see ColsMut::row)
+        let view = ColsMut {
+            base: p.0,
+            rows: rows[k],
+            stride: stride[k],
+            cols: i * chunk[k]..((i + 1) * chunk[k]).min(stride[k]),
+            _borrow: std::marker::PhantomData,
+        };
+        f(k, i, view)
+    });
+}
+
 /// Held by tests that change the pool's thread count, so they do not run into each other.
 #[cfg(test)]
 pub(crate) static SERIAL: Mutex<()> = Mutex::new(());
@@ -484,6 +527,27 @@ mod tests {
                 let want: Vec<u32> = (1..=(rows * stride) as u32).collect();
                 assert_eq!(m, want, "{rows}x{stride} by {chunk}, {th} threads");
             }
+        }
+    }
+
+    #[test]
+    fn column_chunks_of_several_matrices_cover_each_once() {
+        let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        for th in [1, 2] {
+            init(th);
+            let (mut a, mut b) = (vec![0u32; 3 * 10], vec![0u32; 3 * 7]);
+            for_each_col_chunk_mut_multi([&mut a, &mut b], [10, 7], [4, 4], |k, i, mut v| {
+                assert_eq!(v.first_col(), i * 4);
+                let stride = [10, 7][k];
+                for r in 0..3 {
+                    let c0 = v.first_col();
+                    for (j, x) in v.row(r).iter_mut().enumerate() {
+                        *x += (r * stride + c0 + j) as u32 + 1 + 1000 * k as u32;
+                    }
+                }
+            });
+            assert_eq!(a, (1..=30).collect::<Vec<u32>>(), "{th} threads");
+            assert_eq!(b, (1001..=1021).collect::<Vec<u32>>(), "{th} threads");
         }
     }
 
