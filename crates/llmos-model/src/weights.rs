@@ -212,13 +212,15 @@ impl Model {
     /// A kernel view of a bound matrix.
     pub(crate) fn w<'a>(&'a self, m: &'a Mat) -> Weight<'a> {
         if let Some(p) = &m.x8 {
-            return Weight::new_x8(p.bytes(), m.rows, m.cols).expect("geometry checked at repack");
+            return Weight::new_x8(m.dtype, p.bytes(), m.rows, m.cols)
+                .expect("geometry checked at repack");
         }
         let data = &self.gguf.data_section()[m.start..m.start + m.len];
         Weight::new(m.dtype, data, m.rows, m.cols).expect("geometry checked at load")
     }
 
-    /// Repacks the Q4_1 layer matrices (and an untied Q4_1 output) eight rows at a time
+    /// Repacks the Q4_1 and Q8_0 layer matrices and output (with the embeddings, when tied)
+    /// eight rows at a time
     /// ([`llmos_tensor::x8`]): token generation, batches and prompts then make eight rows'
     /// dot products per instruction. The file's pages of those matrices leave the resident
     /// set, so memory stays about the file's size. Results change in the last bits (another
@@ -240,11 +242,15 @@ impl Model {
                 &mut l.down,
             ]);
         }
-        if !tied {
-            mats.push(&mut self.output);
-        }
+        // the output matrix; when tied, the embeddings (their rows are read through the X8
+        // layout too) and the output takes the same copy below
+        mats.push(if tied {
+            &mut self.tok_embd
+        } else {
+            &mut self.output
+        });
         let eligible = |m: &Mat| {
-            m.dtype == DType::Q4_1
+            llmos_tensor::x8::supports(m.dtype)
                 && m.x8.is_none()
                 && m.rows.is_multiple_of(llmos_tensor::x8::GROUP)
                 && m.cols.is_multiple_of(32)
@@ -264,7 +270,7 @@ impl Model {
         for m in &mats {
             let src = &g.data_section()[m.start..m.start + m.len];
             let dst = &mut buf[off..off + m.len];
-            let ok = llmos_tensor::x8::repack_q4_1_into(src, m.rows, m.cols, dst);
+            let ok = llmos_tensor::x8::repack_into(m.dtype, src, m.rows, m.cols, dst);
             if ok {
                 // the file's pages leave at once: the peak stays about one copy
                 g.release(m.start..m.start + m.len);
@@ -278,6 +284,9 @@ impl Model {
                 m.x8 = Some(Packed(buf.clone(), span));
                 done += m.len as u64;
             }
+        }
+        if tied {
+            self.output.x8 = self.tok_embd.x8.clone();
         }
         Ok(done)
     }

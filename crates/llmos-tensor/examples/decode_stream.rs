@@ -2,8 +2,8 @@
 //! layer matrices (30 layers of q/k/v, o, gate/up, down) in Q4_1, one token, the same
 //! parallel sections as the model, then its Q8_0 head. Prints GB/s of weights read:
 //! `cargo run --release -p llmos-tensor --example decode_stream [THREADS] [LAYERS] [TYPE]`,
-//! TYPE the layers' type: q4_1 (default), q8_0, q4_0, q5_0 or x8 (Q4_1 repacked eight rows
-//! at a time, see `llmos_tensor::x8`).
+//! TYPE the layers' type: q4_1 (default), q8_0, q4_0, q5_0 or x8 (Q4_1 and the Q8_0 head
+//! repacked eight rows at a time, see `llmos_tensor::x8`).
 mod common;
 use llmos_tensor::quantize::quantize_rows;
 use llmos_tensor::{ActCache, ActMode, DType, Weight, matmul_cached, matmul_cached_multi};
@@ -40,7 +40,7 @@ fn main() {
                 .map(|&(r, c)| {
                     let d = make(lt, r, c);
                     if x8 {
-                        llmos_tensor::x8::repack_q4_1(&d, r, c).expect("repack")
+                        llmos_tensor::x8::repack(DType::Q4_1, &d, r, c).expect("repack")
                     } else {
                         d
                     }
@@ -48,7 +48,10 @@ fn main() {
                 .collect()
         })
         .collect();
-    let head = make(DType::Q8_0, vocab, e);
+    let mut head = make(DType::Q8_0, vocab, e);
+    if x8 {
+        head = llmos_tensor::x8::repack(DType::Q8_0, &head, vocab, e).expect("repack");
+    }
     let ws: Vec<Vec<Weight>> = data
         .iter()
         .map(|l| {
@@ -56,7 +59,7 @@ fn main() {
                 .zip(&shapes)
                 .map(|(d, &(r, c))| {
                     if x8 {
-                        Weight::new_x8(d, r, c).expect("weight")
+                        Weight::new_x8(DType::Q4_1, d, r, c).expect("weight")
                     } else {
                         Weight::new(lt, d, r, c).expect("weight")
                     }
@@ -64,7 +67,11 @@ fn main() {
                 .collect()
         })
         .collect();
-    let wh = Weight::new(DType::Q8_0, &head, vocab, e).expect("weight");
+    let wh = if x8 {
+        Weight::new_x8(DType::Q8_0, &head, vocab, e).expect("weight")
+    } else {
+        Weight::new(DType::Q8_0, &head, vocab, e).expect("weight")
+    };
     let bytes: usize = data.iter().flatten().map(|d| d.len()).sum::<usize>() + head.len();
     let x: Vec<f32> = (0..e).map(|_| rnd()).collect();
     let g: Vec<f32> = (0..ff).map(|_| rnd()).collect();

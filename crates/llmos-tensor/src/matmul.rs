@@ -15,7 +15,7 @@ use crate::quant::dequantize_row;
 use crate::{DType, TensorError};
 
 /// A borrowed 2-D weight: `rows` rows of `cols` values of type `dtype`, row after row, or
-/// (`x8`, Q4_1 only) repacked eight rows at a time (see [`crate::x8`]).
+/// (`x8`, Q4_1 and Q8_0) repacked eight rows at a time (see [`crate::x8`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Weight<'a> {
     pub dtype: DType,
@@ -56,10 +56,18 @@ impl<'a> Weight<'a> {
         })
     }
 
-    /// A Q4_1 matrix in the X8 layout ([`crate::x8::repack_q4_1`]'s output): rows a whole
-    /// number of groups of eight, `data` exactly the matrix.
-    pub fn new_x8(data: &'a [u8], rows: usize, cols: usize) -> Result<Self, TensorError> {
-        let w = Weight::new(DType::Q4_1, data, rows, cols)?;
+    /// A matrix in the X8 layout ([`crate::x8::repack`]'s output): a type with an X8 form,
+    /// rows a whole number of groups of eight, `data` exactly the matrix.
+    pub fn new_x8(
+        dtype: DType,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, TensorError> {
+        if !crate::x8::supports(dtype) {
+            return Err(TensorError::Unsupported(dtype));
+        }
+        let w = Weight::new(dtype, data, rows, cols)?;
         if !rows.is_multiple_of(crate::x8::GROUP) || data.len() != w.data.len() {
             return Err(TensorError::BadGroups { rows });
         }
@@ -80,7 +88,7 @@ impl<'a> Weight<'a> {
     /// Row `r` as f32 (embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         if self.x8 {
-            return crate::x8::dequantize_row(self.data, self.cols, r, out);
+            return crate::x8::dequantize_row(self.dtype, self.data, self.cols, r, out);
         }
         dequantize_row(self.dtype, self.row(r), &mut out[..self.cols])
             .expect("geometry checked in Weight::new");
@@ -221,6 +229,9 @@ struct QuantActs {
     q5c: Vec<[i32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
+    /// For Q8_0 weights in the X8 layout, each row's start values ([`crate::x8::corrections`]),
+    /// made on the first call that needs them. Empty otherwise.
+    xc: Vec<i32>,
 }
 
 impl QuantActs {
@@ -238,6 +249,7 @@ impl QuantActs {
             q5c: Vec::new(),
             q8k: Vec::new(),
             f: Vec::new(),
+            xc: Vec::new(),
         }
     }
 
@@ -264,6 +276,7 @@ impl QuantActs {
                     (q8[r * per + i].d, q8[r * per + i].s)
                 });
                 self.qt.clear();
+                self.xc.clear();
                 self.ql.clear();
                 self.dq.clear();
                 self.qc.clear();
@@ -350,6 +363,25 @@ impl QuantActs {
         &self.q8[r * per..(r + 1) * per]
     }
 
+    /// Row r's X8 start values (empty unless [`QuantActs::x8_for`] made them).
+    #[inline]
+    fn xc_row(&self, r: usize) -> &[i32] {
+        let per = self.cols / 32;
+        self.xc.get(r * per..(r + 1) * per).unwrap_or(&[])
+    }
+
+    /// Makes what X8 weights of type `t` read besides the blocks: Q8_0's start values.
+    fn x8_for(&mut self, t: DType) {
+        if t != DType::Q8_0 || self.fmt != ActFmt::Q8 || !self.xc.is_empty() {
+            return;
+        }
+        let mut row = Vec::new();
+        for r in 0..self.rows {
+            crate::x8::corrections(self.q8_row(r), &mut row);
+            self.xc.extend_from_slice(&row);
+        }
+    }
+
     #[inline]
     fn row(&self, r: usize) -> ActRow<'_> {
         match self.fmt {
@@ -423,9 +455,10 @@ impl ActCache {
     }
 
     /// [`ActCache::get`] without the prompt kernels' tile copies (the X8 kernels read the
-    /// blocks as they are).
+    /// blocks as they are, and Q8_0's start values).
     fn get_plain(&mut self, t: DType, x: &[f32], cols: usize) -> &QuantActs {
         let i = self.fill_for(t, x, cols);
+        self.sets[i].x8_for(t);
         &self.sets[i]
     }
 
@@ -626,12 +659,12 @@ pub fn matmul_cached_multi<const K: usize>(
         for w in &ws {
             cache.get_plain(w.dtype, x, w.cols);
         }
-        let acts = cache.peek(DType::Q4_1);
+        let acts: [&QuantActs; K] = std::array::from_fn(|k| cache.peek(ws[k].dtype));
         let rows: usize = ws.iter().map(|w| w.rows).sum();
         let chunk = chunk_rows(rows).next_multiple_of(crate::x8::GROUP);
         let strides = ws.map(|w| w.rows);
         crate::pool::for_each_col_chunk_mut_multi(ys, strides, [chunk; K], |k, _, cols| {
-            x8_cols(ws[k], acts, t, cols)
+            x8_cols(ws[k], acts[k], t, cols)
         });
         return;
     }
@@ -654,11 +687,12 @@ pub fn matmul_cached_multi<const K: usize>(
         let w = ws[k];
         let dt = w.dtype;
         if w.x8 {
-            let gb = w.cols / 32 * crate::x8::GROUP_BLOCK;
+            let gb = w.cols / 32 * crate::x8::group_block(dt);
             let g0 = ci * chunk / crate::x8::GROUP;
             let wb = &w.data[g0 * gb..(g0 + out.len() / crate::x8::GROUP) * gb];
+            let (a, c) = (acts[k].q8_row(0), acts[k].xc_row(0));
             let n = out.len();
-            return crate::x8::tile::<1>(wb, w.cols / 32, [acts[k].q8_row(0)], out, n);
+            return crate::x8::tile::<1>(dt, wb, w.cols / 32, [a], [c], out, n);
         }
         let pairs = matches!(dt, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1);
         let (rb, r0) = (w.row_bytes(), ci * chunk);
@@ -746,21 +780,22 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
 /// [`matmul_cached`] of an X8 matrix ([`crate::x8`]): T tokens in [`ActMode::Q8`], every
 /// path reading the repacked groups with up to eight tokens per kernel call.
 fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCache) {
-    use crate::x8::{GROUP, GROUP_BLOCK};
-    let acts = cache.get_plain(DType::Q4_1, x, w.cols);
+    use crate::x8::GROUP;
+    let dt = w.dtype;
+    let acts = cache.get_plain(dt, x, w.cols);
     let nb = w.cols / 32;
-    let gb = nb * GROUP_BLOCK;
+    let gb = nb * crate::x8::group_block(dt);
     let rows = w.rows;
     if t < 16 {
         // one token or a batch of sequences: rows split across threads (one stream each)
         let chunk = chunk_rows(rows).next_multiple_of(GROUP);
         if t == 1 {
-            let a = acts.q8_row(0);
+            let (a, c) = (acts.q8_row(0), acts.xc_row(0));
             for_each_chunk_mut(y, chunk, |ci, ys| {
                 let g0 = ci * chunk / GROUP;
                 let wb = &w.data[g0 * gb..(g0 + ys.len() / GROUP) * gb];
                 let n = ys.len();
-                crate::x8::tile::<1>(wb, nb, [a], ys, n);
+                crate::x8::tile::<1>(dt, wb, nb, [a], [c], ys, n);
             });
             return;
         }
@@ -782,15 +817,8 @@ fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCach
             let mut ti = 0;
             while ti < n {
                 let m = (n - ti).min(8);
-                x8_call(
-                    m,
-                    wb,
-                    nb,
-                    acts,
-                    t0 + ti,
-                    &mut ys[ti * rows + g0 * GROUP..],
-                    rows,
-                );
+                let out = &mut ys[ti * rows + g0 * GROUP..];
+                x8_call(dt, m, wb, nb, acts, t0 + ti, out, rows);
                 ti += m;
             }
         }
@@ -801,9 +829,9 @@ fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCach
 /// of rows) for all `t` tokens, 32 rows at a time (in L1 while every token passes), up to
 /// 8 tokens per kernel call.
 fn x8_cols(w: &Weight, acts: &QuantActs, t: usize, mut cols: crate::pool::ColsMut<'_, f32>) {
-    use crate::x8::{GROUP, GROUP_BLOCK};
+    use crate::x8::GROUP;
     let nb = w.cols / 32;
-    let gb = nb * GROUP_BLOCK;
+    let gb = nb * crate::x8::group_block(w.dtype);
     let (r0, n) = (cols.first_col(), cols.width());
     let mut buf = [0f32; 8 * 32];
     for b0 in (0..n).step_by(32) {
@@ -813,7 +841,7 @@ fn x8_cols(w: &Weight, acts: &QuantActs, t: usize, mut cols: crate::pool::ColsMu
         let mut ti = 0;
         while ti < t {
             let m = (t - ti).min(8);
-            x8_call(m, wb, nb, acts, ti, &mut buf, stride);
+            x8_call(w.dtype, m, wb, nb, acts, ti, &mut buf, stride);
             for k in 0..m {
                 cols.row(ti + k)[b0..b1].copy_from_slice(&buf[k * stride..(k + 1) * stride]);
             }
@@ -823,7 +851,9 @@ fn x8_cols(w: &Weight, acts: &QuantActs, t: usize, mut cols: crate::pool::ColsMu
 }
 
 /// [`crate::x8::tile`] for `m` (1..=8) activation rows from `t0`.
+#[allow(clippy::too_many_arguments)]
 fn x8_call(
+    dt: DType,
     m: usize,
     wb: &[u8],
     nb: usize,
@@ -836,9 +866,11 @@ fn x8_call(
     macro_rules! call {
         ($n:literal) => {
             tile::<$n>(
+                dt,
                 wb,
                 nb,
                 std::array::from_fn(|k| acts.q8_row(t0 + k)),
+                std::array::from_fn(|k| acts.xc_row(t0 + k)),
                 out,
                 stride,
             )
@@ -1046,9 +1078,10 @@ mod tests {
         }
     }
 
-    /// A repacked Q4_1 matrix (X8): every path (one token, a few, a prompt's groups, the
-    /// fused multi-weight section) gives each output bit for bit the X8 reference of that
-    /// token alone, close to the row-major kernels; the f32 mode reads the same values.
+    /// Repacked matrices (X8, Q4_1 and Q8_0): every path (one token, a few, a prompt's
+    /// groups, the fused multi-weight sections) gives each output bit for bit the X8
+    /// reference of that token alone, close to the row-major kernels; the f32 mode reads the
+    /// same values.
     #[test]
     fn x8_matmul_paths_equal_the_reference() {
         crate::pool::init(2);
@@ -1056,61 +1089,70 @@ mod tests {
         let wf: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 2001) as f32) / 1000.0 - 1.0)
             .collect();
-        let bytes = crate::quantize::quantize_rows(DType::Q4_1, &wf, cols).unwrap();
-        let packed = crate::x8::repack_q4_1(&bytes, rows, cols).unwrap();
-        let w = Weight::new(DType::Q4_1, &bytes, rows, cols).unwrap();
-        let wx = Weight::new_x8(&packed, rows, cols).unwrap();
-        assert!(Weight::new_x8(&packed[..packed.len() - 160], rows - 1, cols).is_err());
-        let gb = cols / 32 * crate::x8::GROUP_BLOCK;
-        for t in [1usize, 2, 3, 5, 7, 8, 9, 13, 15, 16, 17, 37, 64] {
-            let x: Vec<f32> = (0..t * cols)
-                .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
-                .collect();
-            let mut got = vec![f32::NAN; t * rows];
-            matmul_with(&wx, &x, &mut got, ActMode::Q8);
-            let mut rowmajor = vec![0f32; t * rows];
-            matmul_with(&w, &x, &mut rowmajor, ActMode::Q8);
-            for ti in 0..t {
-                let a = crate::q8::quantize_q8(&x[ti * cols..(ti + 1) * cols]);
-                for g in 0..rows / 8 {
-                    let want = crate::x8::dot_ref(&packed[g * gb..(g + 1) * gb], [&a[..]])[0];
-                    for (j, wv) in want.iter().enumerate() {
-                        let r = g * 8 + j;
-                        let v = got[ti * rows + r];
-                        assert_eq!(v.to_bits(), wv.to_bits(), "T={t} token {ti} row {r}");
-                        let near = rowmajor[ti * rows + r];
-                        assert!(
-                            (v - near).abs() <= 1e-4 * near.abs().max(1.0),
-                            "T={t} row {r}"
-                        );
+        for dt in [DType::Q4_1, DType::Q8_0] {
+            let bytes = crate::quantize::quantize_rows(dt, &wf, cols).unwrap();
+            let packed = crate::x8::repack(dt, &bytes, rows, cols).unwrap();
+            let w = Weight::new(dt, &bytes, rows, cols).unwrap();
+            let wx = Weight::new_x8(dt, &packed, rows, cols).unwrap();
+            let short = &packed[..packed.len() - crate::x8::group_block(dt)];
+            assert!(Weight::new_x8(dt, short, rows - 1, cols).is_err());
+            assert!(Weight::new_x8(DType::Q4_0, &packed, rows, cols).is_err());
+            let gb = cols / 32 * crate::x8::group_block(dt);
+            for t in [1usize, 2, 3, 5, 7, 8, 9, 13, 15, 16, 17, 37, 64] {
+                let x: Vec<f32> = (0..t * cols)
+                    .map(|i| ((i * 31 % 97) as f32 - 48.0) / 17.0)
+                    .collect();
+                let mut got = vec![f32::NAN; t * rows];
+                matmul_with(&wx, &x, &mut got, ActMode::Q8);
+                let mut rowmajor = vec![0f32; t * rows];
+                matmul_with(&w, &x, &mut rowmajor, ActMode::Q8);
+                for ti in 0..t {
+                    let a = crate::q8::quantize_q8(&x[ti * cols..(ti + 1) * cols]);
+                    for g in 0..rows / 8 {
+                        let grp = &packed[g * gb..(g + 1) * gb];
+                        let want = crate::x8::dot_ref(dt, grp, [&a[..]])[0];
+                        for (j, wv) in want.iter().enumerate() {
+                            let r = g * 8 + j;
+                            let v = got[ti * rows + r];
+                            assert_eq!(v.to_bits(), wv.to_bits(), "{dt} T={t} token {ti} row {r}");
+                            let near = rowmajor[ti * rows + r];
+                            let tol = 1e-4 * near.abs().max(1.0);
+                            assert!((v - near).abs() <= tol, "{dt} T={t} row {r}");
+                        }
                     }
                 }
+                let (mut f1, mut f2) = (vec![0f32; t * rows], vec![0f32; t * rows]);
+                matmul_with(&wx, &x, &mut f1, ActMode::F32);
+                matmul_with(&w, &x, &mut f2, ActMode::F32);
+                assert_eq!(f1, f2, "{dt} f32 mode T={t}");
             }
-            let (mut f1, mut f2) = (vec![0f32; t * rows], vec![0f32; t * rows]);
-            matmul_with(&wx, &x, &mut f1, ActMode::F32);
-            matmul_with(&w, &x, &mut f2, ActMode::F32);
-            assert_eq!(f1, f2, "f32 mode T={t}");
         }
-        // the fused one-token section with an X8 weight beside a row-major one
-        let q8 = crate::quantize::quantize_rows(DType::Q8_0, &wf[..40 * cols], cols).unwrap();
-        let wq = Weight::new(DType::Q8_0, &q8, 40, cols).unwrap();
+        // the fused sections: one token with an X8 weight beside a row-major one, then a
+        // batch of 5 tokens with two X8 weights of both types
+        let b41 = crate::quantize::quantize_rows(DType::Q4_1, &wf, cols).unwrap();
+        let p41 = crate::x8::repack(DType::Q4_1, &b41, rows, cols).unwrap();
+        let w41 = Weight::new_x8(DType::Q4_1, &p41, rows, cols).unwrap();
+        let b80 = crate::quantize::quantize_rows(DType::Q8_0, &wf[..16 * cols], cols).unwrap();
+        let p80 = crate::x8::repack(DType::Q8_0, &b80, 16, cols).unwrap();
+        let w80 = Weight::new_x8(DType::Q8_0, &p80, 16, cols).unwrap();
+        let wq = Weight::new(DType::Q8_0, &b80, 16, cols).unwrap();
         let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
-        let (mut a, mut b) = (vec![f32::NAN; rows], vec![f32::NAN; 40]);
+        let (mut a, mut b) = (vec![f32::NAN; rows], vec![f32::NAN; 16]);
         let mut cache = ActCache::new();
-        matmul_cached_multi([&wx, &wq], &x, [&mut a, &mut b], ActMode::Q8, &mut cache);
-        let (mut a1, mut b1) = (vec![0f32; rows], vec![0f32; 40]);
-        matmul_with(&wx, &x, &mut a1, ActMode::Q8);
+        matmul_cached_multi([&w41, &wq], &x, [&mut a, &mut b], ActMode::Q8, &mut cache);
+        let (mut a1, mut b1) = (vec![0f32; rows], vec![0f32; 16]);
+        matmul_with(&w41, &x, &mut a1, ActMode::Q8);
         matmul_with(&wq, &x, &mut b1, ActMode::Q8);
         assert_eq!((a, b), (a1, b1));
-        // a batch's fused section: two X8 weights, one input of 5 tokens
-        let packed2 = crate::x8::repack_q4_1(&bytes[..16 * bytes.len() / rows], 16, cols).unwrap();
-        let wx2 = Weight::new_x8(&packed2, 16, cols).unwrap();
-        let x: Vec<f32> = (0..5 * cols).map(|i| (i as f32 * 0.11).cos()).collect();
-        let (mut a, mut b) = (vec![f32::NAN; 5 * rows], vec![f32::NAN; 5 * 16]);
-        matmul_cached_multi([&wx, &wx2], &x, [&mut a, &mut b], ActMode::Q8, &mut cache);
-        let (mut a1, mut b1) = (vec![0f32; 5 * rows], vec![0f32; 5 * 16]);
-        matmul_with(&wx, &x, &mut a1, ActMode::Q8);
-        matmul_with(&wx2, &x, &mut b1, ActMode::Q8);
-        assert_eq!((a, b), (a1, b1));
+        for t in [1usize, 5] {
+            let x: Vec<f32> = (0..t * cols).map(|i| (i as f32 * 0.11).cos()).collect();
+            let (mut a, mut b) = (vec![f32::NAN; t * rows], vec![f32::NAN; t * 16]);
+            cache.set();
+            matmul_cached_multi([&w41, &w80], &x, [&mut a, &mut b], ActMode::Q8, &mut cache);
+            let (mut a1, mut b1) = (vec![0f32; t * rows], vec![0f32; t * 16]);
+            matmul_with(&w41, &x, &mut a1, ActMode::Q8);
+            matmul_with(&w80, &x, &mut b1, ActMode::Q8);
+            assert_eq!((a, b), (a1, b1), "T={t}");
+        }
     }
 }

@@ -1,65 +1,97 @@
-//! Q4_1 weights repacked eight rows at a time ("X8"), for kernels that make eight rows'
-//! dot products with one instruction per four values.
+//! Q4_1 and Q8_0 weights repacked eight rows at a time ("X8"), for kernels that make eight
+//! rows' dot products with one instruction per four values.
 //!
-//! The row-major Q4_1 kernels ([`crate::q8::vec_dot`] and its SIMD forms) follow llama.cpp's
-//! lane order: per block, eight partial integer sums are converted and multiplied into eight
+//! The row-major kernels ([`crate::q8::vec_dot`] and its SIMD forms) follow llama.cpp's lane
+//! order: per block, eight partial integer sums are converted and multiplied into eight
 //! float lanes. That pins three vector operations (integer products, conversion, fused
 //! multiply-add) to every 32 values of every row and token. Here the 32-bit lanes of a
 //! register are eight *rows*: `vpdpbusd` adds four products of one row to its lane, eight of
-//! them make each row's whole integer sum of a block, and one conversion and two fused
-//! multiply-adds finish the block for all eight rows. The float arithmetic per row and token
-//! is (in block order) `acc = (d_w * d_a) * isum + acc; acc = m_w * s_a + acc`, each step
-//! rounded once, so every kernel below and the scalar reference [`dot_ref`] agree bit for
-//! bit for any number of tokens. The sums are as exact as llama.cpp's, in another order:
-//! results differ from the row-major kernels in the last bits.
+//! them make each row's whole integer sum of a block, and one conversion and one or two
+//! fused multiply-adds finish the block for all eight rows. The float arithmetic per row and
+//! token is, in block order, `acc = (d_w * d_a) * isum + acc` (Q4_1 then `acc = m_w * s_a +
+//! acc`), each step rounded once, so every kernel below and the scalar reference
+//! [`dot_ref`] agree bit for bit for any number of tokens. The integer sums are exact, as
+//! llama.cpp's; the float steps come in another order, so results differ from the
+//! row-major kernels in the last bits.
 //!
-//! Layout: rows in groups of eight; a group holds, per block i of 32 columns, 160 bytes:
-//! the eight rows' scales `d` (f16, row r at byte 2r), their minimums `m` (f16, at 16 + 2r),
-//! then four chunks of 32 bytes where chunk k holds, at bytes 4r..4r+4, row r's quant bytes
-//! 4k..4k+4 (low nibbles: values 4k..4k+4, high nibbles: values 16+4k..16+4k+4). The bytes
-//! are the Q4_1 file's, moved: a repacked matrix has the original's size.
+//! Layout: rows in groups of eight; per block i of 32 columns a group holds
+//! [`group_block`] bytes:
+//! - Q4_1 (160): the eight rows' scales `d` (f16, row r at byte 2r), their minimums `m`
+//!   (f16, at 16 + 2r), then four chunks of 32 bytes where chunk k holds, at bytes
+//!   4r..4r+4, row r's quant bytes 4k..4k+4 (low nibbles: values 4k..4k+4, high nibbles:
+//!   values 16+4k..16+4k+4).
+//! - Q8_0 (272): the scales (16 bytes), then eight chunks of 32 bytes, chunk k holding row
+//!   r's values 4k..4k+4 at bytes 4r..4r+4, each plus 128 (top bit flipped) so `vpdpbusd`
+//!   can take them as its unsigned operand; the sums start from -128 times the activation
+//!   block's sum ([`corrections`]), which leaves the signed products' sum.
+//!
+//! A repacked matrix has the original's size.
 
 #![allow(clippy::needless_range_loop)]
 
+use crate::DType;
 use crate::q8::BlockQ8;
 
 use half::f16;
 
 /// Rows per group.
 pub const GROUP: usize = 8;
-/// Bytes per group and block of 32 columns.
-pub const GROUP_BLOCK: usize = 160;
 const Q4_1_BLOCK: usize = 20;
+const Q8_0_BLOCK: usize = 34;
 
-/// Repacks a row-major Q4_1 matrix (`rows` x `cols`, `src` its bytes) into the X8 layout,
-/// or None when the rows are not a whole number of groups or the columns of blocks.
-pub fn repack_q4_1(src: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
-    let mut out = vec![0u8; src.len()];
-    repack_q4_1_into(src, rows, cols, &mut out).then_some(out)
+/// Whether weights of type `dt` can be repacked.
+pub fn supports(dt: DType) -> bool {
+    matches!(dt, DType::Q4_1 | DType::Q8_0)
 }
 
-/// [`repack_q4_1`] into `out` (the matrix's size); false (and `out` untouched) where it
-/// does not apply.
-pub fn repack_q4_1_into(src: &[u8], rows: usize, cols: usize, out: &mut [u8]) -> bool {
-    if !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(32) || rows == 0 {
+/// Bytes per group and block of 32 columns.
+pub const fn group_block(dt: DType) -> usize {
+    match dt {
+        DType::Q8_0 => 8 * Q8_0_BLOCK,
+        _ => 8 * Q4_1_BLOCK,
+    }
+}
+
+/// Repacks a row-major Q4_1 or Q8_0 matrix (`rows` x `cols`, `src` its bytes) into the X8
+/// layout, or None when the type has no X8 form, the rows are not a whole number of groups
+/// or the columns of blocks.
+pub fn repack(dt: DType, src: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; src.len()];
+    repack_into(dt, src, rows, cols, &mut out).then_some(out)
+}
+
+/// [`repack`] into `out` (the matrix's size); false where it does not apply (`out` is then
+/// left as it was).
+pub fn repack_into(dt: DType, src: &[u8], rows: usize, cols: usize, out: &mut [u8]) -> bool {
+    if !supports(dt) || !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(32) || rows == 0 {
         return false;
     }
     let nb = cols / 32;
-    let rb = nb * Q4_1_BLOCK;
+    let bb = group_block(dt) / GROUP;
+    let rb = nb * bb;
     if src.len() != rows * rb || out.len() != src.len() {
         return false;
     }
     for (g, dst) in out.chunks_exact_mut(GROUP * rb).enumerate() {
         let rows_of = &src[g * GROUP * rb..(g + 1) * GROUP * rb];
         for i in 0..nb {
-            let o = &mut dst[i * GROUP_BLOCK..(i + 1) * GROUP_BLOCK];
+            let o = &mut dst[i * GROUP * bb..(i + 1) * GROUP * bb];
             for r in 0..GROUP {
-                let b = &rows_of[r * rb + i * Q4_1_BLOCK..r * rb + (i + 1) * Q4_1_BLOCK];
+                let b = &rows_of[r * rb + i * bb..r * rb + (i + 1) * bb];
                 o[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
-                o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
-                for k in 0..4 {
-                    let at = 32 + 32 * k + 4 * r;
-                    o[at..at + 4].copy_from_slice(&b[4 + 4 * k..4 + 4 * k + 4]);
+                if dt == DType::Q4_1 {
+                    o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
+                    for k in 0..4 {
+                        let at = 32 + 32 * k + 4 * r;
+                        o[at..at + 4].copy_from_slice(&b[4 + 4 * k..4 + 4 * k + 4]);
+                    }
+                } else {
+                    for k in 0..8 {
+                        let at = 16 + 32 * k + 4 * r;
+                        for j in 0..4 {
+                            o[at + j] = b[2 + 4 * k + j] ^ 0x80;
+                        }
+                    }
                 }
             }
         }
@@ -72,48 +104,71 @@ fn f16_le(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 
-/// Quant byte j (0..16) of row `lane` in a group's block `blk` (160 bytes).
+/// Q4_1: quant byte j (0..16) of row `lane` in a group's block `blk`.
 #[inline(always)]
-fn quant_byte(blk: &[u8], lane: usize, j: usize) -> u8 {
+fn q4_byte(blk: &[u8], lane: usize, j: usize) -> u8 {
     blk[32 + 32 * (j / 4) + 4 * lane + j % 4]
 }
 
-/// Row `r` of an X8 matrix with `cols` columns, as f32 (the values the row-major Q4_1 row
-/// dequantizes to).
-pub fn dequantize_row(data: &[u8], cols: usize, r: usize, out: &mut [f32]) {
+/// Q8_0: value j (0..32) of row `lane` in a group's block `blk`.
+#[inline(always)]
+fn q8_value(blk: &[u8], lane: usize, j: usize) -> i8 {
+    (blk[16 + 32 * (j / 4) + 4 * lane + j % 4] ^ 0x80) as i8
+}
+
+/// Row `r` of an X8 matrix of type `dt` with `cols` columns, as f32 (the values the
+/// row-major row dequantizes to).
+pub fn dequantize_row(dt: DType, data: &[u8], cols: usize, r: usize, out: &mut [f32]) {
     let nb = cols / 32;
+    let gbk = group_block(dt);
     let (g, lane) = (r / GROUP, r % GROUP);
-    let grp = &data[g * nb * GROUP_BLOCK..(g + 1) * nb * GROUP_BLOCK];
+    let grp = &data[g * nb * gbk..(g + 1) * nb * gbk];
     for (i, o) in out[..cols].chunks_exact_mut(32).enumerate() {
-        let blk = &grp[i * GROUP_BLOCK..(i + 1) * GROUP_BLOCK];
-        let (d, m) = (f16_le(blk, 2 * lane), f16_le(blk, 16 + 2 * lane));
-        for j in 0..16 {
-            let q = quant_byte(blk, lane, j);
-            o[j] = (q & 0x0f) as f32 * d + m;
-            o[j + 16] = (q >> 4) as f32 * d + m;
+        let blk = &grp[i * gbk..(i + 1) * gbk];
+        let d = f16_le(blk, 2 * lane);
+        if dt == DType::Q4_1 {
+            let m = f16_le(blk, 16 + 2 * lane);
+            for j in 0..16 {
+                let q = q4_byte(blk, lane, j);
+                o[j] = (q & 0x0f) as f32 * d + m;
+                o[j + 16] = (q >> 4) as f32 * d + m;
+            }
+        } else {
+            for j in 0..32 {
+                o[j] = q8_value(blk, lane, j) as f32 * d;
+            }
         }
     }
 }
 
-/// The reference: the eight rows of `group` (nb blocks of [`GROUP_BLOCK`] bytes) against N
-/// activation rows (nb Q8_1 blocks each): out[n][r].
-pub fn dot_ref<const N: usize>(group: &[u8], ys: [&[BlockQ8]; N]) -> [[f32; GROUP]; N] {
-    let nb = group.len() / GROUP_BLOCK;
+/// The reference: the eight rows of `group` (nb blocks of [`group_block`] bytes) against N
+/// activation rows (nb Q8 blocks each): out[n][r].
+pub fn dot_ref<const N: usize>(dt: DType, group: &[u8], ys: [&[BlockQ8]; N]) -> [[f32; GROUP]; N] {
+    let gbk = group_block(dt);
+    let nb = group.len() / gbk;
     let mut out = [[0f32; GROUP]; N];
     for (n, y) in ys.iter().enumerate() {
         for r in 0..GROUP {
             let mut acc = 0f32;
             for (i, a) in y[..nb].iter().enumerate() {
-                let blk = &group[i * GROUP_BLOCK..(i + 1) * GROUP_BLOCK];
+                let blk = &group[i * gbk..(i + 1) * gbk];
                 let mut isum = 0i32;
-                for j in 0..16 {
-                    let q = quant_byte(blk, r, j);
-                    isum += (q & 0x0f) as i32 * a.qs[j] as i32;
-                    isum += (q >> 4) as i32 * a.qs[j + 16] as i32;
+                if dt == DType::Q4_1 {
+                    for j in 0..16 {
+                        let q = q4_byte(blk, r, j);
+                        isum += (q & 0x0f) as i32 * a.qs[j] as i32;
+                        isum += (q >> 4) as i32 * a.qs[j + 16] as i32;
+                    }
+                } else {
+                    for j in 0..32 {
+                        isum += q8_value(blk, r, j) as i32 * a.qs[j] as i32;
+                    }
                 }
-                let (d, m) = (f16_le(blk, 2 * r), f16_le(blk, 16 + 2 * r));
+                let d = f16_le(blk, 2 * r);
                 acc = (d * a.d).mul_add(isum as f32, acc);
-                acc = m.mul_add(a.s, acc);
+                if dt == DType::Q4_1 {
+                    acc = f16_le(blk, 16 + 2 * r).mul_add(a.s, acc);
+                }
             }
             out[n][r] = acc;
         }
@@ -121,40 +176,59 @@ pub fn dot_ref<const N: usize>(group: &[u8], ys: [&[BlockQ8]; N]) -> [[f32; GROU
     out
 }
 
-/// Consecutive groups of an X8 matrix (`w`: whole groups of `nb` blocks each) against N
-/// activation rows: out[n * stride + r] for every row r of those groups. N = 1 is token
-/// generation (with prefetch ahead of the stream), more a batch of sequences or a prompt.
+/// The Q8_0 kernels' start values for one activation row: -128 times each block's sum of
+/// values (the flipped weights' extra 128 times each value, taken back).
+pub fn corrections(y: &[BlockQ8], out: &mut Vec<i32>) {
+    out.clear();
+    out.extend(
+        y.iter()
+            .map(|b| -128 * b.qs.iter().map(|&v| v as i32).sum::<i32>()),
+    );
+}
+
+/// Consecutive groups of an X8 matrix of type `dt` (`w`: whole groups of `nb` blocks each)
+/// against N activation rows: out[n * stride + r] for every row r of those groups. For
+/// Q8_0, `corr[n]` holds row n's [`corrections`] (unused for Q4_1: may be empty). N = 1 is
+/// token generation, more a batch of sequences or a prompt.
 pub fn tile<const N: usize>(
+    dt: DType,
     w: &[u8],
     nb: usize,
     ys: [&[BlockQ8]; N],
+    corr: [&[i32]; N],
     out: &mut [f32],
     stride: usize,
 ) {
-    let gb = nb * GROUP_BLOCK;
+    let gb = nb * group_block(dt);
     let rows = w.len() / gb.max(1) * GROUP;
     assert!(
-        nb > 0
+        supports(dt)
+            && nb > 0
             && w.len().is_multiple_of(gb)
             && ys.iter().all(|y| y.len() >= nb)
+            && (dt != DType::Q8_0 || corr.iter().all(|c| c.len() >= nb))
             && stride >= rows
             && out.len() >= (N - 1) * stride + rows,
-        "x8::tile: {} bytes of {nb} blocks per row, {} outputs, stride {stride}",
+        "x8::tile: {dt}, {} bytes of {nb} blocks per row, {} outputs, stride {stride}",
         w.len(),
         out.len(),
     );
     #[cfg(target_arch = "x86_64")]
     if crate::avx2::available() {
         let yp: [*const BlockQ8; N] = std::array::from_fn(|n| ys[n].as_ptr());
+        let cp: [*const i32; N] = std::array::from_fn(|n| corr[n].as_ptr());
+        let vnni = crate::avx2::vnni();
         for g in 0..rows / GROUP {
             // SAFETY: the CPU has the features each kernel enables (available(), vnni());
-            // group g holds nb blocks and each activation row nb blocks (checked above).
+            // group g holds nb blocks, each activation row (and for Q8_0 each correction
+            // row) nb entries (checked above).
             let s = unsafe {
                 let gp = w.as_ptr().add(g * gb);
-                if crate::avx2::vnni() {
-                    simd::group_vnni::<N>(gp, nb, yp)
-                } else {
-                    simd::group_avx2::<N>(gp, nb, yp)
+                match (dt, vnni) {
+                    (DType::Q8_0, true) => simd::q8_0_vnni::<N>(gp, nb, yp, cp),
+                    (DType::Q8_0, false) => simd::q8_0_avx2::<N>(gp, nb, yp),
+                    (_, true) => simd::q4_1_vnni::<N>(gp, nb, yp),
+                    (_, false) => simd::q4_1_avx2::<N>(gp, nb, yp),
                 }
             };
             for n in 0..N {
@@ -165,7 +239,7 @@ pub fn tile<const N: usize>(
         return;
     }
     for g in 0..rows / GROUP {
-        let s = dot_ref(&w[g * gb..(g + 1) * gb], ys);
+        let s = dot_ref(dt, &w[g * gb..(g + 1) * gb], ys);
         for n in 0..N {
             let at = n * stride + g * GROUP;
             out[at..at + GROUP].copy_from_slice(&s[n]);
@@ -174,69 +248,81 @@ pub fn tile<const N: usize>(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod simd {
-    use super::GROUP_BLOCK;
+pub(crate) mod simd {
+    use super::group_block;
+    use crate::DType;
     use crate::q8::BlockQ8;
     use std::arch::x86_64::*;
 
-    /// Bytes ahead of the block in use that token generation asks L1 for, and L2.
+    /// Bytes ahead of the block in use that the kernels ask L1 for, and L2 (the groups of a
+    /// task are one stream).
     const PREFETCH: usize = 3072;
     const PREFETCH_L2: usize = 8192;
 
-    /// [`group_body`] with AVX2 (`vpmaddubsw` + `vpmaddwd` for the integer sums).
+    /// Asks for the cache lines of a block of `bytes` bytes at `b`, PREFETCH and
+    /// PREFETCH_L2 ahead (a line every 64 bytes; the next block's first covers the rest).
+    #[inline(always)]
+    fn prefetch(b: *const u8, bytes: usize) {
+        for l in (0..bytes).step_by(64) {
+            // SAFETY: prefetching is a hint and never faults, wherever it points
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH + l).cast());
+                _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(PREFETCH_L2 + l).cast());
+            }
+        }
+    }
+
+    /// [`q4_1_body`] with AVX2 (`vpmaddubsw` + `vpmaddwd` for the integer sums).
     ///
     /// # Safety
     /// AVX2, FMA and F16C; `g` points at nb blocks of a group, each `ys` at nb blocks.
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn group_avx2<const N: usize>(
+    pub unsafe fn q4_1_avx2<const N: usize>(
         g: *const u8,
         nb: usize,
         ys: [*const BlockQ8; N],
     ) -> [[f32; 8]; N] {
         // SAFETY: the caller's promise
-        unsafe { group_body::<N, false>(g, nb, ys) }
+        unsafe { q4_1_body::<N, false>(g, nb, ys) }
     }
 
-    /// [`group_body`] with `vpdpbusd`.
+    /// [`q4_1_body`] with `vpdpbusd`.
     ///
     /// # Safety
-    /// As [`group_avx2`], and AVX-512 VNNI, VL and BW.
+    /// As [`q4_1_avx2`], and AVX-512 VNNI, VL and BW.
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
-    pub unsafe fn group_vnni<const N: usize>(
+    pub unsafe fn q4_1_vnni<const N: usize>(
         g: *const u8,
         nb: usize,
         ys: [*const BlockQ8; N],
     ) -> [[f32; 8]; N] {
         // SAFETY: the caller's promise
-        unsafe { group_body::<N, true>(g, nb, ys) }
+        unsafe { q4_1_body::<N, true>(g, nb, ys) }
     }
 
-    /// One group's eight rows against N tokens: lane r of result n = row r . token n, as
-    /// [`super::dot_ref`] computes it. With N = 1 it prefetches ahead of the group (the
-    /// groups of a task are one stream).
+    /// One Q4_1 group's eight rows against N tokens: lane r of result n = row r . token n,
+    /// as [`super::dot_ref`] computes it.
     ///
     /// # Safety
     /// The enclosing function's target features; `g` holds nb blocks, each `ys[n]` nb.
     #[inline(always)]
-    unsafe fn group_body<const N: usize, const VNNI: bool>(
+    unsafe fn q4_1_body<const N: usize, const VNNI: bool>(
         g: *const u8,
         nb: usize,
         ys: [*const BlockQ8; N],
     ) -> [[f32; 8]; N] {
+        let size = group_block(DType::Q4_1);
         // SAFETY: every load is within the group's nb blocks or the activations' nb blocks
-        // (the caller's promise); prefetches may point anywhere.
+        // (the caller's promise)
         unsafe {
             let m4 = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
             let mut acc = [_mm256_setzero_ps(); N];
             for i in 0..nb {
-                let b = g.add(i * GROUP_BLOCK);
-                for l in [0, 64, 128] {
-                    _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH + l).cast());
-                    _mm_prefetch::<_MM_HINT_T1>(b.wrapping_add(PREFETCH_L2 + l).cast());
-                }
+                let b = g.add(i * size);
+                prefetch(b, size);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
                 let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
                 let mut lo = [_mm256_setzero_si256(); 4];
@@ -275,20 +361,118 @@ mod simd {
                     acc[n] = _mm256_fmadd_ps(mw, _mm256_set1_ps(y.s), acc[n]);
                 }
             }
-            let mut out = [[0f32; 8]; N];
-            for n in 0..N {
-                _mm256_storeu_ps(out[n].as_mut_ptr(), acc[n]);
-            }
-            out
+            store(acc)
         }
+    }
+
+    /// The Q8_0 group kernel with AVX2: the flipped values flipped back, `vpmaddubsw` of
+    /// their sizes with the activations carrying their signs (each pair sum at most 2 * 128
+    /// * 127 in size: no saturation), `vpmaddwd` to 32 bits.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C; `g` points at nb blocks of a group, each `ys` at nb blocks.
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q8_0_avx2<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        ys: [*const BlockQ8; N],
+    ) -> [[f32; 8]; N] {
+        let size = group_block(DType::Q8_0);
+        // SAFETY: every load is within the group's nb blocks or the activations' nb blocks
+        // (the caller's promise)
+        unsafe {
+            let flip = _mm256_set1_epi8(0x80u8 as i8);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                let b = g.add(i * size);
+                prefetch(b, size);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
+                let mut ws = [_mm256_setzero_si256(); 8];
+                let mut wa = [_mm256_setzero_si256(); 8];
+                for k in 0..8 {
+                    ws[k] = _mm256_xor_si256(_mm256_loadu_si256(b.add(16 + 32 * k).cast()), flip);
+                    wa[k] = _mm256_sign_epi8(ws[k], ws[k]);
+                }
+                for n in 0..N {
+                    let y = &*ys[n].add(i);
+                    let a = y.qs.as_ptr();
+                    let bc = |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
+                    let mut isum = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        let p = _mm256_maddubs_epi16(wa[k], _mm256_sign_epi8(bc(4 * k), ws[k]));
+                        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, ones));
+                    }
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
+                    acc[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[n]);
+                }
+            }
+            store(acc)
+        }
+    }
+
+    /// The Q8_0 group kernel with `vpdpbusd`: the flipped (unsigned) values against the
+    /// activations, two chains started from the correction and zero.
+    ///
+    /// # Safety
+    /// As [`q8_0_avx2`], AVX-512 VNNI, VL and BW, and each `cs[n]` holds nb entries.
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
+    pub unsafe fn q8_0_vnni<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        ys: [*const BlockQ8; N],
+        cs: [*const i32; N],
+    ) -> [[f32; 8]; N] {
+        let size = group_block(DType::Q8_0);
+        // SAFETY: every load is within the group's nb blocks, the activations' nb blocks or
+        // the corrections' nb entries (the caller's promise)
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                let b = g.add(i * size);
+                prefetch(b, size);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
+                let mut wq = [_mm256_setzero_si256(); 8];
+                for k in 0..8 {
+                    wq[k] = _mm256_loadu_si256(b.add(16 + 32 * k).cast());
+                }
+                for n in 0..N {
+                    let y = &*ys[n].add(i);
+                    let a = y.qs.as_ptr();
+                    let bc = |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
+                    let mut s0 = _mm256_set1_epi32(*cs[n].add(i));
+                    let mut s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wq[1], bc(4));
+                    s0 = _mm256_dpbusd_epi32(s0, wq[0], bc(0));
+                    for k in 1..4 {
+                        s0 = _mm256_dpbusd_epi32(s0, wq[2 * k], bc(8 * k));
+                        s1 = _mm256_dpbusd_epi32(s1, wq[2 * k + 1], bc(8 * k + 4));
+                    }
+                    let isum = _mm256_add_epi32(s0, s1);
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
+                    acc[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[n]);
+                }
+            }
+            store(acc)
+        }
+    }
+
+    #[inline(always)]
+    fn store<const N: usize>(acc: [__m256; N]) -> [[f32; 8]; N] {
+        let mut out = [[0f32; 8]; N];
+        for n in 0..N {
+            // SAFETY: out[n] holds 8 floats; the store is unaligned
+            unsafe { _mm256_storeu_ps(out[n].as_mut_ptr(), acc[n]) };
+        }
+        out
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::DType;
-    use crate::q8::{quantize_q8, vec_dot_n};
+    use crate::q8::{ActRow, quantize_q8, vec_dot_n};
 
     fn rng(seed: &mut u64) -> f32 {
         *seed ^= *seed << 13;
@@ -297,83 +481,131 @@ mod tests {
         (*seed >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
     }
 
-    /// A random Q4_1 matrix (row-major bytes).
-    fn q4_1_matrix(rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
+    /// A random Q4_1 or Q8_0 matrix (row-major bytes), every byte value possible.
+    fn matrix(dt: DType, rows: usize, cols: usize, seed: &mut u64) -> Vec<u8> {
         let mut out = Vec::new();
         for _ in 0..rows * cols / 32 {
             let d = f16::from_f32(rng(seed).abs() * 0.1 + 1e-3);
-            let m = f16::from_f32(rng(seed) * 0.5);
             out.extend_from_slice(&d.to_bits().to_le_bytes());
-            out.extend_from_slice(&m.to_bits().to_le_bytes());
-            for _ in 0..16 {
+            let n = if dt == DType::Q4_1 {
+                let m = f16::from_f32(rng(seed) * 0.5);
+                out.extend_from_slice(&m.to_bits().to_le_bytes());
+                16
+            } else {
+                32
+            };
+            for _ in 0..n {
                 out.push(((rng(seed) + 1.0) * 127.9) as u8);
             }
         }
         out
     }
 
+    const TYPES: [DType; 2] = [DType::Q4_1, DType::Q8_0];
+
     #[test]
     fn repacked_rows_dequantize_to_the_original_rows() {
         let (rows, cols) = (24, 96);
         let mut seed = 7;
-        let w = q4_1_matrix(rows, cols, &mut seed);
-        let x = repack_q4_1(&w, rows, cols).unwrap();
-        assert_eq!(x.len(), w.len());
-        let rb = w.len() / rows;
-        for r in 0..rows {
-            let mut a = vec![0f32; cols];
-            let mut b = vec![0f32; cols];
-            crate::quant::dequantize_row(DType::Q4_1, &w[r * rb..(r + 1) * rb], &mut a).unwrap();
-            dequantize_row(&x, cols, r, &mut b);
-            assert_eq!(a, b, "row {r}");
+        for dt in TYPES {
+            let w = matrix(dt, rows, cols, &mut seed);
+            let x = repack(dt, &w, rows, cols).unwrap();
+            assert_eq!(x.len(), w.len());
+            let rb = w.len() / rows;
+            for r in 0..rows {
+                let mut a = vec![0f32; cols];
+                let mut b = vec![0f32; cols];
+                crate::quant::dequantize_row(dt, &w[r * rb..(r + 1) * rb], &mut a).unwrap();
+                dequantize_row(dt, &x, cols, r, &mut b);
+                assert_eq!(a, b, "{dt} row {r}");
+            }
+            assert!(repack(dt, &w, rows - 1, cols).is_none());
+            assert!(repack(dt, &w[..w.len() - 1], rows, cols).is_none());
         }
-        assert!(repack_q4_1(&w, rows - 1, cols).is_none());
-        assert!(repack_q4_1(&w[..w.len() - 1], rows, cols).is_none());
+        assert!(repack(DType::Q4_0, &[0; 18 * 8], 8, 32).is_none());
     }
 
     #[test]
     fn the_reference_is_close_to_the_row_major_dot() {
         let (rows, cols) = (8, 256);
         let mut seed = 11;
-        let w = q4_1_matrix(rows, cols, &mut seed);
-        let x = repack_q4_1(&w, rows, cols).unwrap();
-        let act: Vec<f32> = (0..cols).map(|_| rng(&mut seed)).collect();
-        let y = quantize_q8(&act);
-        let got = dot_ref(&x, [&y[..]]);
-        let rb = w.len() / rows;
-        for r in 0..rows {
-            let want = vec_dot_n(
-                DType::Q4_1,
-                &w[r * rb..(r + 1) * rb],
-                [crate::q8::ActRow::Q8(&y)],
-            )[0];
-            let tol = 1e-5 * want.abs().max(1.0);
-            assert!(
-                (got[0][r] - want).abs() <= tol,
-                "row {r}: {} vs {want}",
-                got[0][r]
-            );
+        for dt in TYPES {
+            let w = matrix(dt, rows, cols, &mut seed);
+            let x = repack(dt, &w, rows, cols).unwrap();
+            let act: Vec<f32> = (0..cols).map(|_| rng(&mut seed)).collect();
+            let y = quantize_q8(&act);
+            let got = dot_ref(dt, &x, [&y[..]]);
+            let rb = w.len() / rows;
+            for r in 0..rows {
+                let want = vec_dot_n(dt, &w[r * rb..(r + 1) * rb], [ActRow::Q8(&y)])[0];
+                let tol = 1e-5 * want.abs().max(1.0);
+                assert!(
+                    (got[0][r] - want).abs() <= tol,
+                    "{dt} row {r}: {} vs {want}",
+                    got[0][r]
+                );
+            }
         }
     }
 
-    fn check_tile<const N: usize>(groups: usize, nb: usize, seed: &mut u64) {
+    fn check_tile<const N: usize>(dt: DType, groups: usize, nb: usize, seed: &mut u64) {
         let (rows, cols) = (groups * GROUP, nb * 32);
-        let w = q4_1_matrix(rows, cols, seed);
-        let x = repack_q4_1(&w, rows, cols).unwrap();
+        let w = matrix(dt, rows, cols, seed);
+        let x = repack(dt, &w, rows, cols).unwrap();
         let ys: Vec<Vec<BlockQ8>> = (0..N)
             .map(|_| quantize_q8(&(0..cols).map(|_| rng(seed) * 3.0).collect::<Vec<_>>()))
             .collect();
+        let cs: Vec<Vec<i32>> = ys
+            .iter()
+            .map(|y| {
+                let mut c = Vec::new();
+                corrections(y, &mut c);
+                c
+            })
+            .collect();
         let yr: [&[BlockQ8]; N] = std::array::from_fn(|n| &ys[n][..]);
+        let cr: [&[i32]; N] = std::array::from_fn(|n| &cs[n][..]);
         let stride = rows + 3;
         let mut out = vec![f32::NAN; N * stride];
-        tile(&x, nb, yr, &mut out, stride);
-        let gb = nb * GROUP_BLOCK;
+        tile(dt, &x, nb, yr, cr, &mut out, stride);
+        let gb = nb * group_block(dt);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for g in 0..groups {
-            let want = dot_ref(&x[g * gb..(g + 1) * gb], yr);
+            let grp = &x[g * gb..(g + 1) * gb];
+            let want = dot_ref(dt, grp, yr);
             for n in 0..N {
                 let got = &out[n * stride + g * GROUP..n * stride + (g + 1) * GROUP];
-                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(got), bits(&want[n]), "N {N}, group {g}, token {n}");
+                assert_eq!(
+                    bits(got),
+                    bits(&want[n]),
+                    "{dt} N {N}, group {g}, token {n}"
+                );
+            }
+            // both SIMD forms, whichever `tile` chose
+            #[cfg(target_arch = "x86_64")]
+            if crate::avx2::available() {
+                let yp: [*const BlockQ8; N] = std::array::from_fn(|n| ys[n].as_ptr());
+                let cp: [*const i32; N] = std::array::from_fn(|n| cs[n].as_ptr());
+                // SAFETY: the features were checked; the group holds nb blocks, every
+                // activation and correction row nb entries
+                let (avx2, vnni) = unsafe {
+                    let gp = grp.as_ptr();
+                    let avx2 = match dt {
+                        DType::Q8_0 => simd::q8_0_avx2::<N>(gp, nb, yp),
+                        _ => simd::q4_1_avx2::<N>(gp, nb, yp),
+                    };
+                    let vnni = crate::avx2::vnni().then(|| match dt {
+                        DType::Q8_0 => simd::q8_0_vnni::<N>(gp, nb, yp, cp),
+                        _ => simd::q4_1_vnni::<N>(gp, nb, yp),
+                    });
+                    (avx2, vnni)
+                };
+                for n in 0..N {
+                    assert_eq!(bits(&avx2[n]), bits(&want[n]), "{dt} AVX2 N {N} token {n}");
+                    if let Some(v) = vnni {
+                        assert_eq!(bits(&v[n]), bits(&want[n]), "{dt} VNNI N {N} token {n}");
+                    }
+                }
             }
         }
     }
@@ -381,12 +613,52 @@ mod tests {
     #[test]
     fn the_kernels_equal_the_reference_bit_for_bit() {
         let mut seed = 3;
-        for (groups, nb) in [(1, 1), (3, 18), (2, 48), (1, 5)] {
-            check_tile::<1>(groups, nb, &mut seed);
-            check_tile::<2>(groups, nb, &mut seed);
-            check_tile::<3>(groups, nb, &mut seed);
-            check_tile::<5>(groups, nb, &mut seed);
-            check_tile::<8>(groups, nb, &mut seed);
+        for dt in TYPES {
+            for (groups, nb) in [(1, 1), (3, 18), (2, 48), (1, 5)] {
+                check_tile::<1>(dt, groups, nb, &mut seed);
+                check_tile::<2>(dt, groups, nb, &mut seed);
+                check_tile::<3>(dt, groups, nb, &mut seed);
+                check_tile::<5>(dt, groups, nb, &mut seed);
+                check_tile::<8>(dt, groups, nb, &mut seed);
+            }
+        }
+    }
+
+    /// Activations at the ends of their range (-127, 127 and the rest) with weights at
+    /// theirs (Q8_0's -128): the integer sums stay exact in every form.
+    #[test]
+    fn extreme_values_keep_exact_sums() {
+        let (rows, cols) = (8, 64);
+        for dt in TYPES {
+            let mut w = Vec::new();
+            for b in 0..rows * cols / 32 {
+                w.extend_from_slice(&f16::from_f32(0.5).to_bits().to_le_bytes());
+                if dt == DType::Q4_1 {
+                    w.extend_from_slice(&f16::from_f32(-1.0).to_bits().to_le_bytes());
+                    w.extend(std::iter::repeat_n(
+                        if b % 2 == 0 { 0xff } else { 0x0f },
+                        16,
+                    ));
+                } else {
+                    w.extend(std::iter::repeat_n(
+                        if b % 2 == 0 { 0x80 } else { 0x7f },
+                        32,
+                    ));
+                }
+            }
+            let x = repack(dt, &w, rows, cols).unwrap();
+            for v in [127.0f32, -127.0] {
+                let y = quantize_q8(&vec![v; cols]);
+                let mut c = Vec::new();
+                corrections(&y, &mut c);
+                let mut out = vec![0f32; rows];
+                tile(dt, &x, cols / 32, [&y[..]], [&c[..]], &mut out, rows);
+                assert_eq!(
+                    out.to_vec(),
+                    dot_ref(dt, &x, [&y[..]])[0].to_vec(),
+                    "{dt} {v}"
+                );
+            }
         }
     }
 }
