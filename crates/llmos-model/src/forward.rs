@@ -507,6 +507,10 @@ impl Model {
                         // a decoding row of a batch: 64-wide heads read the f16 cache
                         // directly (a whole run widened for one row was a fifth of the work)
                         let (kh, vh) = halves[row_seq[t]][kvh];
+                        // K and V into L2 (V is read 32 rows apart below, K's first
+                        // misses would come one after another)
+                        llmos_tensor::q8::prefetch_l2(&kh[start * d..]);
+                        llmos_tensor::q8::prefetch_l2(&vh[start * dv..]);
                         SCORES.with_borrow_mut(|s| {
                             s.clear();
                             s.resize(group * ws, f32::NEG_INFINITY);
@@ -563,6 +567,9 @@ impl Model {
                     if q8 && d == 64 && dv == 64 {
                         // 64-wide heads read the f16 cache directly, widened as loaded
                         let (kh, vh) = halves[row_seq[t]][kvh];
+                        // K and V into L2 ahead of their first reads (see the batch path)
+                        llmos_tensor::q8::prefetch_l2(&kh[start * d..]);
+                        llmos_tensor::q8::prefetch_l2(&vh[start * dv..]);
                         SCORES.with_borrow_mut(|s| {
                             s.clear();
                             s.resize(qp + 1, f32::NEG_INFINITY);
