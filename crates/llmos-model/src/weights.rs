@@ -270,11 +270,26 @@ impl Model {
         for m in &mats {
             let src = &g.data_section()[m.start..m.start + m.len];
             let dst = &mut buf[off..off + m.len];
-            let ok = llmos_tensor::x8::repack_into(m.dtype, src, m.rows, m.cols, dst);
-            if ok {
-                // the file's pages leave at once: the peak stays about one copy
-                g.release(m.start..m.start + m.len);
-            }
+            // whole groups of rows are independent: pieces of about 2 MiB on the threads,
+            // each piece's file pages released as soon as it is copied (the peak stays
+            // about one copy of the weights, even for a large embedding matrix)
+            let group_bytes = m.len / m.rows * llmos_tensor::x8::GROUP;
+            let piece = (2 << 20) / group_bytes.max(1) * group_bytes.max(1);
+            let piece = piece.max(group_bytes);
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            llmos_tensor::pool::for_each_chunk_mut(dst, piece, |i, part| {
+                let from = i * piece;
+                let rows = part.len() / group_bytes * llmos_tensor::x8::GROUP;
+                let s = &src[from..from + part.len()];
+                if llmos_tensor::x8::repack_into(m.dtype, s, rows, m.cols, part) {
+                    g.release(m.start + from..m.start + from + part.len());
+                } else {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            // geometry was checked above, so a piece cannot fail; if one did, the matrix
+            // stays row-major (its file pages are read again where released)
+            let ok = !failed.into_inner();
             spans.push(ok.then_some(off..off + m.len));
             off += at(m.len);
         }

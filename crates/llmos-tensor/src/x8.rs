@@ -79,18 +79,18 @@ pub fn repack_into(dt: DType, src: &[u8], rows: usize, cols: usize, out: &mut [u
             for r in 0..GROUP {
                 let b = &rows_of[r * rb + i * bb..r * rb + (i + 1) * bb];
                 o[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
                 if dt == DType::Q4_1 {
                     o[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
                     for k in 0..4 {
                         let at = 32 + 32 * k + 4 * r;
-                        o[at..at + 4].copy_from_slice(&b[4 + 4 * k..4 + 4 * k + 4]);
+                        o[at..at + 4].copy_from_slice(&word(4 + 4 * k).to_le_bytes());
                     }
                 } else {
                     for k in 0..8 {
                         let at = 16 + 32 * k + 4 * r;
-                        for j in 0..4 {
-                            o[at + j] = b[2 + 4 * k + j] ^ 0x80;
-                        }
+                        let v = word(2 + 4 * k) ^ 0x8080_8080;
+                        o[at..at + 4].copy_from_slice(&v.to_le_bytes());
                     }
                 }
             }
