@@ -1,18 +1,22 @@
 //! Q4_1 and Q8_0 weights repacked eight rows at a time ("X8"), for kernels that make eight
 //! rows' dot products with one instruction per four values.
 //!
-//! The row-major kernels ([`crate::q8::vec_dot`] and its SIMD forms) follow llama.cpp's lane
-//! order: per block, eight partial integer sums are converted and multiplied into eight
-//! float lanes. That pins three vector operations (integer products, conversion, fused
-//! multiply-add) to every 32 values of every row and token. Here the 32-bit lanes of a
-//! register are eight *rows*: `vpdpbusd` adds four products of one row to its lane, eight of
-//! them make each row's whole integer sum of a block, and one conversion and one or two
-//! fused multiply-adds finish the block for all eight rows. The float arithmetic per row and
-//! token is, in block order, `acc = (d_w * d_a) * isum + acc` (Q4_1 then `acc = m_w * s_a +
-//! acc`), each step rounded once, so every kernel below and the scalar reference
-//! [`dot_ref`] agree bit for bit for any number of tokens. The integer sums are exact, as
-//! llama.cpp's; the float steps come in another order, so results differ from the
-//! row-major kernels in the last bits.
+//! Here the 32-bit lanes of a register are eight *rows*: one `vpdpbusd` adds four products
+//! of each of eight rows to its lane, where a row-major kernel makes one row's lanes at a
+//! time and needs its scale broadcast, its nibbles unpacked and its row reduced on its own.
+//! The arithmetic is the row-major kernels' ([`crate::q8::vec_dot`]), bit for bit:
+//! - Q4_1 in llama.cpp's lane order: per block, lane m of a row is the integer sum of its
+//!   products 4m..4m+3 (one `vpdpbusd` from zero gives lane m of eight rows), and
+//!   `acc[m] = (d_w * d_a) * lane + acc[m]`; the min terms `m_w * s_a` add up apart; the
+//!   lanes reduce as llama.cpp's `hsum_float_8` (here across eight registers, lane-wise), and
+//!   the min sum comes last. Eight rows' block costs eight conversions and eight fused
+//!   multiply-adds, the same as row-major, but no broadcasts, one scale multiply and one
+//!   unpack for all eight.
+//! - Q8_0 as the row-major Q8_0 kernels: one exact integer sum per block (eight `vpdpbusd`),
+//!   `acc = isum * (d_w * d_a) + acc` in block order.
+//!
+//! So results do not depend on the layout (the tests compare with the row-major kernels),
+//! and greedy decoding keeps following llama.cpp.
 //!
 //! Layout: rows in groups of eight; per block i of 32 columns a group holds
 //! [`group_block`] bytes:
@@ -142,35 +146,45 @@ pub fn dequantize_row(dt: DType, data: &[u8], cols: usize, r: usize, out: &mut [
 }
 
 /// The reference: the eight rows of `group` (nb blocks of [`group_block`] bytes) against N
-/// activation rows (nb Q8 blocks each): out[n][r].
+/// activation rows (nb Q8 blocks each): out[n][r], computed as the row-major reference
+/// computes each row (see the module docs).
 pub fn dot_ref<const N: usize>(dt: DType, group: &[u8], ys: [&[BlockQ8]; N]) -> [[f32; GROUP]; N] {
     let gbk = group_block(dt);
     let nb = group.len() / gbk;
     let mut out = [[0f32; GROUP]; N];
     for (n, y) in ys.iter().enumerate() {
         for r in 0..GROUP {
-            let mut acc = 0f32;
+            let (mut acc, mut lanes, mut summs) = (0f32, [0f32; 8], 0f32);
             for (i, a) in y[..nb].iter().enumerate() {
                 let blk = &group[i * gbk..(i + 1) * gbk];
-                let mut isum = 0i32;
+                let d = f16_le(blk, 2 * r) * a.d;
                 if dt == DType::Q4_1 {
-                    for j in 0..16 {
-                        let q = q4_byte(blk, r, j);
-                        isum += (q & 0x0f) as i32 * a.qs[j] as i32;
-                        isum += (q >> 4) as i32 * a.qs[j + 16] as i32;
+                    for (m, lane) in lanes.iter_mut().enumerate() {
+                        let mut s = 0i32;
+                        for j in 0..4 {
+                            let q = q4_byte(blk, r, 4 * (m % 4) + j);
+                            let (q, at) = if m < 4 {
+                                (q & 0x0f, 4 * m + j)
+                            } else {
+                                (q >> 4, 16 + 4 * (m - 4) + j)
+                            };
+                            s += q as i32 * a.qs[at] as i32;
+                        }
+                        *lane = d.mul_add(s as f32, *lane);
                     }
+                    summs += f16_le(blk, 16 + 2 * r) * a.s;
                 } else {
-                    for j in 0..32 {
-                        isum += q8_value(blk, r, j) as i32 * a.qs[j] as i32;
-                    }
-                }
-                let d = f16_le(blk, 2 * r);
-                acc = (d * a.d).mul_add(isum as f32, acc);
-                if dt == DType::Q4_1 {
-                    acc = f16_le(blk, 16 + 2 * r).mul_add(a.s, acc);
+                    let isum: i32 = (0..32)
+                        .map(|j| q8_value(blk, r, j) as i32 * a.qs[j] as i32)
+                        .sum();
+                    acc = (isum as f32).mul_add(d, acc);
                 }
             }
-            out[n][r] = acc;
+            out[n][r] = if dt == DType::Q4_1 {
+                crate::q8::hsum8(&lanes) + summs
+            } else {
+                acc
+            };
         }
     }
     out
@@ -303,7 +317,9 @@ pub(crate) mod simd {
     }
 
     /// One Q4_1 group's eight rows against N tokens: lane r of result n = row r . token n,
-    /// as [`super::dot_ref`] computes it.
+    /// as [`super::dot_ref`] computes it. Token after token (each token's eight lane
+    /// accumulators, its min sum and the block's weights fill the registers; a group's
+    /// blocks stay in L1 for the next token).
     ///
     /// # Safety
     /// The enclosing function's target features; `g` holds nb blocks, each `ys[n]` nb.
@@ -319,49 +335,46 @@ pub(crate) mod simd {
         unsafe {
             let m4 = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
-            let mut acc = [_mm256_setzero_ps(); N];
-            for i in 0..nb {
-                let b = g.add(i * size);
-                prefetch(b, size);
-                let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
-                let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
-                let mut lo = [_mm256_setzero_si256(); 4];
-                let mut hi = [_mm256_setzero_si256(); 4];
-                for k in 0..4 {
-                    let q = _mm256_loadu_si256(b.add(32 + 32 * k).cast());
-                    lo[k] = _mm256_and_si256(q, m4);
-                    hi[k] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                }
-                for n in 0..N {
+            let mut out = [_mm256_setzero_ps(); N];
+            for n in 0..N {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut summ = _mm256_setzero_ps();
+                for i in 0..nb {
+                    let b = g.add(i * size);
+                    if n == 0 {
+                        prefetch(b, size);
+                    }
                     let y = &*ys[n].add(i);
                     let a = y.qs.as_ptr();
                     let bc = |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
-                    let isum = if VNNI {
-                        let z = _mm256_setzero_si256();
-                        let mut s0 = _mm256_dpbusd_epi32(z, lo[0], bc(0));
-                        let mut s1 = _mm256_dpbusd_epi32(z, hi[0], bc(16));
-                        for k in 1..4 {
-                            s0 = _mm256_dpbusd_epi32(s0, lo[k], bc(4 * k));
-                            s1 = _mm256_dpbusd_epi32(s1, hi[k], bc(16 + 4 * k));
+                    let lane = |w: __m256i, o: usize| {
+                        if VNNI {
+                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, bc(o))
+                        } else {
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(w, bc(o)), ones)
                         }
-                        _mm256_add_epi32(s0, s1)
-                    } else {
-                        // each 16-bit pair sum is at most 2 * 15 * 128 in size, eight of them
-                        // 30720: no saturation
-                        let p = |w: __m256i, o: usize| _mm256_maddubs_epi16(w, bc(o));
-                        let mut s = _mm256_add_epi16(p(lo[0], 0), p(hi[0], 16));
-                        for k in 1..4 {
-                            s = _mm256_add_epi16(s, p(lo[k], 4 * k));
-                            s = _mm256_add_epi16(s, p(hi[k], 16 + 4 * k));
-                        }
-                        _mm256_madd_epi16(s, ones)
                     };
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
                     let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
-                    acc[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[n]);
-                    acc[n] = _mm256_fmadd_ps(mw, _mm256_set1_ps(y.s), acc[n]);
+                    for k in 0..4 {
+                        let q = _mm256_loadu_si256(b.add(32 + 32 * k).cast());
+                        let lo = _mm256_and_si256(q, m4);
+                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                        let (pl, ph) = (lane(lo, 4 * k), lane(hi, 16 + 4 * k));
+                        acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pl), acc[k]);
+                        acc[4 + k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ph), acc[4 + k]);
+                    }
+                    let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
+                    summ = _mm256_add_ps(summ, _mm256_mul_ps(mw, _mm256_set1_ps(y.s)));
                 }
+                // llama.cpp's hsum_float_8, lane-wise over the eight registers
+                let h0 =
+                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
+                let h1 =
+                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
+                out[n] = _mm256_add_ps(_mm256_add_ps(h0, h1), summ);
             }
-            store(acc)
+            store(out)
         }
     }
 
@@ -525,25 +538,28 @@ mod tests {
         assert!(repack(DType::Q4_0, &[0; 18 * 8], 8, 32).is_none());
     }
 
+    /// The layout changes no arithmetic: each row's result is the row-major kernel's, bit
+    /// for bit (llama.cpp's order for Q4_1, one sum per block for Q8_0).
     #[test]
-    fn the_reference_is_close_to_the_row_major_dot() {
-        let (rows, cols) = (8, 256);
+    fn the_reference_equals_the_row_major_dot() {
+        let (rows, cols) = (16, 256);
         let mut seed = 11;
         for dt in TYPES {
             let w = matrix(dt, rows, cols, &mut seed);
             let x = repack(dt, &w, rows, cols).unwrap();
-            let act: Vec<f32> = (0..cols).map(|_| rng(&mut seed)).collect();
-            let y = quantize_q8(&act);
-            let got = dot_ref(dt, &x, [&y[..]]);
             let rb = w.len() / rows;
-            for r in 0..rows {
-                let want = vec_dot_n(dt, &w[r * rb..(r + 1) * rb], [ActRow::Q8(&y)])[0];
-                let tol = 1e-5 * want.abs().max(1.0);
-                assert!(
-                    (got[0][r] - want).abs() <= tol,
-                    "{dt} row {r}: {} vs {want}",
-                    got[0][r]
-                );
+            let gb = cols / 32 * group_block(dt);
+            for _ in 0..4 {
+                let act: Vec<f32> = (0..cols).map(|_| rng(&mut seed) * 4.0).collect();
+                let y = quantize_q8(&act);
+                for g in 0..rows / GROUP {
+                    let got = dot_ref(dt, &x[g * gb..(g + 1) * gb], [&y[..]]);
+                    for j in 0..GROUP {
+                        let r = g * GROUP + j;
+                        let want = vec_dot_n(dt, &w[r * rb..(r + 1) * rb], [ActRow::Q8(&y)])[0];
+                        assert_eq!(got[0][j].to_bits(), want.to_bits(), "{dt} row {r}");
+                    }
+                }
             }
         }
     }
