@@ -336,43 +336,54 @@ pub(crate) mod simd {
             let m4 = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
             let mut out = [_mm256_setzero_ps(); N];
-            for n in 0..N {
-                let mut acc = [_mm256_setzero_ps(); 8];
-                let mut summ = _mm256_setzero_ps();
+            // tokens two at a time where two remain: one unpack of each block for both
+            let mut n0 = 0;
+            while n0 < N {
+                let two = n0 + 1 < N;
+                let mut acc = [[_mm256_setzero_ps(); 9]; 2];
                 for i in 0..nb {
                     let b = g.add(i * size);
-                    if n == 0 {
+                    if n0 == 0 {
                         prefetch(b, size);
                     }
-                    let y = &*ys[n].add(i);
-                    let a = y.qs.as_ptr();
-                    let bc = |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
-                    let lane = |w: __m256i, o: usize| {
-                        if VNNI {
-                            _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, bc(o))
-                        } else {
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(w, bc(o)), ones)
-                        }
-                    };
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
-                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
+                    let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
+                    let mut w = [_mm256_setzero_si256(); 8];
                     for k in 0..4 {
                         let q = _mm256_loadu_si256(b.add(32 + 32 * k).cast());
-                        let lo = _mm256_and_si256(q, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                        let (pl, ph) = (lane(lo, 4 * k), lane(hi, 16 + 4 * k));
-                        acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(pl), acc[k]);
-                        acc[4 + k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(ph), acc[4 + k]);
+                        w[k] = _mm256_and_si256(q, m4);
+                        w[4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
                     }
-                    let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
-                    summ = _mm256_add_ps(summ, _mm256_mul_ps(mw, _mm256_set1_ps(y.s)));
+                    for t in 0..2 {
+                        if t == 1 && !two {
+                            break;
+                        }
+                        let y = &*ys[n0 + t].add(i);
+                        let a = y.qs.as_ptr();
+                        let bc =
+                            |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
+                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
+                        for m in 0..8 {
+                            let o = if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
+                            let p = if VNNI {
+                                _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[m], bc(o))
+                            } else {
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(w[m], bc(o)), ones)
+                            };
+                            acc[t][m] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t][m]);
+                        }
+                        acc[t][8] =
+                            _mm256_add_ps(acc[t][8], _mm256_mul_ps(mw, _mm256_set1_ps(y.s)));
+                    }
                 }
-                // llama.cpp's hsum_float_8, lane-wise over the eight registers
-                let h0 =
-                    _mm256_add_ps(_mm256_add_ps(acc[0], acc[4]), _mm256_add_ps(acc[2], acc[6]));
-                let h1 =
-                    _mm256_add_ps(_mm256_add_ps(acc[1], acc[5]), _mm256_add_ps(acc[3], acc[7]));
-                out[n] = _mm256_add_ps(_mm256_add_ps(h0, h1), summ);
+                for t in 0..if two { 2 } else { 1 } {
+                    let a = &acc[t];
+                    // llama.cpp's hsum_float_8, lane-wise over the eight registers
+                    let h0 = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+                    let h1 = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+                    out[n0 + t] = _mm256_add_ps(_mm256_add_ps(h0, h1), a[8]);
+                }
+                n0 += 2;
             }
             store(out)
         }
