@@ -408,11 +408,7 @@ pub fn for_each_chunk_mut_multi<T: Send, const K: usize>(
     let total: usize = counts.iter().sum();
     let bases = data.map(|d| SendPtr(d.as_mut_ptr()));
     parallel_for(total, &|task| {
-        let (mut k, mut i) = (0, task);
-        while i >= counts[k] {
-            i -= counts[k];
-            k += 1;
-        }
+        let (k, i) = piece_of(&counts, task);
         let start = i * chunk[k];
         let end = (start + chunk[k]).min(lens[k]);
         let p = &bases[k];
@@ -448,11 +444,7 @@ pub fn for_each_col_chunk_mut_multi<T: Send, const K: usize>(
     let total: usize = counts.iter().sum();
     let bases = data.map(|d| SendPtr(d.as_mut_ptr()));
     parallel_for(total, &|task| {
-        let (mut k, mut i) = (0, task);
-        while i >= counts[k] {
-            i -= counts[k];
-            k += 1;
-        }
+        let (k, i) = piece_of(&counts, task);
         let p = &bases[k];
         // the view's columns lie inside matrix k; pieces of one matrix are disjoint, the
         // matrices distinct borrows held until parallel_for returns (see ColsMut::row)
@@ -465,6 +457,17 @@ pub fn for_each_col_chunk_mut_multi<T: Send, const K: usize>(
         };
         f(k, i, view)
     });
+}
+
+/// Task `task` of a section over K slices with `counts[k]` pieces each, numbered slice
+/// after slice: (slice, piece).
+fn piece_of<const K: usize>(counts: &[usize; K], task: usize) -> (usize, usize) {
+    let (mut k, mut i) = (0, task);
+    while i >= counts[k] {
+        i -= counts[k];
+        k += 1;
+    }
+    (k, i)
 }
 
 /// Held by tests that change the pool's thread count, so they do not run into each other.
