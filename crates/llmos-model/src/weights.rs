@@ -219,7 +219,8 @@ impl Model {
         Weight::new(m.dtype, data, m.rows, m.cols).expect("geometry checked at load")
     }
 
-    /// Repacks the Q4_1 and Q8_0 layer matrices and output (with the embeddings, when tied)
+    /// Repacks the Q4_1, Q8_0 and (with VNNI) Q5_0 layer matrices and output (with the
+    /// embeddings, when tied)
     /// eight rows at a time
     /// ([`llmos_tensor::x8`]): token generation, batches and prompts then make eight rows'
     /// dot products per instruction. The file's pages of those matrices leave the resident
@@ -250,7 +251,7 @@ impl Model {
             &mut self.output
         });
         let eligible = |m: &Mat| {
-            llmos_tensor::x8::supports(m.dtype)
+            llmos_tensor::x8::worth(m.dtype)
                 && m.x8.is_none()
                 && m.rows.is_multiple_of(llmos_tensor::x8::GROUP)
                 && m.cols.is_multiple_of(32)

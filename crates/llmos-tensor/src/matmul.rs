@@ -229,9 +229,11 @@ struct QuantActs {
     q5c: Vec<[i32; 8]>,
     q8k: Vec<BlockQ8K>,
     f: Vec<f32>,
-    /// For Q8_0 weights in the X8 layout, each row's start values ([`crate::x8::corrections`]),
-    /// made on the first call that needs them. Empty otherwise.
-    xc: Vec<i32>,
+    /// For Q8_0 and Q5_0 weights in the X8 layout, each row's start values
+    /// ([`crate::x8::corrections`]), made on the first call that needs them. Empty
+    /// otherwise.
+    xc8: Vec<i32>,
+    xc5: Vec<i32>,
 }
 
 impl QuantActs {
@@ -249,7 +251,8 @@ impl QuantActs {
             q5c: Vec::new(),
             q8k: Vec::new(),
             f: Vec::new(),
-            xc: Vec::new(),
+            xc8: Vec::new(),
+            xc5: Vec::new(),
         }
     }
 
@@ -276,7 +279,8 @@ impl QuantActs {
                     (q8[r * per + i].d, q8[r * per + i].s)
                 });
                 self.qt.clear();
-                self.xc.clear();
+                self.xc8.clear();
+                self.xc5.clear();
                 self.ql.clear();
                 self.dq.clear();
                 self.qc.clear();
@@ -363,23 +367,42 @@ impl QuantActs {
         &self.q8[r * per..(r + 1) * per]
     }
 
-    /// Row r's X8 start values (empty unless [`QuantActs::x8_for`] made them).
+    /// Row r's X8 start values for weights of type `t` (empty unless
+    /// [`QuantActs::x8_for`] made them).
     #[inline]
-    fn xc_row(&self, r: usize) -> &[i32] {
-        let per = self.cols / 32;
-        self.xc.get(r * per..(r + 1) * per).unwrap_or(&[])
+    fn xc_row(&self, t: DType, r: usize) -> &[i32] {
+        let per = self.cols / 32 * crate::x8::corrections_per_block(t);
+        let xc = if t == DType::Q5_0 {
+            &self.xc5
+        } else {
+            &self.xc8
+        };
+        xc.get(r * per..(r + 1) * per).unwrap_or(&[])
     }
 
-    /// Makes what X8 weights of type `t` read besides the blocks: Q8_0's start values.
+    /// Makes what X8 weights of type `t` read besides the blocks: Q8_0's and Q5_0's start
+    /// values.
     fn x8_for(&mut self, t: DType) {
-        if t != DType::Q8_0 || self.fmt != ActFmt::Q8 || !self.xc.is_empty() {
+        if crate::x8::corrections_per_block(t) == 0 || self.fmt != ActFmt::Q8 {
             return;
         }
-        let mut row = Vec::new();
-        for r in 0..self.rows {
-            crate::x8::corrections(self.q8_row(r), &mut row);
-            self.xc.extend_from_slice(&row);
+        let mut xc = std::mem::take(if t == DType::Q5_0 {
+            &mut self.xc5
+        } else {
+            &mut self.xc8
+        });
+        if xc.is_empty() {
+            let mut row = Vec::new();
+            for r in 0..self.rows {
+                crate::x8::corrections(t, self.q8_row(r), &mut row);
+                xc.extend_from_slice(&row);
+            }
         }
+        *(if t == DType::Q5_0 {
+            &mut self.xc5
+        } else {
+            &mut self.xc8
+        }) = xc;
     }
 
     #[inline]
@@ -454,11 +477,13 @@ impl ActCache {
             .expect("ActCache::peek before get")
     }
 
-    /// [`ActCache::get`] without the prompt kernels' tile copies (the X8 kernels read the
-    /// blocks as they are, and Q8_0's start values).
-    fn get_plain(&mut self, t: DType, x: &[f32], cols: usize) -> &QuantActs {
-        let i = self.fill_for(t, x, cols);
-        self.sets[i].x8_for(t);
+    /// [`ActCache::get`] without the prompt kernels' tile copies: the blocks as they are,
+    /// which the one-token kernels read, and for an X8 weight what its kernels read besides.
+    fn get_plain(&mut self, w: &Weight, x: &[f32]) -> &QuantActs {
+        let i = self.fill_for(w.dtype, x, w.cols);
+        if w.x8 {
+            self.sets[i].x8_for(w.dtype);
+        }
         &self.sets[i]
     }
 
@@ -657,7 +682,7 @@ pub fn matmul_cached_multi<const K: usize>(
     if mode == ActMode::Q8 && few_x8 {
         // a batch of sequences: every weight's row pieces in one section
         for w in &ws {
-            cache.get_plain(w.dtype, x, w.cols);
+            cache.get_plain(w, x);
         }
         let acts: [&QuantActs; K] = std::array::from_fn(|k| cache.peek(ws[k].dtype));
         let rows: usize = ws.iter().map(|w| w.rows).sum();
@@ -675,7 +700,7 @@ pub fn matmul_cached_multi<const K: usize>(
         return;
     }
     for w in &ws {
-        cache.get_plain(w.dtype, x, w.cols);
+        cache.get_plain(w, x);
     }
     let acts: [&QuantActs; K] = std::array::from_fn(|k| cache.peek(ws[k].dtype));
     let rows: usize = ws.iter().map(|w| w.rows).sum();
@@ -690,7 +715,7 @@ pub fn matmul_cached_multi<const K: usize>(
             let gb = w.cols / 32 * crate::x8::group_block(dt);
             let g0 = ci * chunk / crate::x8::GROUP;
             let wb = &w.data[g0 * gb..(g0 + out.len() / crate::x8::GROUP) * gb];
-            let (a, c) = (acts[k].q8_row(0), acts[k].xc_row(0));
+            let (a, c) = (acts[k].q8_row(0), acts[k].xc_row(dt, 0));
             let n = out.len();
             return crate::x8::tile::<1>(dt, wb, w.cols / 32, [a], [c], out, n);
         }
@@ -782,7 +807,7 @@ pub fn matmul_cached(w: &Weight, x: &[f32], y: &mut [f32], mode: ActMode, cache:
 fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCache) {
     use crate::x8::GROUP;
     let dt = w.dtype;
-    let acts = cache.get_plain(dt, x, w.cols);
+    let acts = cache.get_plain(w, x);
     let nb = w.cols / 32;
     let gb = nb * crate::x8::group_block(dt);
     let rows = w.rows;
@@ -790,7 +815,7 @@ fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCach
         // one token or a batch of sequences: rows split across threads (one stream each)
         let chunk = chunk_rows(rows).next_multiple_of(GROUP);
         if t == 1 {
-            let (a, c) = (acts.q8_row(0), acts.xc_row(0));
+            let (a, c) = (acts.q8_row(0), acts.xc_row(dt, 0));
             for_each_chunk_mut(y, chunk, |ci, ys| {
                 let g0 = ci * chunk / GROUP;
                 let wb = &w.data[g0 * gb..(g0 + ys.len() / GROUP) * gb];
@@ -870,7 +895,7 @@ fn x8_call(
                 wb,
                 nb,
                 std::array::from_fn(|k| acts.q8_row(t0 + k)),
-                std::array::from_fn(|k| acts.xc_row(t0 + k)),
+                std::array::from_fn(|k| acts.xc_row(dt, t0 + k)),
                 out,
                 stride,
             )
@@ -1089,7 +1114,7 @@ mod tests {
         let wf: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7919 % 2001) as f32) / 1000.0 - 1.0)
             .collect();
-        for dt in [DType::Q4_1, DType::Q8_0] {
+        for dt in [DType::Q4_1, DType::Q5_0, DType::Q8_0] {
             let bytes = crate::quantize::quantize_rows(dt, &wf, cols).unwrap();
             let packed = crate::x8::repack(dt, &bytes, rows, cols).unwrap();
             let w = Weight::new(dt, &bytes, rows, cols).unwrap();
