@@ -8,7 +8,7 @@ use llmos_tensor::{ActMode, DType, Weight};
 use std::sync::Arc;
 
 /// A matrix inside the mapped file: `rows` rows of `cols` values (PyTorch [out, in]), and
-/// its X8 copy once [`Model::repack`] made one.
+/// the copy the model reads instead once [`Model::repack`] made one.
 #[derive(Clone, Debug)]
 pub(crate) struct Mat {
     pub dtype: DType,
@@ -16,25 +16,30 @@ pub(crate) struct Mat {
     pub len: usize,
     pub rows: usize,
     pub cols: usize,
-    pub x8: Option<Packed>,
+    pub copy: Option<Packed>,
 }
 
 /// A repacked matrix ([`llmos_tensor::x8`]): its bytes in an anonymous map that holds every
 /// repacked matrix of the model (one map, so the OS can back it with huge pages where it
 /// gives them on request: decode streams it once per token, a TLB miss per 4 KiB page
 /// otherwise).
+/// `x8`: repacked, or else the file's bytes as they are.
 #[derive(Clone)]
-pub(crate) struct Packed(Arc<memmap2::MmapMut>, std::ops::Range<usize>);
+pub(crate) struct Packed {
+    map: Arc<memmap2::MmapMut>,
+    span: std::ops::Range<usize>,
+    x8: bool,
+}
 
 impl Packed {
     fn bytes(&self) -> &[u8] {
-        &self.0[self.1.clone()]
+        &self.map[self.span.clone()]
     }
 }
 
 impl std::fmt::Debug for Packed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Packed({} bytes)", self.1.len())
+        write!(f, "Packed({} bytes, x8 {})", self.span.len(), self.x8)
     }
 }
 
@@ -103,7 +108,7 @@ impl Binder<'_> {
             len: t.size as usize,
             rows,
             cols,
-            x8: None,
+            copy: None,
         })
     }
 
@@ -211,22 +216,25 @@ impl Model {
 
     /// A kernel view of a bound matrix.
     pub(crate) fn w<'a>(&'a self, m: &'a Mat) -> Weight<'a> {
-        if let Some(p) = &m.x8 {
-            return Weight::new_x8(m.dtype, p.bytes(), m.rows, m.cols)
-                .expect("geometry checked at repack");
+        if let Some(p) = &m.copy {
+            let w = if p.x8 {
+                Weight::new_x8(m.dtype, p.bytes(), m.rows, m.cols)
+            } else {
+                Weight::new(m.dtype, p.bytes(), m.rows, m.cols)
+            };
+            return w.expect("geometry checked at load and repack");
         }
         let data = &self.gguf.data_section()[m.start..m.start + m.len];
         Weight::new(m.dtype, data, m.rows, m.cols).expect("geometry checked at load")
     }
 
-    /// Repacks the Q4_1, Q8_0 and (with VNNI) Q5_0 layer matrices and output (with the
-    /// embeddings, when tied)
-    /// eight rows at a time
-    /// ([`llmos_tensor::x8`]): token generation, batches and prompts then make eight rows'
-    /// dot products per instruction. The file's pages of those matrices leave the resident
-    /// set, so memory stays about the file's size. Results change in the last bits (another
-    /// summation order than llama.cpp's). Returns the bytes repacked; matrices of other
-    /// types, or whose rows are not a multiple of eight, stay as they are.
+    /// Repacks the Q4_1, Q8_0 and (with VNNI) Q5_0 layer matrices and the output (with the
+    /// embeddings, when tied) eight rows at a time ([`llmos_tensor::x8`]): token generation,
+    /// batches and prompts then make eight rows' lane sums per instruction, with the same
+    /// results bit for bit. When any matrix is repacked, the model's other matrices are
+    /// copied beside them, and the file's pages of every copied matrix leave the resident
+    /// set, so memory stays about the file's size. Returns the bytes repacked; matrices
+    /// whose rows are not a multiple of eight stay row-major.
     pub fn repack(&mut self) -> Result<u64, ModelError> {
         let g = self.gguf.clone();
         let mut done = 0u64;
@@ -252,17 +260,18 @@ impl Model {
         });
         let eligible = |m: &Mat| {
             llmos_tensor::x8::worth(m.dtype)
-                && m.x8.is_none()
                 && m.rows.is_multiple_of(llmos_tensor::x8::GROUP)
                 && m.cols.is_multiple_of(32)
         };
-        mats.retain(|m| eligible(m));
-        // one map for all, each matrix at a 64-byte boundary
-        let at = |len: usize| len.next_multiple_of(64);
-        let total: usize = mats.iter().map(|m| at(m.len)).sum();
-        if total == 0 {
+        mats.retain(|m| m.copy.is_none());
+        if !mats.iter().any(|m| eligible(m)) {
             return Ok(0);
         }
+        // one map for every matrix, each at a 64-byte boundary: the repacked ones and the
+        // others copied as they are, so no file page stays mapped (the file's pages of a
+        // matrix left in the file would map whole 2 MiB folios again, neighbours included)
+        let at = |len: usize| len.next_multiple_of(64);
+        let total: usize = mats.iter().map(|m| at(m.len)).sum();
         let mut buf = memmap2::MmapMut::map_anon(total).map_err(ModelError::Repack)?;
         #[cfg(target_os = "linux")]
         let _ = buf.advise(memmap2::Advice::HugePage);
@@ -271,38 +280,50 @@ impl Model {
         for m in &mats {
             let src = &g.data_section()[m.start..m.start + m.len];
             let dst = &mut buf[off..off + m.len];
+            let x8 = eligible(m);
             // whole groups of rows are independent: pieces of about 2 MiB on the threads,
             // each piece's file pages released as soon as it is copied (the peak stays
             // about one copy of the weights, even for a large embedding matrix)
-            let group_bytes = m.len / m.rows * llmos_tensor::x8::GROUP;
-            let piece = (2 << 20) / group_bytes.max(1) * group_bytes.max(1);
-            let piece = piece.max(group_bytes);
+            let unit = m.len / m.rows * if x8 { llmos_tensor::x8::GROUP } else { 1 };
+            let piece = ((2 << 20) / unit.max(1) * unit.max(1)).max(unit);
             let failed = std::sync::atomic::AtomicBool::new(false);
             llmos_tensor::pool::for_each_chunk_mut(dst, piece, |i, part| {
                 let from = i * piece;
-                let rows = part.len() / group_bytes * llmos_tensor::x8::GROUP;
                 let s = &src[from..from + part.len()];
-                if llmos_tensor::x8::repack_into(m.dtype, s, rows, m.cols, part) {
+                let rows = part.len() / unit * if x8 { llmos_tensor::x8::GROUP } else { 1 };
+                let ok = if x8 {
+                    llmos_tensor::x8::repack_into(m.dtype, s, rows, m.cols, part)
+                } else {
+                    part.copy_from_slice(s);
+                    true
+                };
+                if ok {
                     g.release(m.start + from..m.start + from + part.len());
                 } else {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
             });
             // geometry was checked above, so a piece cannot fail; if one did, the matrix
-            // stays row-major (its file pages are read again where released)
+            // stays in the file (its pages are read again where released)
             let ok = !failed.into_inner();
-            spans.push(ok.then_some(off..off + m.len));
+            spans.push(ok.then_some((off..off + m.len, x8)));
             off += at(m.len);
         }
-        let buf = Arc::new(buf);
+        let map = Arc::new(buf);
         for (m, span) in mats.into_iter().zip(spans) {
-            if let Some(span) = span {
-                m.x8 = Some(Packed(buf.clone(), span));
-                done += m.len as u64;
+            if let Some((span, x8)) = span {
+                if x8 {
+                    done += m.len as u64;
+                }
+                m.copy = Some(Packed {
+                    map: map.clone(),
+                    span,
+                    x8,
+                });
             }
         }
         if tied {
-            self.output.x8 = self.tok_embd.x8.clone();
+            self.output.copy = self.tok_embd.copy.clone();
         }
         Ok(done)
     }
