@@ -465,10 +465,7 @@ pub(crate) mod simd {
                 }
                 for t in 0..if two { 2 } else { 1 } {
                     let a = &acc[t];
-                    // llama.cpp's hsum_float_8, lane-wise over the eight registers
-                    let h0 = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
-                    let h1 = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
-                    out[n0 + t] = _mm256_add_ps(_mm256_add_ps(h0, h1), a[8]);
+                    out[n0 + t] = lane_sums(&a[..8], a[8]);
                 }
                 n0 += 2;
             }
@@ -537,10 +534,7 @@ pub(crate) mod simd {
                 }
                 for t in 0..if two { 2 } else { 1 } {
                     let a = &acc[t];
-                    // llama.cpp's hsum_float_8, lane-wise, plus the (zero) min sum
-                    let h0 = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
-                    let h1 = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
-                    out[n0 + t] = _mm256_add_ps(_mm256_add_ps(h0, h1), _mm256_setzero_ps());
+                    out[n0 + t] = lane_sums(a, _mm256_setzero_ps());
                 }
                 n0 += 2;
             }
@@ -638,6 +632,19 @@ pub(crate) mod simd {
                 }
             }
             store(acc)
+        }
+    }
+
+    /// Eight rows' lane accumulators (register m: lane m of each row) reduced as llama.cpp's
+    /// `hsum_float_8` reduces one row's lanes, lane-wise, then `mins` added (Q4_1's min sums;
+    /// zero for Q5_0, as the row-major kernels add it).
+    #[inline(always)]
+    fn lane_sums(a: &[__m256], mins: __m256) -> __m256 {
+        // SAFETY: the enclosing kernels' target features include AVX
+        unsafe {
+            let h0 = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+            let h1 = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+            _mm256_add_ps(_mm256_add_ps(h0, h1), mins)
         }
     }
 
