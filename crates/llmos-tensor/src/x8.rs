@@ -373,7 +373,7 @@ pub(crate) mod simd {
         }
     }
 
-    /// [`q4_1_body`] with AVX2 (`vpmaddubsw` + `vpmaddwd` for the integer sums).
+    /// [`lanes_body`] for Q4_1 with AVX2 (`vpmaddubsw` + `vpmaddwd` for the integer sums).
     ///
     /// # Safety
     /// AVX2, FMA and F16C; `g` points at nb blocks of a group, each `ys` at nb blocks.
@@ -385,10 +385,10 @@ pub(crate) mod simd {
         ys: [*const BlockQ8; N],
     ) -> [[f32; 8]; N] {
         // SAFETY: the caller's promise
-        unsafe { q4_1_body::<N, false>(g, nb, ys) }
+        unsafe { lanes_body::<false, N, false>(g, nb, ys, [std::ptr::null(); N]) }
     }
 
-    /// [`q4_1_body`] with `vpdpbusd`.
+    /// [`lanes_body`] for Q4_1 with `vpdpbusd`.
     ///
     /// # Safety
     /// As [`q4_1_avx2`], and AVX-512 VNNI, VL and BW.
@@ -400,30 +400,36 @@ pub(crate) mod simd {
         ys: [*const BlockQ8; N],
     ) -> [[f32; 8]; N] {
         // SAFETY: the caller's promise
-        unsafe { q4_1_body::<N, true>(g, nb, ys) }
+        unsafe { lanes_body::<false, N, true>(g, nb, ys, [std::ptr::null(); N]) }
     }
 
-    /// One Q4_1 group's eight rows against N tokens: lane r of result n = row r . token n,
-    /// as [`super::dot_ref`] computes it. Token after token (each token's eight lane
-    /// accumulators, its min sum and the block's weights fill the registers; a group's
-    /// blocks stay in L1 for the next token).
+    /// One Q4_1 (`Q5` false) or Q5_0 (`Q5` true) group's eight rows against N tokens: lane
+    /// r of result n = row r . token n, as [`super::dot_ref`] computes it. Tokens two at a
+    /// time (each block unpacked once for both; their eight lane accumulators and min sum
+    /// each fit AVX-512's 32 registers). Q5_0's values get their fifth bits from the
+    /// block's masks (a masked byte add, VNNI form only) and each lane's sum starts from the
+    /// lane's correction; Q4_1's min sums add up apart.
     ///
     /// # Safety
-    /// The enclosing function's target features; `g` holds nb blocks, each `ys[n]` nb.
+    /// The enclosing function's target features (AVX-512 VNNI, VL and BW for Q5_0); `g`
+    /// holds nb blocks, each `ys[n]` nb and, for Q5_0, each `cs[n]` 8 nb corrections.
     #[inline(always)]
-    unsafe fn q4_1_body<const N: usize, const VNNI: bool>(
+    unsafe fn lanes_body<const Q5: bool, const N: usize, const VNNI: bool>(
         g: *const u8,
         nb: usize,
         ys: [*const BlockQ8; N],
+        cs: [*const i32; N],
     ) -> [[f32; 8]; N] {
-        let size = group_block(DType::Q4_1);
-        // SAFETY: every load is within the group's nb blocks or the activations' nb blocks
-        // (the caller's promise)
+        let size = group_block(if Q5 { DType::Q5_0 } else { DType::Q4_1 });
+        // the nibble chunks follow the scales and the minimums (Q4_1) or the masks (Q5_0)
+        let nibbles = if Q5 { 48 } else { 32 };
+        // SAFETY: every load is within the group's nb blocks, the activations' nb blocks or
+        // (Q5_0) the corrections' 8 nb entries (the caller's promise)
         unsafe {
             let m4 = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
+            let sixteen = _mm256_set1_epi8(16);
             let mut out = [_mm256_setzero_ps(); N];
-            // tokens two at a time where two remain: one unpack of each block for both
             let mut n0 = 0;
             while n0 < N {
                 let two = n0 + 1 < N;
@@ -434,12 +440,23 @@ pub(crate) mod simd {
                         prefetch(b, size);
                     }
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
-                    let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
+                    // Q4_1's minimums (unused for Q5_0)
+                    let mw = if Q5 {
+                        _mm256_setzero_ps()
+                    } else {
+                        _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()))
+                    };
                     let mut w = [_mm256_setzero_si256(); 8];
                     for k in 0..4 {
-                        let q = _mm256_loadu_si256(b.add(32 + 32 * k).cast());
+                        let q = _mm256_loadu_si256(b.add(nibbles + 32 * k).cast());
                         w[k] = _mm256_and_si256(q, m4);
                         w[4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                    }
+                    if Q5 {
+                        for (m, wm) in w.iter_mut().enumerate() {
+                            let mask = b.add(16 + 4 * m).cast::<u32>().read_unaligned();
+                            *wm = _mm256_mask_add_epi8(*wm, mask, *wm, sixteen);
+                        }
                     }
                     for t in 0..2 {
                         if t == 1 && !two {
@@ -453,14 +470,21 @@ pub(crate) mod simd {
                         for m in 0..8 {
                             let o = if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
                             let p = if VNNI {
-                                _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[m], bc(o))
+                                let start = if Q5 {
+                                    _mm256_set1_epi32(*cs[n0 + t].add(8 * i + m))
+                                } else {
+                                    _mm256_setzero_si256()
+                                };
+                                _mm256_dpbusd_epi32(start, w[m], bc(o))
                             } else {
                                 _mm256_madd_epi16(_mm256_maddubs_epi16(w[m], bc(o)), ones)
                             };
                             acc[t][m] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t][m]);
                         }
-                        acc[t][8] =
-                            _mm256_add_ps(acc[t][8], _mm256_mul_ps(mw, _mm256_set1_ps(y.s)));
+                        if !Q5 {
+                            let ms = _mm256_mul_ps(mw, _mm256_set1_ps(y.s));
+                            acc[t][8] = _mm256_add_ps(acc[t][8], ms);
+                        }
                     }
                 }
                 for t in 0..if two { 2 } else { 1 } {
@@ -473,9 +497,7 @@ pub(crate) mod simd {
         }
     }
 
-    /// The Q5_0 group kernel (VNNI only): as [`q4_1_body`], tokens two at a time; each
-    /// lane's values get their fifth bits from the block's masks (a masked byte add) and its
-    /// sum starts from the lane's correction.
+    /// [`lanes_body`] for Q5_0 (VNNI only).
     ///
     /// # Safety
     /// AVX2, FMA, F16C and AVX-512 VNNI, VL and BW; `g` points at nb blocks of a group, each
@@ -488,58 +510,8 @@ pub(crate) mod simd {
         ys: [*const BlockQ8; N],
         cs: [*const i32; N],
     ) -> [[f32; 8]; N] {
-        let size = group_block(DType::Q5_0);
-        // SAFETY: every load is within the group's nb blocks, the activations' nb blocks or
-        // the corrections' 8 nb entries (the caller's promise)
-        unsafe {
-            let m4 = _mm256_set1_epi8(0x0f);
-            let sixteen = _mm256_set1_epi8(16);
-            let mut out = [_mm256_setzero_ps(); N];
-            let mut n0 = 0;
-            while n0 < N {
-                let two = n0 + 1 < N;
-                let mut acc = [[_mm256_setzero_ps(); 8]; 2];
-                for i in 0..nb {
-                    let b = g.add(i * size);
-                    if n0 == 0 {
-                        prefetch(b, size);
-                    }
-                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
-                    let mut w = [_mm256_setzero_si256(); 8];
-                    for k in 0..4 {
-                        let q = _mm256_loadu_si256(b.add(48 + 32 * k).cast());
-                        let lo = _mm256_and_si256(q, m4);
-                        let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                        let mk = |m: usize| b.add(16 + 4 * m).cast::<u32>().read_unaligned();
-                        w[k] = _mm256_mask_add_epi8(lo, mk(k), lo, sixteen);
-                        w[4 + k] = _mm256_mask_add_epi8(hi, mk(4 + k), hi, sixteen);
-                    }
-                    for t in 0..2 {
-                        if t == 1 && !two {
-                            break;
-                        }
-                        let y = &*ys[n0 + t].add(i);
-                        let a = y.qs.as_ptr();
-                        let c = cs[n0 + t].add(8 * i);
-                        let bc =
-                            |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
-                        let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
-                        for m in 0..8 {
-                            let o = if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
-                            let start = _mm256_set1_epi32(*c.add(m));
-                            let p = _mm256_dpbusd_epi32(start, w[m], bc(o));
-                            acc[t][m] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc[t][m]);
-                        }
-                    }
-                }
-                for t in 0..if two { 2 } else { 1 } {
-                    let a = &acc[t];
-                    out[n0 + t] = lane_sums(a, _mm256_setzero_ps());
-                }
-                n0 += 2;
-            }
-            store(out)
-        }
+        // SAFETY: the caller's promise
+        unsafe { lanes_body::<true, N, true>(g, nb, ys, cs) }
     }
 
     /// The Q8_0 group kernel with AVX2: the flipped values flipped back, `vpmaddubsw` of
