@@ -328,3 +328,42 @@ fn batched_sequences_equal_each_alone() {
         assert_eq!(small.len(), 0);
     }
 }
+
+/// The phase stopwatch (`llmos_model::profile`) only watches: a batched step gives the same
+/// logits with it on, and the step's matrix products, attention and head all get time.
+#[test]
+fn profiling_a_step_changes_nothing() {
+    use llmos_model::profile::{self, Phase};
+    llmos_tensor::pool::init(2);
+    let g = Arc::new(Gguf::open(model("smollm2")).unwrap());
+    let m = Model::load(g).unwrap();
+    let prompts: [&[u32]; 2] = [&[2, 504, 3575, 282], &[2, 7042, 30]];
+    let run = || {
+        let mut caches: Vec<_> = (0..2).map(|_| m.new_cache(16)).collect();
+        let mut refs: Vec<&mut _> = caches.iter_mut().collect();
+        m.forward_batch(&mut refs, &prompts).unwrap();
+        m.forward_batch(&mut refs, &[&[30], &[31]]).unwrap()
+    };
+    let plain = run();
+    profile::enable(true);
+    profile::reset();
+    let watched = run();
+    let totals = profile::totals();
+    profile::enable(false);
+    assert!(
+        plain
+            .iter()
+            .zip(&watched)
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
+    for p in [
+        Phase::Qkv,
+        Phase::Attention,
+        Phase::GateUp,
+        Phase::Down,
+        Phase::Head,
+    ] {
+        let ns = totals.iter().find(|t| t.0 == p).unwrap().1;
+        assert!(ns > 0, "{} got no time: {totals:?}", p.name());
+    }
+}

@@ -1,7 +1,8 @@
 //! Time of one decode step of S sequences decoding together (continuous batching's step),
 //! without sampling or the scheduler: `batch_step MODEL.gguf [S] [THREADS] [STEPS] [x8]`
 //! (x8: the Q4_1 matrices repacked, `Model::repack`).
-//! Prints the median step in ms and the aggregate tokens/s.
+//! Prints the median step in ms, the aggregate tokens/s, and the steps' time phase by phase
+//! (`llmos_model::profile`: matrix products, attention, and the work between them).
 use llmos_formats::gguf::Gguf;
 use llmos_model::Model;
 use std::sync::Arc;
@@ -37,6 +38,8 @@ fn main() {
         m.forward(c, &prompt, false).expect("prompt");
         toks.push(prompt[31]);
     }
+    llmos_model::profile::enable(true);
+    llmos_model::profile::reset();
     let mut times = Vec::new();
     for _ in 0..steps {
         let mut refs: Vec<&mut _> = caches.iter_mut().collect();
@@ -51,6 +54,16 @@ fn main() {
                 .max_by(|&i, &j| row[i].total_cmp(&row[j]))
                 .unwrap_or(0) as u32;
         }
+    }
+    let phases = llmos_model::profile::totals();
+    let all: u64 = phases.iter().map(|p| p.1).sum();
+    for (p, ns) in phases {
+        println!(
+            "  {:<11} {:>7.3} ms/step {:>5.1}%",
+            p.name(),
+            ns as f64 / 1e6 / steps as f64,
+            100.0 * ns as f64 / all.max(1) as f64
+        );
     }
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];

@@ -5,6 +5,7 @@
 mod config;
 mod forward;
 mod lora;
+pub mod profile;
 mod weights;
 
 pub use config::{Arch, Config};
