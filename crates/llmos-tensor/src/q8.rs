@@ -853,9 +853,19 @@ fn group_shape(qs: &[f32], nq: usize, m: usize, out: &[f32], out_stride: usize) 
     Some(qs.len() / nq)
 }
 
+/// Asks L2 for share `part` of `parts` of `data` (the shares split it evenly, in order).
+fn prefetch_share<T>(data: &[T], part: usize, parts: usize) {
+    let n = data.len();
+    prefetch_l2(&data[part * n / parts..(part + 1) * n / parts]);
+}
+
 /// [`dot_rows_lanes_multi`] with the keys stored as f16 bits: blocks of 32 keys (in L1
 /// after the first query) against each query by [`dot_rows_lanes_f16`]; bit for bit the
-/// f32 kernel's scores on the widened keys.
+/// f32 kernel's scores on the widened keys. With each block, an even share of every slice
+/// in `fetch` is asked into L2, and the keys two blocks ahead: a decoding row's values and
+/// the next task's keys and values arrive while this arithmetic runs (asked for in one
+/// burst, the prefetches waited on memory before any arithmetic began).
+#[allow(clippy::too_many_arguments)]
 pub fn dot_rows_lanes_multi_f16(
     qs: &[f32],
     nq: usize,
@@ -864,12 +874,22 @@ pub fn dot_rows_lanes_multi_f16(
     m: usize,
     out: &mut [f32],
     out_stride: usize,
+    fetch: &[&[u16]],
 ) {
     let Some(d) = group_shape(qs, nq, m, out, out_stride) else {
         return;
     };
+    let blocks = m.div_ceil(32);
     for p0 in (0..m).step_by(32) {
         let p1 = (p0 + 32).min(m);
+        if !fetch.is_empty() {
+            for f in fetch {
+                prefetch_share(f, p0 / 32, blocks);
+            }
+            let ahead = ((p0 + 64) * stride).min(k.len());
+            let till = ((p1 + 64) * stride).min(k.len());
+            prefetch_l2(&k[ahead..till]);
+        }
         for (j, q) in qs.chunks_exact(d).enumerate() {
             let o = j * out_stride;
             dot_rows_lanes_f16(q, &k[p0 * stride..], stride, &mut out[o + p0..o + p1]);
@@ -1951,12 +1971,18 @@ mod tests {
                 let qs: Vec<f32> = (0..3 * d).map(|_| val()).collect();
                 let (mut a, mut b) = (vec![0f32; 80 + n], vec![0f32; 80 + n]);
                 dot_rows_lanes_multi(&qs, 3, &kf, stride, n, &mut a, 40);
-                dot_rows_lanes_multi_f16(&qs, 3, &kh, stride, n, &mut b, 40);
+                dot_rows_lanes_multi_f16(&qs, 3, &kh, stride, n, &mut b, 40, &[]);
                 assert_eq!(
                     bits(&a),
                     bits(&b),
                     "group scores d={d} stride={stride} n={n}"
                 );
+                // asking for other data along the way (slices of every length, empty ones
+                // included) changes no score
+                let mut c = vec![0f32; 80 + n];
+                let fetch: [&[u16]; 3] = [&kh, &kh[..n.min(3)], &[]];
+                dot_rows_lanes_multi_f16(&qs, 3, &kh, stride, n, &mut c, 40, &fetch);
+                assert_eq!(bits(&a), bits(&c), "fetching d={d} stride={stride} n={n}");
                 let ws: Vec<f32> = (0..3 * n).map(|_| val().abs()).collect();
                 let (mut a, mut b) = (vec![0f32; 3 * d], vec![0f32; 3 * d]);
                 weighted_rows_lanes_multi(&ws, n, &kf, stride, d, &mut a);
