@@ -252,6 +252,12 @@ struct ModelArgs {
     /// llama.cpp computes; fast) or f32 (matches a float reference).
     #[arg(long, value_enum, default_value_t = Activations::Q8)]
     activations: Activations,
+    /// Order of the Q4_1 weights' sums in q8 mode: lanes (llama.cpp's, bit for bit) or
+    /// blocks (one integer sum per block of 32: batches of sequences and prompts run faster;
+    /// logits differ from llama.cpp's in their last bits, and a near-tie can go the other
+    /// way). Either order gives a sequence the same logits alone or batched.
+    #[arg(long, value_enum, default_value_t = SumOrder::Lanes)]
+    sums: SumOrder,
     /// A LoRA adapter (GGUF, as `llmos sft --lora` or llama.cpp writes them) applied to the
     /// model's projections at run time.
     #[arg(long)]
@@ -260,6 +266,12 @@ struct ModelArgs {
     /// base model that has none).
     #[arg(long)]
     chat_template: Option<String>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SumOrder {
+    Lanes,
+    Blocks,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -449,6 +461,10 @@ fn load(a: &ModelArgs) -> Result<Loaded> {
     model.act = match a.activations {
         Activations::F32 => llmos_tensor::ActMode::F32,
         Activations::Q8 => llmos_tensor::ActMode::Q8,
+    };
+    model.sums = match a.sums {
+        SumOrder::Lanes => llmos_tensor::x8::Sums::Lanes,
+        SumOrder::Blocks => llmos_tensor::x8::Sums::Blocks,
     };
     if let Some(p) = &a.lora {
         let ag = Gguf::open(p)?;

@@ -1,6 +1,7 @@
 //! Time of one decode step of S sequences decoding together (continuous batching's step),
-//! without sampling or the scheduler: `batch_step MODEL.gguf [S] [THREADS] [STEPS] [x8]`
-//! (x8: the Q4_1 matrices repacked, `Model::repack`).
+//! without sampling or the scheduler: `batch_step MODEL.gguf [S] [THREADS] [STEPS] [x8]
+//! [blocks]` (x8: the Q4_1 matrices repacked, `Model::repack`, as every llmos command
+//! loads them; blocks: their sums in block order, `Model::sums`).
 //! Prints the median step in ms, the aggregate tokens/s, and the steps' time phase by phase
 //! (`llmos_model::profile`: matrix products, attention, and the work between them).
 use llmos_formats::gguf::Gguf;
@@ -11,7 +12,7 @@ use std::time::Instant;
 fn main() {
     let a: Vec<String> = std::env::args().skip(1).collect();
     let Some(path) = a.first() else {
-        eprintln!("usage: batch_step MODEL.gguf [SEQS] [THREADS] [STEPS]");
+        eprintln!("usage: batch_step MODEL.gguf [SEQS] [THREADS] [STEPS] [x8] [blocks]");
         std::process::exit(2);
     };
     let num = |i: usize, d: usize| a.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
@@ -27,6 +28,9 @@ fn main() {
     });
     if a.get(4).map(String::as_str) == Some("x8") {
         m.repack().expect("repack");
+    }
+    if a.get(5).map(String::as_str) == Some("blocks") {
+        m.sums = llmos_tensor::x8::Sums::Blocks;
     }
     let v = m.config.n_vocab as u32;
     let mut caches: Vec<_> = (0..seqs).map(|_| m.new_cache(32 + steps + 1)).collect();

@@ -74,6 +74,11 @@ pub struct Model {
     pub(crate) rope_freqs: Option<Vec<f32>>,
     /// How activations meet quantized weights (f32, or 8-bit blocks like llama.cpp).
     pub act: ActMode,
+    /// The order of the repacked Q4_1 matrices' sums: llama.cpp's lanes (the default) or
+    /// one integer sum per block ([`llmos_tensor::x8::Sums`]), faster for batches of
+    /// sequences and prompts. Every path (one token, a batch, a prompt) uses the same
+    /// order, so a sequence's logits never depend on what runs beside it.
+    pub sums: llmos_tensor::x8::Sums,
     /// LoRA adapters added to the projections at run time ([`Model::add_lora`]).
     pub(crate) lora: Option<crate::lora::Adapters>,
 }
@@ -204,6 +209,7 @@ impl Model {
             layers,
             rope_freqs,
             act: ActMode::Q8,
+            sums: llmos_tensor::x8::Sums::Lanes,
             lora: None,
         };
         // Q4_1 matrices run repacked unless LLMOS_NO_X8 is set (to compare with llama.cpp's
@@ -218,7 +224,7 @@ impl Model {
     pub(crate) fn w<'a>(&'a self, m: &'a Mat) -> Weight<'a> {
         if let Some(p) = &m.copy {
             let w = if p.x8 {
-                Weight::new_x8(m.dtype, p.bytes(), m.rows, m.cols)
+                Weight::new_x8(m.dtype, p.bytes(), m.rows, m.cols).map(|w| w.with_sums(self.sums))
             } else {
                 Weight::new(m.dtype, p.bytes(), m.rows, m.cols)
             };

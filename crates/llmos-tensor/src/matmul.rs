@@ -23,6 +23,8 @@ pub struct Weight<'a> {
     pub rows: usize,
     pub cols: usize,
     pub x8: bool,
+    /// The order of a Q4_1 X8 matrix's sums ([`crate::x8::Sums`]; other matrices have one).
+    pub sums: crate::x8::Sums,
 }
 
 impl<'a> Weight<'a> {
@@ -53,6 +55,7 @@ impl<'a> Weight<'a> {
             rows,
             cols,
             x8: false,
+            sums: crate::x8::Sums::Lanes,
         })
     }
 
@@ -72,6 +75,11 @@ impl<'a> Weight<'a> {
             return Err(TensorError::BadGroups { rows });
         }
         Ok(Weight { x8: true, ..w })
+    }
+
+    /// The same matrix with its Q4_1 X8 sums in order `sums` (no effect elsewhere).
+    pub fn with_sums(self, sums: crate::x8::Sums) -> Self {
+        Weight { sums, ..self }
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -717,7 +725,7 @@ pub fn matmul_cached_multi<const K: usize>(
             let wb = &w.data[g0 * gb..(g0 + out.len() / crate::x8::GROUP) * gb];
             let (a, c) = (acts[k].q8_row(0), acts[k].xc_row(dt, 0));
             let n = out.len();
-            return crate::x8::tile::<1>(dt, wb, w.cols / 32, [a], [c], out, n);
+            return crate::x8::tile::<1>(dt, w.sums, wb, w.cols / 32, [a], [c], out, n);
         }
         let pairs = matches!(dt, DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1);
         let (rb, r0) = (w.row_bytes(), ci * chunk);
@@ -820,7 +828,7 @@ fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCach
                 let g0 = ci * chunk / GROUP;
                 let wb = &w.data[g0 * gb..(g0 + ys.len() / GROUP) * gb];
                 let n = ys.len();
-                crate::x8::tile::<1>(dt, wb, nb, [a], [c], ys, n);
+                crate::x8::tile::<1>(dt, w.sums, wb, nb, [a], [c], ys, n);
             });
             return;
         }
@@ -843,7 +851,7 @@ fn matmul_x8(w: &Weight, x: &[f32], y: &mut [f32], t: usize, cache: &mut ActCach
             while ti < n {
                 let m = (n - ti).min(8);
                 let out = &mut ys[ti * rows + g0 * GROUP..];
-                x8_call(dt, m, wb, nb, acts, t0 + ti, out, rows);
+                x8_call(dt, w.sums, m, wb, nb, acts, t0 + ti, out, rows);
                 ti += m;
             }
         }
@@ -866,7 +874,7 @@ fn x8_cols(w: &Weight, acts: &QuantActs, t: usize, mut cols: crate::pool::ColsMu
         let mut ti = 0;
         while ti < t {
             let m = (t - ti).min(8);
-            x8_call(w.dtype, m, wb, nb, acts, ti, &mut buf, stride);
+            x8_call(w.dtype, w.sums, m, wb, nb, acts, ti, &mut buf, stride);
             for k in 0..m {
                 cols.row(ti + k)[b0..b1].copy_from_slice(&buf[k * stride..(k + 1) * stride]);
             }
@@ -879,6 +887,7 @@ fn x8_cols(w: &Weight, acts: &QuantActs, t: usize, mut cols: crate::pool::ColsMu
 #[allow(clippy::too_many_arguments)]
 fn x8_call(
     dt: DType,
+    sums: crate::x8::Sums,
     m: usize,
     wb: &[u8],
     nb: usize,
@@ -892,6 +901,7 @@ fn x8_call(
         ($n:literal) => {
             tile::<$n>(
                 dt,
+                sums,
                 wb,
                 nb,
                 std::array::from_fn(|k| acts.q8_row(t0 + k)),
@@ -1135,7 +1145,7 @@ mod tests {
                     let a = crate::q8::quantize_q8(&x[ti * cols..(ti + 1) * cols]);
                     for g in 0..rows / 8 {
                         let grp = &packed[g * gb..(g + 1) * gb];
-                        let want = crate::x8::dot_ref(dt, grp, [&a[..]])[0];
+                        let want = crate::x8::dot_ref(dt, crate::x8::Sums::Lanes, grp, [&a[..]])[0];
                         for (j, wv) in want.iter().enumerate() {
                             let r = g * 8 + j;
                             let v = got[ti * rows + r];

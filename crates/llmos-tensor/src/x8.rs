@@ -52,6 +52,20 @@ const Q4_1_BLOCK: usize = 20;
 const Q5_0_BLOCK: usize = 22;
 const Q8_0_BLOCK: usize = 34;
 
+/// How a Q4_1 kernel adds up a row's products (the other types have one order each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Sums {
+    /// llama.cpp's lane order (the module docs): results equal llama.cpp's bit for bit.
+    #[default]
+    Lanes,
+    /// One exact integer sum of a block's 32 products per row, then
+    /// `acc = (d_w * d_a) * isum + acc; acc = m_w * s_a + acc` in block order: two fused
+    /// multiply-adds per block for eight rows instead of eight, so a batch of tokens makes
+    /// about half the floating-point work. As accurate, rounded differently: logits move in
+    /// their last bits, and a near-tie can go the other way.
+    Blocks,
+}
+
 /// Whether weights of type `dt` have an X8 form.
 pub fn supports(dt: DType) -> bool {
     matches!(dt, DType::Q4_1 | DType::Q5_0 | DType::Q8_0)
@@ -204,8 +218,14 @@ pub fn dequantize_row(dt: DType, data: &[u8], cols: usize, r: usize, out: &mut [
 
 /// The reference: the eight rows of `group` (nb blocks of [`group_block`] bytes) against N
 /// activation rows (nb Q8 blocks each): out[n][r], computed as the row-major reference
-/// computes each row (see the module docs).
-pub fn dot_ref<const N: usize>(dt: DType, group: &[u8], ys: [&[BlockQ8]; N]) -> [[f32; GROUP]; N] {
+/// computes each row (see the module docs), or for Q4_1 with [`Sums::Blocks`] in block
+/// order.
+pub fn dot_ref<const N: usize>(
+    dt: DType,
+    sums: Sums,
+    group: &[u8],
+    ys: [&[BlockQ8]; N],
+) -> [[f32; GROUP]; N] {
     let gbk = group_block(dt);
     let nb = group.len() / gbk;
     let mut out = [[0f32; GROUP]; N];
@@ -223,6 +243,16 @@ pub fn dot_ref<const N: usize>(dt: DType, group: &[u8], ys: [&[BlockQ8]; N]) -> 
                             .sum();
                         *lane = d.mul_add(s as f32, *lane);
                     }
+                } else if dt == DType::Q4_1 && sums == Sums::Blocks {
+                    let isum: i32 = (0..32)
+                        .map(|j| {
+                            let q = q4_byte(blk, r, j % 16);
+                            let q = if j < 16 { q & 0x0f } else { q >> 4 };
+                            q as i32 * a.qs[j] as i32
+                        })
+                        .sum();
+                    acc = d.mul_add(isum as f32, acc);
+                    acc = f16_le(blk, 16 + 2 * r).mul_add(a.s, acc);
                 } else if dt == DType::Q4_1 {
                     for (m, lane) in lanes.iter_mut().enumerate() {
                         let mut s = 0i32;
@@ -245,7 +275,7 @@ pub fn dot_ref<const N: usize>(dt: DType, group: &[u8], ys: [&[BlockQ8]; N]) -> 
                     acc = (isum as f32).mul_add(d, acc);
                 }
             }
-            out[n][r] = if dt == DType::Q4_1 || dt == DType::Q5_0 {
+            out[n][r] = if (dt == DType::Q4_1 && sums == Sums::Lanes) || dt == DType::Q5_0 {
                 crate::q8::hsum8(&lanes) + summs
             } else {
                 acc
@@ -285,9 +315,11 @@ pub fn corrections_per_block(dt: DType) -> usize {
 /// Consecutive groups of an X8 matrix of type `dt` (`w`: whole groups of `nb` blocks each)
 /// against N activation rows: out[n * stride + r] for every row r of those groups. For
 /// Q8_0 and Q5_0, `corr[n]` holds row n's [`corrections`] (unused for Q4_1: may be empty). N = 1 is
-/// token generation, more a batch of sequences or a prompt.
+/// token generation, more a batch of sequences or a prompt. `sums` picks Q4_1's order.
+#[allow(clippy::too_many_arguments)]
 pub fn tile<const N: usize>(
     dt: DType,
+    sums: Sums,
     w: &[u8],
     nb: usize,
     ys: [&[BlockQ8]; N],
@@ -316,6 +348,7 @@ pub fn tile<const N: usize>(
         let yp: [*const BlockQ8; N] = std::array::from_fn(|n| ys[n].as_ptr());
         let cp: [*const i32; N] = std::array::from_fn(|n| corr[n].as_ptr());
         let vnni = crate::avx2::vnni();
+        let blocks = sums == Sums::Blocks;
         for g in 0..rows / GROUP {
             // SAFETY: the CPU has the features each kernel enables (available(), vnni());
             // group g holds nb blocks, each activation row (and for Q8_0 each correction
@@ -327,7 +360,9 @@ pub fn tile<const N: usize>(
                     (DType::Q8_0, false) => simd::q8_0_avx2::<N>(gp, nb, yp),
                     (DType::Q5_0, true) => simd::q5_0_vnni::<N>(gp, nb, yp, cp),
                     // no AVX2 form: the reference (`worth` keeps Q5_0 row-major here)
-                    (DType::Q5_0, false) => dot_ref(dt, &w[g * gb..(g + 1) * gb], ys),
+                    (DType::Q5_0, false) => dot_ref(dt, sums, &w[g * gb..(g + 1) * gb], ys),
+                    (_, true) if blocks => simd::q4_1_blocks_vnni::<N>(gp, nb, yp),
+                    (_, false) if blocks => simd::q4_1_blocks_avx2::<N>(gp, nb, yp),
                     (_, true) => simd::q4_1_vnni::<N>(gp, nb, yp),
                     (_, false) => simd::q4_1_avx2::<N>(gp, nb, yp),
                 }
@@ -340,7 +375,7 @@ pub fn tile<const N: usize>(
         return;
     }
     for g in 0..rows / GROUP {
-        let s = dot_ref(dt, &w[g * gb..(g + 1) * gb], ys);
+        let s = dot_ref(dt, sums, &w[g * gb..(g + 1) * gb], ys);
         for n in 0..N {
             let at = n * stride + g * GROUP;
             out[at..at + GROUP].copy_from_slice(&s[n]);
@@ -495,6 +530,104 @@ pub(crate) mod simd {
             }
             store(out)
         }
+    }
+
+    /// Q4_1 in block order: per block and token, one exact integer sum of the 32 products
+    /// per row, then `acc = (d_w d_a) isum + acc; acc = m_w s_a + acc` (two fused
+    /// multiply-adds for eight rows, against llama.cpp's order's eight). All N tokens per
+    /// block (each block unpacked once).
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C (and AVX-512 VNNI, VL, BW when `VNNI`); `g` points at nb blocks of
+    /// a group, each `ys` at nb blocks.
+    #[inline(always)]
+    unsafe fn blocks_body<const N: usize, const VNNI: bool>(
+        g: *const u8,
+        nb: usize,
+        ys: [*const BlockQ8; N],
+    ) -> [[f32; 8]; N] {
+        let size = group_block(DType::Q4_1);
+        // SAFETY: every load is within the group's nb blocks or the activations' nb blocks
+        // (the caller's promise)
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for i in 0..nb {
+                let b = g.add(i * size);
+                prefetch(b, size);
+                let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
+                let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
+                let mut w = [_mm256_setzero_si256(); 8];
+                for k in 0..4 {
+                    let q = _mm256_loadu_si256(b.add(32 + 32 * k).cast());
+                    w[k] = _mm256_and_si256(q, m4);
+                    w[4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+                }
+                for n in 0..N {
+                    let y = &*ys[n].add(i);
+                    let a = y.qs.as_ptr();
+                    let bc = |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
+                    let off = |m: usize| if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
+                    let isum = if VNNI {
+                        let mut s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[0], bc(off(0)));
+                        let mut s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[1], bc(off(1)));
+                        for k in 1..4 {
+                            s0 = _mm256_dpbusd_epi32(s0, w[2 * k], bc(off(2 * k)));
+                            s1 = _mm256_dpbusd_epi32(s1, w[2 * k + 1], bc(off(2 * k + 1)));
+                        }
+                        _mm256_add_epi32(s0, s1)
+                    } else {
+                        let p = |m: usize| {
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(w[m], bc(off(m))), ones)
+                        };
+                        let s0 = _mm256_add_epi32(
+                            _mm256_add_epi32(p(0), p(1)),
+                            _mm256_add_epi32(p(2), p(3)),
+                        );
+                        let s1 = _mm256_add_epi32(
+                            _mm256_add_epi32(p(4), p(5)),
+                            _mm256_add_epi32(p(6), p(7)),
+                        );
+                        _mm256_add_epi32(s0, s1)
+                    };
+                    let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
+                    acc[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[n]);
+                    acc[n] = _mm256_fmadd_ps(mw, _mm256_set1_ps(y.s), acc[n]);
+                }
+            }
+            store(acc)
+        }
+    }
+
+    /// [`blocks_body`] with AVX2.
+    ///
+    /// # Safety
+    /// As [`q4_1_avx2`].
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn q4_1_blocks_avx2<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        ys: [*const BlockQ8; N],
+    ) -> [[f32; 8]; N] {
+        // SAFETY: the caller's promise
+        unsafe { blocks_body::<N, false>(g, nb, ys) }
+    }
+
+    /// [`blocks_body`] with `vpdpbusd`.
+    ///
+    /// # Safety
+    /// As [`q4_1_vnni`].
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl,avx512bw")]
+    pub unsafe fn q4_1_blocks_vnni<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        ys: [*const BlockQ8; N],
+    ) -> [[f32; 8]; N] {
+        // SAFETY: the caller's promise
+        unsafe { blocks_body::<N, true>(g, nb, ys) }
     }
 
     /// [`lanes_body`] for Q5_0 (VNNI only).
@@ -704,7 +837,7 @@ mod tests {
                 let act: Vec<f32> = (0..cols).map(|_| rng(&mut seed) * 4.0).collect();
                 let y = quantize_q8(&act);
                 for g in 0..rows / GROUP {
-                    let got = dot_ref(dt, &x[g * gb..(g + 1) * gb], [&y[..]]);
+                    let got = dot_ref(dt, Sums::Lanes, &x[g * gb..(g + 1) * gb], [&y[..]]);
                     for j in 0..GROUP {
                         let r = g * GROUP + j;
                         let want = vec_dot_n(dt, &w[r * rb..(r + 1) * rb], [ActRow::Q8(&y)])[0];
@@ -715,7 +848,53 @@ mod tests {
         }
     }
 
-    fn check_tile<const N: usize>(dt: DType, groups: usize, nb: usize, seed: &mut u64) {
+    /// Q4_1's block order is the same dot product rounded otherwise: both orders stay
+    /// within a few units in the last place of the sum taken in f64 (the products and
+    /// their block scales exact there), and they do not agree on every row.
+    #[test]
+    fn block_sums_round_the_same_dot_product_otherwise() {
+        let (rows, cols) = (64, 1024);
+        let dt = DType::Q4_1;
+        let mut seed = 5;
+        let w = matrix(dt, rows, cols, &mut seed);
+        let x = repack(dt, &w, rows, cols).unwrap();
+        let gb = cols / 32 * group_block(dt);
+        let (mut differ, mut worst) = (0, 0f64);
+        for _ in 0..4 {
+            let act: Vec<f32> = (0..cols).map(|_| rng(&mut seed) * 4.0).collect();
+            let y = quantize_q8(&act);
+            for g in 0..rows / GROUP {
+                let grp = &x[g * gb..(g + 1) * gb];
+                let lanes = dot_ref(dt, Sums::Lanes, grp, [&y[..]])[0];
+                let blocks = dot_ref(dt, Sums::Blocks, grp, [&y[..]])[0];
+                for r in 0..GROUP {
+                    let (mut exact, mut size) = (0f64, 0f64);
+                    for (i, a) in y.iter().enumerate() {
+                        let blk = &grp[i * group_block(dt)..(i + 1) * group_block(dt)];
+                        let isum: i64 = (0..32)
+                            .map(|j| {
+                                let q = q4_byte(blk, r, j % 16);
+                                let q = if j < 16 { q & 0x0f } else { q >> 4 };
+                                q as i64 * a.qs[j] as i64
+                            })
+                            .sum();
+                        let d = (f16_le(blk, 2 * r) * a.d) as f64;
+                        let m = f16_le(blk, 16 + 2 * r) as f64 * a.s as f64;
+                        exact += d * isum as f64 + m;
+                        size += (d * isum as f64).abs() + m.abs();
+                    }
+                    for v in [lanes[r], blocks[r]] {
+                        worst = worst.max((v as f64 - exact).abs() / size);
+                    }
+                    differ += (lanes[r].to_bits() != blocks[r].to_bits()) as usize;
+                }
+            }
+        }
+        assert!(worst < 1e-5, "relative error {worst}");
+        assert!(differ > 0, "the two orders agreed on every row");
+    }
+
+    fn check_tile<const N: usize>(dt: DType, sums: Sums, groups: usize, nb: usize, seed: &mut u64) {
         let (rows, cols) = (groups * GROUP, nb * 32);
         let w = matrix(dt, rows, cols, seed);
         let x = repack(dt, &w, rows, cols).unwrap();
@@ -734,18 +913,18 @@ mod tests {
         let cr: [&[i32]; N] = std::array::from_fn(|n| &cs[n][..]);
         let stride = rows + 3;
         let mut out = vec![f32::NAN; N * stride];
-        tile(dt, &x, nb, yr, cr, &mut out, stride);
+        tile(dt, sums, &x, nb, yr, cr, &mut out, stride);
         let gb = nb * group_block(dt);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         for g in 0..groups {
             let grp = &x[g * gb..(g + 1) * gb];
-            let want = dot_ref(dt, grp, yr);
+            let want = dot_ref(dt, sums, grp, yr);
             for n in 0..N {
                 let got = &out[n * stride + g * GROUP..n * stride + (g + 1) * GROUP];
                 assert_eq!(
                     bits(got),
                     bits(&want[n]),
-                    "{dt} N {N}, group {g}, token {n}"
+                    "{dt} {sums:?} N {N}, group {g}, token {n}"
                 );
             }
             // both SIMD forms, whichever `tile` chose
@@ -757,14 +936,17 @@ mod tests {
                 // activation and correction row nb entries
                 let (avx2, vnni) = unsafe {
                     let gp = grp.as_ptr();
+                    let blocks = sums == Sums::Blocks;
                     let avx2 = match dt {
                         DType::Q8_0 => Some(simd::q8_0_avx2::<N>(gp, nb, yp)),
+                        DType::Q4_1 if blocks => Some(simd::q4_1_blocks_avx2::<N>(gp, nb, yp)),
                         DType::Q4_1 => Some(simd::q4_1_avx2::<N>(gp, nb, yp)),
                         _ => None,
                     };
                     let vnni = crate::avx2::vnni().then(|| match dt {
                         DType::Q8_0 => simd::q8_0_vnni::<N>(gp, nb, yp, cp),
                         DType::Q5_0 => simd::q5_0_vnni::<N>(gp, nb, yp, cp),
+                        _ if blocks => simd::q4_1_blocks_vnni::<N>(gp, nb, yp),
                         _ => simd::q4_1_vnni::<N>(gp, nb, yp),
                     });
                     (avx2, vnni)
@@ -784,13 +966,17 @@ mod tests {
     #[test]
     fn the_kernels_equal_the_reference_bit_for_bit() {
         let mut seed = 3;
-        for dt in TYPES {
+        for (dt, sums) in TYPES
+            .map(|t| (t, Sums::Lanes))
+            .into_iter()
+            .chain([(DType::Q4_1, Sums::Blocks)])
+        {
             for (groups, nb) in [(1, 1), (3, 18), (2, 48), (1, 5)] {
-                check_tile::<1>(dt, groups, nb, &mut seed);
-                check_tile::<2>(dt, groups, nb, &mut seed);
-                check_tile::<3>(dt, groups, nb, &mut seed);
-                check_tile::<5>(dt, groups, nb, &mut seed);
-                check_tile::<8>(dt, groups, nb, &mut seed);
+                check_tile::<1>(dt, sums, groups, nb, &mut seed);
+                check_tile::<2>(dt, sums, groups, nb, &mut seed);
+                check_tile::<3>(dt, sums, groups, nb, &mut seed);
+                check_tile::<5>(dt, sums, groups, nb, &mut seed);
+                check_tile::<8>(dt, sums, groups, nb, &mut seed);
             }
         }
     }
@@ -828,12 +1014,14 @@ mod tests {
                 let mut c = Vec::new();
                 corrections(dt, &y, &mut c);
                 let mut out = vec![0f32; rows];
-                tile(dt, &x, cols / 32, [&y[..]], [&c[..]], &mut out, rows);
-                assert_eq!(
-                    out.to_vec(),
-                    dot_ref(dt, &x, [&y[..]])[0].to_vec(),
-                    "{dt} {v}"
-                );
+                for sums in [Sums::Lanes, Sums::Blocks] {
+                    tile(dt, sums, &x, cols / 32, [&y[..]], [&c[..]], &mut out, rows);
+                    assert_eq!(
+                        out.to_vec(),
+                        dot_ref(dt, sums, &x, [&y[..]])[0].to_vec(),
+                        "{dt} {sums:?} {v}"
+                    );
+                }
             }
         }
     }
