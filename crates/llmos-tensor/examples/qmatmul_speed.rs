@@ -1,6 +1,8 @@
 //! Multiply-adds per second of the quantized matmul (q8 activations) on one shape:
 //! `cargo run --release --example qmatmul_speed TYPE ROWS COLS TOKENS [THREADS]`, TYPE one of
-//! q8_0, q4_0, q4_1, q5_0, q4_k, q6_k. Prints the best and median of 20 runs.
+//! q8_0, q4_0, q4_1, q5_0, q4_k, q6_k; then `x8` (the X8 layout, as models load) or
+//! `blocks` (X8 with Q4_1's block-order sums). Prints the best and median of 20 runs. A
+//! matrix within the caches measures the arithmetic; one several times L3 the streaming.
 mod common;
 use llmos_tensor::DType;
 use llmos_tensor::quantize::quantize_rows;
@@ -10,7 +12,7 @@ use std::time::Instant;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || -> ! {
-        eprintln!("usage: qmatmul_speed TYPE ROWS COLS TOKENS [THREADS]");
+        eprintln!("usage: qmatmul_speed TYPE ROWS COLS TOKENS [THREADS] [x8|blocks]");
         std::process::exit(2)
     };
     if args.len() < 4 {
@@ -25,7 +27,11 @@ fn main() {
         "q6_k" => DType::Q6K,
         _ => usage(),
     };
-    let n: Vec<usize> = args[1..]
+    let layout = args.get(5).map(String::as_str);
+    if !matches!(layout, None | Some("x8" | "blocks")) {
+        usage();
+    }
+    let n: Vec<usize> = args[1..args.len().min(5)]
         .iter()
         .map(|s| s.parse().unwrap_or_else(|_| usage()))
         .collect();
@@ -35,7 +41,21 @@ fn main() {
     let mut rnd = common::values(0x9e37_79b9);
     let wf: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
     let data = quantize_rows(t, &wf, cols).expect("quantize");
-    let w = Weight::new(t, &data, rows, cols).expect("weight");
+    let packed = layout.map(|_| {
+        llmos_tensor::x8::repack(t, &data, rows, cols).unwrap_or_else(|| {
+            eprintln!("qmatmul_speed: {} has no X8 form at {rows} rows", args[0]);
+            std::process::exit(2)
+        })
+    });
+    let w = match &packed {
+        Some(p) => Weight::new_x8(t, p, rows, cols).expect("weight"),
+        None => Weight::new(t, &data, rows, cols).expect("weight"),
+    };
+    let w = if layout == Some("blocks") {
+        w.with_sums(llmos_tensor::x8::Sums::Blocks)
+    } else {
+        w
+    };
     let x: Vec<f32> = (0..toks * cols).map(|_| rnd()).collect();
     let mut y = vec![0f32; toks * rows];
     let mut times = Vec::new();
