@@ -91,9 +91,13 @@ def throughput(a):
         rates, ttfts = [], []
         for rep in range(a.reps):
             results = [None] * clients
+            errors = [None] * clients
             def one(i):
-                results[i] = stream_chat(a.url, a.key, PROMPTS[i % len(PROMPTS)], a.tokens,
-                                         1000 * rep + i, a.model)
+                try:
+                    results[i] = stream_chat(a.url, a.key, PROMPTS[i % len(PROMPTS)],
+                                             a.tokens, 1000 * rep + i, a.model)
+                except Exception as e:  # a server that died or hung up: say so, once
+                    errors[i] = f"{type(e).__name__}: {e}"[:200]
             t0 = time.perf_counter()
             ts = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
             for t in ts:
@@ -101,6 +105,12 @@ def throughput(a):
             for t in ts:
                 t.join()
             wall = time.perf_counter() - t0
+            failed = [e for e in errors if e is not None]
+            if failed:
+                row = {"server": a.name, "clients": clients, "error":
+                       f"{len(failed)} of {clients} streams failed (first: {failed[0]})"}
+                print(json.dumps(row), flush=True)
+                sys.exit(f"serve_load: {a.name}: {row['error']}")
             toks = sum(r[0] for r in results)
             rates.append(toks / wall)
             ttfts.extend(r[1] for r in results)
