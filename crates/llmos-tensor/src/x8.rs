@@ -578,18 +578,21 @@ pub(crate) mod simd {
                         }
                         _mm256_add_epi32(s0, s1)
                     } else {
-                        let p = |m: usize| {
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(w[m], bc(off(m))), ones)
-                        };
-                        let s0 = _mm256_add_epi32(
-                            _mm256_add_epi32(p(0), p(1)),
-                            _mm256_add_epi32(p(2), p(3)),
+                        // the eight chunks' pair sums add up in 16 bits and widen once: a
+                        // pair is at most 2 * 15 * 128 = 3840 in size, eight of them
+                        // 30720 < 2^15, so the sum stays exact (one `vpmaddwd` per block
+                        // instead of eight: the multiply unit is what bounds this loop,
+                        // on Zen 1 a single port for both)
+                        let p = |m: usize| _mm256_maddubs_epi16(w[m], bc(off(m)));
+                        let s0 = _mm256_add_epi16(
+                            _mm256_add_epi16(p(0), p(1)),
+                            _mm256_add_epi16(p(2), p(3)),
                         );
-                        let s1 = _mm256_add_epi32(
-                            _mm256_add_epi32(p(4), p(5)),
-                            _mm256_add_epi32(p(6), p(7)),
+                        let s1 = _mm256_add_epi16(
+                            _mm256_add_epi16(p(4), p(5)),
+                            _mm256_add_epi16(p(6), p(7)),
                         );
-                        _mm256_add_epi32(s0, s1)
+                        _mm256_madd_epi16(_mm256_add_epi16(s0, s1), ones)
                     };
                     let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
                     acc[n] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum), acc[n]);
