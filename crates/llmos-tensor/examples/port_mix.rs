@@ -4,8 +4,13 @@
 //! rows, eight `vpdpbusd` (the lanes' integer sums) and eight FMAs (one per lane
 //! accumulator) plus the conversions; where the first two share execution ports, as on
 //! Zen 4, the pair costs twice one alone and bounds every batched Q4_1 product.
-//! `port_mix [ITERS]`; needs AVX-512 VL and VNNI (ymm16-31 and the ymm form).
-//! The clock is measured first with a chain of dependent adds (one per cycle).
+//! `port_mix [ITERS]`. With AVX-512 VL and VNNI (ymm16-31 and the ymm form) it measures
+//! those; on a CPU with only AVX2 and FMA it measures AVX2's form of the same work:
+//! `vpmaddubsw` then `vpmaddwd` for each four products' sum (on Zen 1 one port does both,
+//! and each 256-bit operation is two), the FMAs and conversions, and `vpaddw` (what the
+//! block-sum kernel adds pair sums with before its one `vpmaddwd`).
+//! The clock is measured before each mix with a chain of dependent adds (one per cycle):
+//! on a shared VM it moves between runs.
 
 use std::time::Instant;
 
@@ -69,6 +74,72 @@ mod mix {
     looped!(fma_cvt, concat!(fma8!(), cvt8!()));
     looped!(all, concat!(dp8!(), fma8!(), cvt8!()));
 
+    /// AVX2 only (16 registers): the FMAs accumulate into ymm0-7; the other kinds only
+    /// write, into ymm8-13 (renamed, so no dependences), from ymm14 and ymm15.
+    macro_rules! ub8 {
+        () => {
+            "vpmaddubsw ymm8, ymm14, ymm15\n vpmaddubsw ymm9, ymm14, ymm15\n vpmaddubsw ymm10, ymm14, ymm15\n vpmaddubsw ymm11, ymm14, ymm15\n vpmaddubsw ymm12, ymm14, ymm15\n vpmaddubsw ymm13, ymm14, ymm15\n vpmaddubsw ymm8, ymm15, ymm14\n vpmaddubsw ymm9, ymm15, ymm14\n"
+        };
+    }
+    macro_rules! wd8 {
+        () => {
+            "vpmaddwd ymm10, ymm14, ymm15\n vpmaddwd ymm11, ymm14, ymm15\n vpmaddwd ymm12, ymm14, ymm15\n vpmaddwd ymm13, ymm14, ymm15\n vpmaddwd ymm8, ymm15, ymm14\n vpmaddwd ymm9, ymm15, ymm14\n vpmaddwd ymm10, ymm15, ymm14\n vpmaddwd ymm11, ymm15, ymm14\n"
+        };
+    }
+    macro_rules! fma8_avx2 {
+        () => {
+            "vfmadd231ps ymm0, ymm14, ymm15\n vfmadd231ps ymm1, ymm14, ymm15\n vfmadd231ps ymm2, ymm14, ymm15\n vfmadd231ps ymm3, ymm14, ymm15\n vfmadd231ps ymm4, ymm14, ymm15\n vfmadd231ps ymm5, ymm14, ymm15\n vfmadd231ps ymm6, ymm14, ymm15\n vfmadd231ps ymm7, ymm14, ymm15\n"
+        };
+    }
+    macro_rules! cvt8_avx2 {
+        () => {
+            "vcvtdq2ps ymm12, ymm14\n vcvtdq2ps ymm13, ymm15\n vcvtdq2ps ymm8, ymm14\n vcvtdq2ps ymm9, ymm15\n vcvtdq2ps ymm10, ymm14\n vcvtdq2ps ymm11, ymm15\n vcvtdq2ps ymm12, ymm15\n vcvtdq2ps ymm13, ymm14\n"
+        };
+    }
+    macro_rules! addw8 {
+        () => {
+            "vpaddw ymm8, ymm14, ymm15\n vpaddw ymm9, ymm14, ymm15\n vpaddw ymm10, ymm14, ymm15\n vpaddw ymm11, ymm14, ymm15\n vpaddw ymm12, ymm14, ymm15\n vpaddw ymm13, ymm14, ymm15\n vpaddw ymm8, ymm15, ymm14\n vpaddw ymm9, ymm15, ymm14\n"
+        };
+    }
+    macro_rules! looped_avx2 {
+        ($name:ident, $($body:tt)*) => {
+            /// # Safety
+            /// AVX2 and FMA.
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn $name(iters: u64) {
+                // SAFETY: register-only arithmetic on the registers declared clobbered;
+                // the caller checked the CPU features
+                unsafe {
+                    asm!(
+                        "vpxor xmm14, xmm14, xmm14",
+                        "vpxor xmm15, xmm15, xmm15",
+                        "2:",
+                        $($body)*,
+                        "dec {n}",
+                        "jnz 2b",
+                        n = inout(reg) iters => _,
+                        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
+                        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
+                        out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                        options(nostack, nomem),
+                    );
+                }
+            }
+        };
+    }
+    looped_avx2!(ub, ub8!());
+    looped_avx2!(wd, wd8!());
+    looped_avx2!(fma2, fma8_avx2!());
+    looped_avx2!(cvt2, cvt8_avx2!());
+    looped_avx2!(addw, addw8!());
+    looped_avx2!(ub_wd, concat!(ub8!(), wd8!()));
+    looped_avx2!(ub_fma, concat!(ub8!(), fma8_avx2!()));
+    looped_avx2!(ub_cvt, concat!(ub8!(), cvt8_avx2!()));
+    looped_avx2!(ub_addw, concat!(ub8!(), addw8!()));
+    looped_avx2!(fma_cvt2, concat!(fma8_avx2!(), cvt8_avx2!()));
+    looped_avx2!(lanes2, concat!(ub8!(), wd8!(), fma8_avx2!(), cvt8_avx2!()));
+
     /// A chain of dependent adds: one iteration per cycle.
     pub fn chain(iters: u64) {
         // SAFETY: integer register arithmetic only
@@ -82,34 +153,51 @@ mod mix {
 fn main() {
     #[cfg(target_arch = "x86_64")]
     {
-        if !(is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni")) {
-            eprintln!("port_mix: this CPU lacks AVX-512 VL or VNNI");
-            std::process::exit(1);
-        }
+        type Kernel = unsafe fn(u64);
         let iters: u64 = std::env::args()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .unwrap_or(50_000_000);
-        let t = Instant::now();
-        mix::chain(iters * 4);
-        let ghz = (iters * 4) as f64 / t.elapsed().as_secs_f64() / 1e9;
-        println!("clock about {ghz:.2} GHz (dependent adds)");
-        type Kernel = unsafe fn(u64);
-        let runs: [(&str, Kernel); 7] = [
-            ("8 vpdpbusd", mix::dpbusd),
-            ("8 vfmadd231ps", mix::fma),
-            ("8 vcvtdq2ps", mix::cvt),
-            ("8 vpdpbusd + 8 fma", mix::dpbusd_fma),
-            ("8 vpdpbusd + 8 cvt", mix::dpbusd_cvt),
-            ("8 fma + 8 cvt", mix::fma_cvt),
-            ("8 vpdpbusd + 8 fma + 8 cvt", mix::all),
-        ];
+        let runs: Vec<(&str, Kernel)> =
+            if is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni") {
+                vec![
+                    ("8 vpdpbusd", mix::dpbusd),
+                    ("8 vfmadd231ps", mix::fma),
+                    ("8 vcvtdq2ps", mix::cvt),
+                    ("8 vpdpbusd + 8 fma", mix::dpbusd_fma),
+                    ("8 vpdpbusd + 8 cvt", mix::dpbusd_cvt),
+                    ("8 fma + 8 cvt", mix::fma_cvt),
+                    ("8 vpdpbusd + 8 fma + 8 cvt", mix::all),
+                ]
+            } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                println!("no AVX-512 VNNI: the AVX2 forms");
+                vec![
+                    ("8 vpmaddubsw", mix::ub),
+                    ("8 vpmaddwd", mix::wd),
+                    ("8 vfmadd231ps", mix::fma2),
+                    ("8 vcvtdq2ps", mix::cvt2),
+                    ("8 vpaddw", mix::addw),
+                    ("8 vpmaddubsw + 8 vpmaddwd", mix::ub_wd),
+                    ("8 vpmaddubsw + 8 fma", mix::ub_fma),
+                    ("8 vpmaddubsw + 8 cvt", mix::ub_cvt),
+                    ("8 vpmaddubsw + 8 vpaddw", mix::ub_addw),
+                    ("8 fma + 8 cvt", mix::fma_cvt2),
+                    ("8 ubsw + 8 wd + 8 fma + 8 cvt", mix::lanes2),
+                ]
+            } else {
+                eprintln!("port_mix: this CPU lacks AVX2 and FMA");
+                std::process::exit(1);
+            };
         for (name, f) in runs {
+            // the clock just before each mix: a shared VM's moves between runs
             let t = Instant::now();
-            // SAFETY: AVX-512 VL and VNNI checked above
+            mix::chain(iters * 4);
+            let ghz = (iters * 4) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let t = Instant::now();
+            // SAFETY: the features of this list's kernels were checked above
             unsafe { f(iters) };
             let cycles = t.elapsed().as_secs_f64() * ghz * 1e9 / iters as f64;
-            println!("{name:<28} {cycles:5.2} cycles per iteration");
+            println!("{name:<32} {cycles:5.2} cycles per iteration (clock {ghz:.2} GHz)");
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
