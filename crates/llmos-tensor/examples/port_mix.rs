@@ -36,11 +36,13 @@ mod mix {
             "vcvtdq2ps ymm24, ymm0\n vcvtdq2ps ymm25, ymm1\n vcvtdq2ps ymm26, ymm2\n vcvtdq2ps ymm27, ymm3\n vcvtdq2ps ymm28, ymm4\n vcvtdq2ps ymm29, ymm5\n vcvtdq2ps ymm30, ymm6\n vcvtdq2ps ymm31, ymm7\n"
         };
     }
-    macro_rules! looped {
-        ($name:ident, $($body:tt)*) => {
+    /// `$name(iters)`: `iters` times the body, with the target features `$features` and the
+    /// registers `$regs` declared clobbered (ymm14 and ymm15, the inputs, zeroed first).
+    macro_rules! looped_with {
+        ($name:ident, $features:literal, [$($regs:tt),*], $($body:tt)*) => {
             /// # Safety
-            /// AVX-512 VL and VNNI.
-            #[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+            /// The CPU has the features this function enables.
+            #[target_feature(enable = $features)]
             pub unsafe fn $name(iters: u64) {
                 // SAFETY: register-only arithmetic on the registers declared clobbered;
                 // the caller checked the CPU features
@@ -53,17 +55,30 @@ mod mix {
                         "dec {n}",
                         "jnz 2b",
                         n = inout(reg) iters => _,
-                        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
-                        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
-                        out("ymm14") _, out("ymm15") _,
-                        out("ymm16") _, out("ymm17") _, out("ymm18") _, out("ymm19") _,
-                        out("ymm20") _, out("ymm21") _, out("ymm22") _, out("ymm23") _,
-                        out("ymm24") _, out("ymm25") _, out("ymm26") _, out("ymm27") _,
-                        out("ymm28") _, out("ymm29") _, out("ymm30") _, out("ymm31") _,
+                        $(out($regs) _,)*
                         options(nostack, nomem),
                     );
                 }
             }
+        };
+    }
+    /// The AVX-512 VNNI mixes: ymm0-7, 14-15 and 16-31.
+    macro_rules! looped {
+        ($name:ident, $($body:tt)*) => {
+            looped_with!($name, "avx2,fma,avx512f,avx512vl,avx512vnni", [
+                "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7", "ymm14", "ymm15",
+                "ymm16", "ymm17", "ymm18", "ymm19", "ymm20", "ymm21", "ymm22", "ymm23",
+                "ymm24", "ymm25", "ymm26", "ymm27", "ymm28", "ymm29", "ymm30", "ymm31"
+            ], $($body)*);
+        };
+    }
+    /// The AVX2 mixes: all 16 registers.
+    macro_rules! looped2 {
+        ($name:ident, $($body:tt)*) => {
+            looped_with!($name, "avx2,fma", [
+                "ymm0", "ymm1", "ymm2", "ymm3", "ymm4", "ymm5", "ymm6", "ymm7",
+                "ymm8", "ymm9", "ymm10", "ymm11", "ymm12", "ymm13", "ymm14", "ymm15"
+            ], $($body)*);
         };
     }
     looped!(dpbusd, dp8!());
@@ -101,44 +116,17 @@ mod mix {
             "vpaddw ymm8, ymm14, ymm15\n vpaddw ymm9, ymm14, ymm15\n vpaddw ymm10, ymm14, ymm15\n vpaddw ymm11, ymm14, ymm15\n vpaddw ymm12, ymm14, ymm15\n vpaddw ymm13, ymm14, ymm15\n vpaddw ymm8, ymm15, ymm14\n vpaddw ymm9, ymm15, ymm14\n"
         };
     }
-    macro_rules! looped_avx2 {
-        ($name:ident, $($body:tt)*) => {
-            /// # Safety
-            /// AVX2 and FMA.
-            #[target_feature(enable = "avx2,fma")]
-            pub unsafe fn $name(iters: u64) {
-                // SAFETY: register-only arithmetic on the registers declared clobbered;
-                // the caller checked the CPU features
-                unsafe {
-                    asm!(
-                        "vpxor xmm14, xmm14, xmm14",
-                        "vpxor xmm15, xmm15, xmm15",
-                        "2:",
-                        $($body)*,
-                        "dec {n}",
-                        "jnz 2b",
-                        n = inout(reg) iters => _,
-                        out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _,
-                        out("ymm4") _, out("ymm5") _, out("ymm6") _, out("ymm7") _,
-                        out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-                        out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-                        options(nostack, nomem),
-                    );
-                }
-            }
-        };
-    }
-    looped_avx2!(ub, ub8!());
-    looped_avx2!(wd, wd8!());
-    looped_avx2!(fma2, fma8_avx2!());
-    looped_avx2!(cvt2, cvt8_avx2!());
-    looped_avx2!(addw, addw8!());
-    looped_avx2!(ub_wd, concat!(ub8!(), wd8!()));
-    looped_avx2!(ub_fma, concat!(ub8!(), fma8_avx2!()));
-    looped_avx2!(ub_cvt, concat!(ub8!(), cvt8_avx2!()));
-    looped_avx2!(ub_addw, concat!(ub8!(), addw8!()));
-    looped_avx2!(fma_cvt2, concat!(fma8_avx2!(), cvt8_avx2!()));
-    looped_avx2!(lanes2, concat!(ub8!(), wd8!(), fma8_avx2!(), cvt8_avx2!()));
+    looped2!(ub, ub8!());
+    looped2!(wd, wd8!());
+    looped2!(fma2, fma8_avx2!());
+    looped2!(cvt2, cvt8_avx2!());
+    looped2!(addw, addw8!());
+    looped2!(ub_wd, concat!(ub8!(), wd8!()));
+    looped2!(ub_fma, concat!(ub8!(), fma8_avx2!()));
+    looped2!(ub_cvt, concat!(ub8!(), cvt8_avx2!()));
+    looped2!(ub_addw, concat!(ub8!(), addw8!()));
+    looped2!(fma_cvt2, concat!(fma8_avx2!(), cvt8_avx2!()));
+    looped2!(lanes2, concat!(ub8!(), wd8!(), fma8_avx2!(), cvt8_avx2!()));
 
     /// A chain of dependent adds: one iteration per cycle.
     pub fn chain(iters: u64) {
