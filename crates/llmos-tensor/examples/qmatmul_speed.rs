@@ -1,7 +1,8 @@
 //! Multiply-adds per second of the quantized matmul (q8 activations) on one shape:
 //! `cargo run --release --example qmatmul_speed TYPE ROWS COLS TOKENS [THREADS]`, TYPE one of
 //! q8_0, q4_0, q4_1, q5_0, q4_k, q6_k; then `x8` (the X8 layout, as models load) or
-//! `blocks` (X8 with Q4_1's block-order sums). Prints the best and median of 20 runs. A
+//! `blocks` (X8 with Q4_1's block-order sums). Prints the best and median of 20 runs
+//! (`QMATMUL_RUNS=N` for N: more for a profiler to sample). A
 //! matrix within the caches measures the arithmetic; one several times L3 the streaming.
 mod common;
 use llmos_tensor::DType;
@@ -59,7 +60,12 @@ fn main() {
     let x: Vec<f32> = (0..toks * cols).map(|_| rnd()).collect();
     let mut y = vec![0f32; toks * rows];
     let mut times = Vec::new();
-    for _ in 0..20 {
+    // QMATMUL_RUNS: more runs for a profiler (`perf record`) to sample
+    let runs: usize = std::env::var("QMATMUL_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for _ in 0..runs.max(1) {
         let mut cache = ActCache::new();
         let t0 = Instant::now();
         matmul_cached(&w, &x, &mut y, ActMode::Q8, &mut cache);
@@ -74,6 +80,6 @@ fn main() {
         cols,
         toks,
         macs / times[0] / 1e9,
-        macs / times[10] / 1e9
+        macs / times[times.len() / 2] / 1e9
     );
 }
