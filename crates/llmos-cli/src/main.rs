@@ -543,6 +543,21 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         cfg.ctx,
         llmos_tensor::pool::threads()
     );
+    #[cfg(target_arch = "x86_64")]
+    if cfg.parallel > 1
+        && l.model.sums == llmos_tensor::x8::Sums::Lanes
+        && l.model.has_q4_1()
+        && llmos_tensor::avx2::available()
+        && !llmos_tensor::avx2::vnni()
+    {
+        // measured on a Zen 1 CPU: eight clients 1.1x one in lane order, 1.3-1.6x in block
+        // order (BENCHMARKS.md, stops 30-31)
+        eprintln!(
+            "llmos serve: without AVX-512 VNNI, batches of Q4_1 users gain little in llama.cpp's \
+             summation order; --sums blocks serves them faster (its logits differ from \
+             llama.cpp's in the last bits: see README, Serve)"
+        );
+    }
     llmos_server::serve(cfg, Arc::new(l.model), Arc::new(l.tok), template)
         .map_err(anyhow::Error::msg)
 }

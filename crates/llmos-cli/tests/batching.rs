@@ -285,3 +285,13 @@ fn message_text_cannot_smuggle_control_tokens() {
     let naive = tok.encode(&tmpl.render(&evil, true).unwrap(), false, true);
     assert!(count(&naive) > count(&ids));
 }
+
+/// The summation order matters for SmolLM2 (Q4_1 layers), not for Gemma 3 (none): what
+/// `llmos serve`'s hint about `--sums blocks` checks.
+#[test]
+fn q4_1_layers_are_reported() {
+    let smol = load().0;
+    assert!(smol.has_q4_1());
+    let g = Arc::new(Gguf::open(model("gemma3")).unwrap());
+    assert!(!Model::load(g).unwrap().has_q4_1());
+}

@@ -234,6 +234,16 @@ impl Model {
         Weight::new(m.dtype, data, m.rows, m.cols).expect("geometry checked at load")
     }
 
+    /// Whether [`Model::sums`] changes anything: some layer matrix is Q4_1, the only type
+    /// whose summation order can be chosen.
+    pub fn has_q4_1(&self) -> bool {
+        self.layers.iter().any(|l| {
+            [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .iter()
+                .any(|m| m.dtype == DType::Q4_1)
+        })
+    }
+
     /// Repacks the Q4_1, Q8_0 and (with VNNI) Q5_0 layer matrices and the output (with the
     /// embeddings, when tied) eight rows at a time ([`llmos_tensor::x8`]): token generation,
     /// batches and prompts then make eight rows' lane sums per instruction, with the same
