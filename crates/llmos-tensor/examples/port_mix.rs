@@ -11,6 +11,7 @@
 //! block-sum kernel adds pair sums with before its one `vpmaddwd`).
 //! The clock is measured before each mix with a chain of dependent adds (one per cycle):
 //! on a shared VM it moves between runs.
+mod common;
 
 use std::time::Instant;
 
@@ -127,15 +128,6 @@ mod mix {
     looped2!(ub_addw, concat!(ub8!(), addw8!()));
     looped2!(fma_cvt2, concat!(fma8_avx2!(), cvt8_avx2!()));
     looped2!(lanes2, concat!(ub8!(), wd8!(), fma8_avx2!(), cvt8_avx2!()));
-
-    /// A chain of dependent adds: one iteration per cycle.
-    pub fn chain(iters: u64) {
-        // SAFETY: integer register arithmetic only
-        unsafe {
-            asm!("2:", "add {x}, 1", "dec {n}", "jnz 2b", n = inout(reg) iters => _,
-                 x = inout(reg) 0u64 => _, options(nostack, nomem));
-        }
-    }
 }
 
 fn main() {
@@ -178,9 +170,7 @@ fn main() {
             };
         for (name, f) in runs {
             // the clock just before each mix: a shared VM's moves between runs
-            let t = Instant::now();
-            mix::chain(iters * 4);
-            let ghz = (iters * 4) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let ghz = common::clock_ghz(iters * 4);
             let t = Instant::now();
             // SAFETY: the features of this list's kernels were checked above
             unsafe { f(iters) };

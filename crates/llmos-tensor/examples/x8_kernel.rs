@@ -65,23 +65,10 @@ fn main() {
     }
     let macs = (rows * cols * 8 * reps) as f64;
     let token_blocks = (rows / 8 * nb * 8 * reps) as f64;
-    let ghz = clock_ghz();
+    let ghz = common::clock_ghz(200_000_000);
     println!(
         "{dt} {sums:?} {rows}x{cols} x 8 tokens: {:.2} GMAC/s, {:.1} cycles per token-block at {ghz:.2} GHz",
         macs / best / 1e9,
         best * ghz * 1e9 / token_blocks
     );
-}
-
-/// The clock in GHz: a chain of dependent adds runs one per cycle.
-fn clock_ghz() -> f64 {
-    let n = 200_000_000u64;
-    let t0 = Instant::now();
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: integer register arithmetic only
-    unsafe {
-        std::arch::asm!("2:", "add {x}, 1", "dec {n}", "jnz 2b", n = inout(reg) n => _,
-            x = inout(reg) 0u64 => _, options(nostack, nomem));
-    }
-    n as f64 / t0.elapsed().as_secs_f64() / 1e9
 }
