@@ -550,7 +550,7 @@ fn cmd_serve(a: ServeArgs) -> Result<()> {
         && llmos_tensor::avx2::available()
         && !llmos_tensor::avx2::vnni()
     {
-        // measured on a Zen 1 CPU: eight clients 1.1x one in lane order, 1.3-1.6x in block
+        // measured on a Zen 1 CPU: eight clients 1.1-1.4x one in lane order, 1.3-1.6x in block
         // order (BENCHMARKS.md, stops 30-31)
         eprintln!(
             "llmos serve: without AVX-512 VNNI, batches of Q4_1 users gain little in llama.cpp's \
