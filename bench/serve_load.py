@@ -86,6 +86,12 @@ def stream_chat(url, key, prompt, max_tokens, seed, model):
 
 
 def throughput(a):
+    # one untimed request first: without it the first timed rep ran 20-30% slower than the
+    # others on both servers (pages touched the first time, prompt caches, the CPU's clock)
+    try:
+        stream_chat(a.url, a.key, PROMPTS[0], a.tokens, 0, a.model)
+    except Exception as e:
+        sys.exit(f"serve_load: {a.name}: the warm-up request failed: {type(e).__name__}: {e}"[:300])
     out = []
     for clients in [int(x) for x in a.clients.split(",")]:
         rates, ttfts = [], []
