@@ -85,41 +85,46 @@ def stream_chat(url, key, prompt, max_tokens, seed, model):
     return tokens, ttft or 0.0, time.perf_counter() - t0
 
 
+def one_rep(a, clients, rep, tokens):
+    """`clients` concurrent streams of `tokens` tokens: (tokens generated, wall seconds,
+    times to first token); exits with a one-line error if any stream fails."""
+    results = [None] * clients
+    errors = [None] * clients
+    def one(i):
+        try:
+            results[i] = stream_chat(a.url, a.key, PROMPTS[i % len(PROMPTS)],
+                                     tokens, 1000 * rep + i, a.model)
+        except Exception as e:  # a server that died or hung up: say so, once
+            errors[i] = f"{type(e).__name__}: {e}"[:200]
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    wall = time.perf_counter() - t0
+    failed = [e for e in errors if e is not None]
+    if failed:
+        row = {"server": a.name, "clients": clients, "error":
+               f"{len(failed)} of {clients} streams failed (first: {failed[0]})"}
+        print(json.dumps(row), flush=True)
+        sys.exit(f"serve_load: {a.name}: {row['error']}")
+    return sum(r[0] for r in results), wall, [r[1] for r in results]
+
+
 def throughput(a):
-    # one untimed request first: without it the first timed rep ran 20-30% slower than the
-    # others on both servers (pages touched the first time, prompt caches, the CPU's clock)
-    try:
-        stream_chat(a.url, a.key, PROMPTS[0], a.tokens, 0, a.model)
-    except Exception as e:
-        sys.exit(f"serve_load: {a.name}: the warm-up request failed: {type(e).__name__}: {e}"[:300])
+    counts = [int(x) for x in a.clients.split(",")]
+    # an untimed round first, every prompt once: without it the first timed rep ran 20-30%
+    # slower than the others on both servers (pages touched the first time, prompts not
+    # yet in the prefix caches)
+    one_rep(a, max(counts), -1, 16)
     out = []
-    for clients in [int(x) for x in a.clients.split(",")]:
+    for clients in counts:
         rates, ttfts = [], []
         for rep in range(a.reps):
-            results = [None] * clients
-            errors = [None] * clients
-            def one(i):
-                try:
-                    results[i] = stream_chat(a.url, a.key, PROMPTS[i % len(PROMPTS)],
-                                             a.tokens, 1000 * rep + i, a.model)
-                except Exception as e:  # a server that died or hung up: say so, once
-                    errors[i] = f"{type(e).__name__}: {e}"[:200]
-            t0 = time.perf_counter()
-            ts = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
-            for t in ts:
-                t.start()
-            for t in ts:
-                t.join()
-            wall = time.perf_counter() - t0
-            failed = [e for e in errors if e is not None]
-            if failed:
-                row = {"server": a.name, "clients": clients, "error":
-                       f"{len(failed)} of {clients} streams failed (first: {failed[0]})"}
-                print(json.dumps(row), flush=True)
-                sys.exit(f"serve_load: {a.name}: {row['error']}")
-            toks = sum(r[0] for r in results)
+            toks, wall, tt = one_rep(a, clients, rep, a.tokens)
             rates.append(toks / wall)
-            ttfts.extend(r[1] for r in results)
+            ttfts.extend(tt)
         row = {"server": a.name, "clients": clients, "tok_s": statistics.median(rates),
                "tok_s_reps": [round(x, 1) for x in rates],
                "ttft_p50_s": statistics.median(ttfts), "ttft_max_s": max(ttfts)}
