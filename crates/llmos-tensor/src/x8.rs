@@ -66,6 +66,13 @@ pub enum Sums {
     Blocks,
 }
 
+/// The first of the four values (of a block's 32) that lane m (0..8) of a row covers in
+/// llama.cpp's lane order: lanes 0-3 the low nibbles' values 0-15, lanes 4-7 the high
+/// nibbles' 16-31.
+const fn lane_first(m: usize) -> usize {
+    if m < 4 { 4 * m } else { 16 + 4 * (m - 4) }
+}
+
 /// Whether weights of type `dt` have an X8 form.
 pub fn supports(dt: DType) -> bool {
     matches!(dt, DType::Q4_1 | DType::Q5_0 | DType::Q8_0)
@@ -129,7 +136,7 @@ pub fn repack_into(dt: DType, src: &[u8], rows: usize, cols: usize, out: &mut [u
                 } else if dt == DType::Q5_0 {
                     let qh = word(2);
                     for (m, mask) in masks.iter_mut().enumerate() {
-                        let from = if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
+                        let from = lane_first(m);
                         *mask |= ((qh >> from) & 0xf) << (4 * r);
                     }
                     for k in 0..4 {
@@ -237,7 +244,7 @@ pub fn dot_ref<const N: usize>(
                 let d = f16_le(blk, 2 * r) * a.d;
                 if dt == DType::Q5_0 {
                     for (m, lane) in lanes.iter_mut().enumerate() {
-                        let j0 = if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
+                        let j0 = lane_first(m);
                         let s: i32 = (j0..j0 + 4)
                             .map(|j| q5_value(blk, r, j) * a.qs[j] as i32)
                             .sum();
@@ -408,6 +415,26 @@ pub(crate) mod simd {
         }
     }
 
+    /// The eight value registers of a block's four nibble chunks at `p`: register k < 4
+    /// the low nibbles of chunk k, register 4 + k its high nibbles, one per byte.
+    ///
+    /// # Safety
+    /// AVX2; `p` points at 128 readable bytes.
+    #[inline(always)]
+    unsafe fn nibbles(p: *const u8) -> [__m256i; 8] {
+        // SAFETY: the four loads are within the caller's 128 bytes, unaligned
+        unsafe {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let mut w = [_mm256_setzero_si256(); 8];
+            for k in 0..4 {
+                let q = _mm256_loadu_si256(p.add(32 * k).cast());
+                w[k] = _mm256_and_si256(q, m4);
+                w[4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
+            }
+            w
+        }
+    }
+
     /// [`lanes_body`]'s arithmetic for Q4_1 with AVX2 (`vpmaddubsw` + `vpmaddwd` for the
     /// integer sums): one token by [`lanes_body`], more by [`lanes_unpacked_avx2`].
     ///
@@ -453,7 +480,6 @@ pub(crate) mod simd {
         // SAFETY: within the group's nb blocks and u's nb unpacked blocks (the caller's
         // promise)
         unsafe {
-            let m4 = _mm256_set1_epi8(0x0f);
             for i in 0..nb {
                 let b = g.add(i * size);
                 prefetch(b, size);
@@ -465,11 +491,8 @@ pub(crate) mod simd {
                     .write(_mm256_castps_si256(_mm256_cvtph_ps(_mm_loadu_si128(
                         b.add(16).cast(),
                     ))));
-                for k in 0..4 {
-                    let q = _mm256_loadu_si256(b.add(32 + 32 * k).cast());
-                    o.add(2 + k).write(_mm256_and_si256(q, m4));
-                    o.add(6 + k)
-                        .write(_mm256_and_si256(_mm256_srli_epi16::<4>(q), m4));
+                for (k, w) in nibbles(b.add(32)).into_iter().enumerate() {
+                    o.add(2 + k).write(w);
                 }
             }
         }
@@ -506,7 +529,7 @@ pub(crate) mod simd {
                     let bc = |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
                     let d = _mm256_mul_ps(_mm256_castsi256_ps(o.read()), _mm256_set1_ps(y.d));
                     for m in 0..8 {
-                        let off = if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
+                        let off = super::lane_first(m);
                         let p = _mm256_madd_epi16(
                             _mm256_maddubs_epi16(o.add(2 + m).read(), bc(off)),
                             ones,
@@ -556,11 +579,10 @@ pub(crate) mod simd {
     ) -> [[f32; 8]; N] {
         let size = group_block(if Q5 { DType::Q5_0 } else { DType::Q4_1 });
         // the nibble chunks follow the scales and the minimums (Q4_1) or the masks (Q5_0)
-        let nibbles = if Q5 { 48 } else { 32 };
+        let chunks = if Q5 { 48 } else { 32 };
         // SAFETY: every load is within the group's nb blocks, the activations' nb blocks or
         // (Q5_0) the corrections' 8 nb entries (the caller's promise)
         unsafe {
-            let m4 = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
             let sixteen = _mm256_set1_epi8(16);
             let mut out = [_mm256_setzero_ps(); N];
@@ -580,12 +602,7 @@ pub(crate) mod simd {
                     } else {
                         _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()))
                     };
-                    let mut w = [_mm256_setzero_si256(); 8];
-                    for k in 0..4 {
-                        let q = _mm256_loadu_si256(b.add(nibbles + 32 * k).cast());
-                        w[k] = _mm256_and_si256(q, m4);
-                        w[4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                    }
+                    let mut w = nibbles(b.add(chunks));
                     if Q5 {
                         for (m, wm) in w.iter_mut().enumerate() {
                             let mask = b.add(16 + 4 * m).cast::<u32>().read_unaligned();
@@ -602,7 +619,7 @@ pub(crate) mod simd {
                             |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
                         let d = _mm256_mul_ps(dw, _mm256_set1_ps(y.d));
                         for m in 0..8 {
-                            let o = if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
+                            let o = super::lane_first(m);
                             let p = if VNNI {
                                 let start = if Q5 {
                                     _mm256_set1_epi32(*cs[n0 + t].add(8 * i + m))
@@ -649,7 +666,6 @@ pub(crate) mod simd {
         // SAFETY: every load is within the group's nb blocks or the activations' nb blocks
         // (the caller's promise)
         unsafe {
-            let m4 = _mm256_set1_epi8(0x0f);
             let ones = _mm256_set1_epi16(1);
             let mut acc = [_mm256_setzero_ps(); N];
             for i in 0..nb {
@@ -657,17 +673,12 @@ pub(crate) mod simd {
                 prefetch(b, size);
                 let dw = _mm256_cvtph_ps(_mm_loadu_si128(b.cast()));
                 let mw = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16).cast()));
-                let mut w = [_mm256_setzero_si256(); 8];
-                for k in 0..4 {
-                    let q = _mm256_loadu_si256(b.add(32 + 32 * k).cast());
-                    w[k] = _mm256_and_si256(q, m4);
-                    w[4 + k] = _mm256_and_si256(_mm256_srli_epi16::<4>(q), m4);
-                }
+                let w = nibbles(b.add(32));
                 for n in 0..N {
                     let y = &*ys[n].add(i);
                     let a = y.qs.as_ptr();
                     let bc = |o: usize| _mm256_set1_epi32(a.add(o).cast::<i32>().read_unaligned());
-                    let off = |m: usize| if m < 4 { 4 * m } else { 16 + 4 * (m - 4) };
+                    let off = super::lane_first;
                     let isum = if VNNI {
                         let mut s0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[0], bc(off(0)));
                         let mut s1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w[1], bc(off(1)));
